@@ -1,0 +1,24 @@
+"""tfsdn: sparse DenseNets pruned in stages with tensorflow-model-optimization."""
+
+import setuptools
+
+setuptools.setup(
+    name="tfsdn",
+    version="0.1.0",
+    description=("Learn which concatenated inputs of a DenseNet matter, prune "
+                 "the rest in stages with tfmot, and export a compact model."),
+    packages=["tfsdn"],
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-model-optimization>=0.8,<0.9",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=1.0",
+        "numpy",
+    ],
+    extras_require={
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "matplotlib>=3.5", "pillow"],
+    },
+)

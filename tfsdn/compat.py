@@ -1,0 +1,72 @@
+"""The Keras that tfsdn builds on, and the check that callers use it too.
+
+tfmot supports only Keras 2, which ships as the `tf_keras` package next to
+TensorFlow 2.16+. Every model and layer handed to tfsdn must come from
+`tf_keras`; a Keras 3 object is refused with a `TypeError` that says how to
+fix it.
+"""
+
+import tf_keras as keras
+
+KERAS3_HELP = (
+    "tfsdn needs tf_keras (Keras 2) models and layers, because "
+    "tensorflow-model-optimization does not support Keras 3. Build the model "
+    "with `import tf_keras as keras`, or set the environment variable "
+    "TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported so that "
+    "`tf.keras` is tf_keras (pip install tf-keras)."
+)
+
+
+def _is_keras3(obj):
+  module = type(obj).__module__ or ""
+  return module == "keras" or module.startswith("keras.")
+
+
+def require_tf_keras_layer(obj, argument="model"):
+  """Raises `TypeError` unless `obj` is a tf_keras layer or model.
+
+  Args:
+    obj: The object a caller handed to tfsdn.
+    argument: The name of the argument, quoted in the error.
+
+  Returns:
+    `obj`, unchanged.
+
+  Raises:
+    TypeError: if `obj` is a Keras 3 object or not a Keras layer at all.
+  """
+  if isinstance(obj, keras.layers.Layer):
+    return obj
+  if _is_keras3(obj):
+    raise TypeError(
+        f"{argument} is a Keras 3 object ({type(obj).__module__}."
+        f"{type(obj).__name__}). {KERAS3_HELP}")
+  raise TypeError(
+      f"{argument} must be a tf_keras Layer or Model. Received: "
+      f"{argument}={obj!r} of type {type(obj).__name__}.")
+
+
+def require_functional(model, argument="model"):
+  """Raises unless `model` is a functional or Sequential tf_keras model.
+
+  Args:
+    model: The model a caller handed to tfsdn.
+    argument: The name of the argument, quoted in the error.
+
+  Returns:
+    `model`, unchanged.
+
+  Raises:
+    TypeError: for Keras 3 objects, non-models and subclassed models.
+  """
+  require_tf_keras_layer(model, argument)
+  if not isinstance(model, keras.Model):
+    raise TypeError(
+        f"{argument} must be a tf_keras Model. Received: a layer of type "
+        f"{type(model).__name__} ({model.name!r}).")
+  if not getattr(model, "_is_graph_network", False):
+    raise TypeError(
+        "Only functional and Sequential tf_keras models can be rewritten; "
+        f"{argument}={model.name!r} is a subclassed model of type "
+        f"{type(model).__name__}.")
+  return model

@@ -1,0 +1,244 @@
+"""`PrunableConcatConv`: concat -> BN -> ReLU -> input-channel mask -> conv."""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer
+
+from tfsdn import criteria
+from tfsdn.compat import keras
+
+
+def _as_list(inputs):
+  if isinstance(inputs, (list, tuple)):
+    return list(inputs)
+  return [inputs]
+
+
+@keras.utils.register_keras_serializable(package="tfsdn")
+class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
+  """A DenseNet conv whose concatenated input channels can be pruned.
+
+  The layer concatenates its inputs on the channel axis, applies
+  BatchNormalization and ReLU, multiplies every input channel by its mask
+  (1 if live, 0 if pruned) and convolves without bias. It keeps one float32
+  contribution score per input channel; a score of exactly 0 means the
+  channel is pruned. `get_prunable_weights()` returns that score variable, so
+  `tfmot.sparsity.keras.prune_low_magnitude` prunes the lowest-scoring input
+  channels, and a pruned channel stays pruned: the layer only ever rewrites
+  live scores.
+
+  Example:
+
+  ```python
+  features = [stem, layer1_out, layer2_out]
+  new_features = tfsdn.PrunableConcatConv(12, 3, name="block1_layer3")(features)
+  ```
+
+  Args:
+    filters: Number of output channels of the conv.
+    kernel_size: Conv kernel size, an int or a pair.
+    strides: Conv strides, an int or a pair.
+    padding: `"same"` or `"valid"`.
+    kernel_initializer: Initializer of the conv kernel.
+    kernel_regularizer: Regularizer of the conv kernel.
+    criterion: How contribution scores are measured: `"expected_l1"`
+      (default), `"weight_l1"`, `"bn_gamma"`, or `"random"` (a fixed random
+      score per channel, the control arm of experiments).
+    score_momentum: Momentum of the moving average of E[|x_i|] used by
+      `"expected_l1"`, in [0, 1).
+    group_lasso: Strength lambda of the group-lasso loss
+      lambda * sum_i ||W[:, :, i, :]||_2; 0 disables it.
+    bn_momentum: Momentum of the BatchNormalization moving statistics.
+    bn_epsilon: Epsilon of the BatchNormalization.
+    **kwargs: Standard Keras layer arguments (`name`, `dtype`, ...).
+  """
+
+  def __init__(self,
+               filters,
+               kernel_size=3,
+               strides=1,
+               padding="same",
+               kernel_initializer="he_normal",
+               kernel_regularizer=None,
+               criterion="expected_l1",
+               score_momentum=0.9,
+               group_lasso=0.0,
+               bn_momentum=0.99,
+               bn_epsilon=1.001e-5,
+               **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(filters, (int, np.integer)) or filters <= 0:
+      raise ValueError(
+          f"filters must be a positive integer. Received: filters={filters!r}")
+    if criterion not in criteria.CRITERIA:
+      raise ValueError(
+          f"criterion must be one of {criteria.CRITERIA}. "
+          f"Received: criterion={criterion!r}")
+    if not 0.0 <= score_momentum < 1.0:
+      raise ValueError(
+          "score_momentum must be in [0, 1). "
+          f"Received: score_momentum={score_momentum!r}")
+    if group_lasso < 0:
+      raise ValueError(
+          f"group_lasso must be >= 0. Received: group_lasso={group_lasso!r}")
+    padding = str(padding).lower()
+    if padding not in ("same", "valid"):
+      raise ValueError(
+          f"padding must be 'same' or 'valid'. Received: padding={padding!r}")
+    self.filters = int(filters)
+    self.kernel_size = _pair(kernel_size, "kernel_size")
+    self.strides = _pair(strides, "strides")
+    self.padding = padding
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    self.criterion = criterion
+    self.score_momentum = float(score_momentum)
+    self.group_lasso = float(group_lasso)
+    self.bn_momentum = float(bn_momentum)
+    self.bn_epsilon = float(bn_epsilon)
+    self.batch_norm = keras.layers.BatchNormalization(
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="bn",
+        dtype=self.dtype_policy)
+    self.conv = keras.layers.Conv2D(
+        self.filters, self.kernel_size, strides=self.strides,
+        padding=self.padding, use_bias=False,
+        kernel_initializer=self.kernel_initializer,
+        kernel_regularizer=self.kernel_regularizer, name="conv",
+        dtype=self.dtype_policy)
+
+  def build(self, input_shape):
+    shapes = input_shape if isinstance(input_shape, (list, tuple)) and (
+        input_shape and isinstance(input_shape[0], (list, tuple,
+                                                    tf.TensorShape))) else [
+                                                        input_shape]
+    shapes = [tf.TensorShape(s) for s in shapes]
+    for shape in shapes:
+      if shape.rank != 4 or shape[-1] is None:
+        raise ValueError(
+            f"{self.name} takes NHWC tensors with a known channel count. "
+            f"Received input shapes: {[s.as_list() for s in shapes]}")
+    self.input_channel_counts = [int(s[-1]) for s in shapes]
+    channels = sum(self.input_channel_counts)
+    concat_shape = shapes[0][:-1].concatenate([channels])
+    self.batch_norm.build(concat_shape)
+    self.conv.build(concat_shape)
+    score_initializer = (
+        keras.initializers.RandomUniform(0.05, 1.0)
+        if self.criterion == "random" else "ones")
+    # Scores and statistics stay float32 under mixed precision (no autocast)
+    # and are averaged across replicas, so every replica prunes alike.
+    self.contribution_score = self.add_weight(
+        "contribution_score", shape=(channels,), dtype=tf.float32,
+        initializer=score_initializer, trainable=False,
+        aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+    self.input_abs_mean = self.add_weight(
+        "input_abs_mean", shape=(channels,), dtype=tf.float32,
+        initializer="zeros", trainable=False,
+        aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+    if self.group_lasso > 0:
+      self.add_loss(lambda: self.group_lasso * tf.reduce_sum(
+          criteria.kernel_input_l2(self.conv.kernel)))
+    super().build(input_shape)
+
+  @property
+  def input_channels(self):
+    """Total number of input channels (after concatenation)."""
+    return int(self.contribution_score.shape[0])
+
+  def get_prunable_weights(self):
+    return [self.contribution_score]
+
+  def live_mask(self):
+    """A float32 vector: 1 for live input channels, 0 for pruned ones."""
+    return tf.cast(self.contribution_score > 0, tf.float32)
+
+  def contribution_scores(self):
+    """The current scores as a numpy array (0 marks a pruned channel)."""
+    return self.contribution_score.numpy()
+
+  def kept_channels(self):
+    """Indices of the live input channels, ascending, as a numpy array."""
+    return np.flatnonzero(self.contribution_scores() > 0)
+
+  def pruned_channels(self):
+    """Indices of the pruned input channels, ascending, as a numpy array."""
+    return np.flatnonzero(self.contribution_scores() <= 0)
+
+  def sparsity(self):
+    """The fraction of input channels that are pruned."""
+    return float(np.mean(self.contribution_scores() <= 0))
+
+  def raw_scores(self, input_abs_mean=None):
+    """The criterion's raw (unnormalised) score per input channel."""
+    if self.criterion == "expected_l1":
+      if input_abs_mean is None:
+        input_abs_mean = self.input_abs_mean
+      return criteria.expected_l1_scores(input_abs_mean, self.conv.kernel)
+    if self.criterion == "weight_l1":
+      return criteria.weight_l1_scores(self.conv.kernel)
+    if self.criterion == "bn_gamma":
+      return criteria.bn_gamma_scores(self.batch_norm.gamma)
+    return tf.identity(self.contribution_score)  # "random": fixed scores.
+
+  def call(self, inputs, training=None):
+    inputs = _as_list(inputs)
+    x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
+    x = self.batch_norm(x, training=training)
+    x = tf.nn.relu(x)
+    live = self.live_mask()
+
+    if training is None:
+      training = keras.backend.learning_phase()
+
+    def update_scores():
+      batch_abs_mean = tf.reduce_mean(
+          tf.cast(x, tf.float32), axis=[0, 1, 2])
+      new_abs_mean = (self.score_momentum * self.input_abs_mean +
+                      (1.0 - self.score_momentum) * batch_abs_mean)
+      update_mean = self.input_abs_mean.assign(new_abs_mean)
+      with tf.control_dependencies([update_mean]):
+        scores = criteria.normalize_scores(
+            self.raw_scores(new_abs_mean), live)
+        return self.contribution_score.assign(scores)
+
+    update = tf.__internal__.smart_cond.smart_cond(
+        training, update_scores, lambda: tf.identity(self.contribution_score))
+    with tf.control_dependencies([update]):
+      x = x * tf.cast(live, x.dtype)
+    return self.conv(x)
+
+  def compute_output_shape(self, input_shape):
+    shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+    shape = tf.TensorShape(shapes[0]).as_list()
+    shape[-1] = sum(tf.TensorShape(s)[-1] for s in shapes)
+    return self.conv.compute_output_shape(tf.TensorShape(shape))
+
+  def get_config(self):
+    config = {
+        "filters": self.filters,
+        "kernel_size": self.kernel_size,
+        "strides": self.strides,
+        "padding": self.padding,
+        "kernel_initializer": keras.initializers.serialize(
+            self.kernel_initializer),
+        "kernel_regularizer": keras.regularizers.serialize(
+            self.kernel_regularizer) if self.kernel_regularizer else None,
+        "criterion": self.criterion,
+        "score_momentum": self.score_momentum,
+        "group_lasso": self.group_lasso,
+        "bn_momentum": self.bn_momentum,
+        "bn_epsilon": self.bn_epsilon,
+    }
+    return {**super().get_config(), **config}
+
+
+def _pair(value, name):
+  if isinstance(value, (int, np.integer)):
+    value = (int(value), int(value))
+  value = tuple(value)
+  if len(value) != 2 or not all(
+      isinstance(v, (int, np.integer)) and v > 0 for v in value):
+    raise ValueError(
+        f"{name} must be a positive int or a pair of them. "
+        f"Received: {name}={value!r}")
+  return tuple(int(v) for v in value)

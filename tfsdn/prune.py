@@ -1,0 +1,106 @@
+"""`prune_dense_connections`: wrap every PrunableConcatConv for tfmot."""
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as pruning_sched
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfsdn.compat import keras
+from tfsdn.compat import require_functional
+from tfsdn.prunable_concat_conv import PrunableConcatConv
+
+
+def prunable_layers(model):
+  """All `PrunableConcatConv` layers of a model, wrapped or not, nested too.
+
+  Args:
+    model: A tf_keras model.
+
+  Returns:
+    A list of `PrunableConcatConv` layers in model order.
+  """
+  found = []
+  for layer in model.layers:
+    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+      layer = layer.layer
+    if isinstance(layer, PrunableConcatConv):
+      found.append(layer)
+    elif isinstance(layer, keras.Model):
+      found.extend(prunable_layers(layer))
+  return found
+
+
+def prune_dense_connections(model, schedule, **wrapper_kwargs):
+  """Returns a copy of `model` whose dense connections tfmot will prune.
+
+  Every `PrunableConcatConv` (also inside nested functional models) is
+  wrapped by `tfmot.sparsity.keras.prune_low_magnitude` with `schedule`;
+  every other layer is copied unchanged. Weights are copied, so the original
+  model is left as it was. Train the result with
+  `tfmot.sparsity.keras.UpdatePruningStep()` among the callbacks, and remove
+  the wrappers afterwards with `tfmot.sparsity.keras.strip_pruning` or
+  `tfsdn.strip_to_compact`.
+
+  Example:
+
+  ```python
+  model = tfsdn.densenet.DenseNet(depth=40, growth_rate=12)
+  pruned = tfsdn.prune_dense_connections(
+      model, tfsdn.StagedSparsity([(2000, 0.25), (4000, 0.5)]))
+  pruned.compile(...)
+  pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+  ```
+
+  Args:
+    model: A functional or Sequential tf_keras model with at least one
+      `PrunableConcatConv`.
+    schedule: A `tfmot.sparsity.keras.PruningSchedule`, usually a
+      `tfsdn.StagedSparsity`.
+    **wrapper_kwargs: Passed on to `prune_low_magnitude`.
+
+  Returns:
+    A new tf_keras model.
+
+  Raises:
+    TypeError: for Keras 3 objects, subclassed models, or a `schedule` that
+      is not a tfmot `PruningSchedule`.
+    ValueError: if the model has no `PrunableConcatConv`.
+  """
+  require_functional(model)
+  if not isinstance(schedule, pruning_sched.PruningSchedule):
+    raise TypeError(
+        "schedule must be a tfmot.sparsity.keras.PruningSchedule such as "
+        f"tfsdn.StagedSparsity. Received: schedule={schedule!r}")
+  wrapped = [layer.name for layer in model.layers
+             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+  if wrapped:
+    raise ValueError(
+        f"Model {model.name!r} is already wrapped for pruning (layers "
+        f"{wrapped[:3]}...); call tfmot.sparsity.keras.strip_pruning first.")
+  if not prunable_layers(model):
+    raise ValueError(
+        f"Model {model.name!r} has no PrunableConcatConv layer to prune. Build "
+        "it with tfsdn.densenet or convert it with tfsdn.make_prunable.")
+
+  def clone(layer):
+    if isinstance(layer, keras.Model):
+      return keras.models.clone_model(layer, clone_function=clone)
+    copy = layer.__class__.from_config(layer.get_config())
+    if isinstance(layer, PrunableConcatConv):
+      return tfmot.sparsity.keras.prune_low_magnitude(
+          copy, pruning_schedule=schedule, **wrapper_kwargs)
+    return copy
+
+  pruned = keras.models.clone_model(model, clone_function=clone)
+  _copy_weights(model, pruned)
+  return pruned
+
+
+def _copy_weights(source, target):
+  """Copies weights layer by layer; wrappers take their inner layer's."""
+  if len(source.layers) != len(target.layers):
+    raise AssertionError("clone_model changed the number of layers")
+  for src, dst in zip(source.layers, target.layers):
+    if isinstance(src, keras.Model):
+      _copy_weights(src, dst)
+    else:
+      dst.set_weights(src.get_weights())

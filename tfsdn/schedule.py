@@ -1,0 +1,184 @@
+"""`StagedSparsity`: a tfmot pruning schedule that prunes in a few stages."""
+
+import math
+import numbers
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
+
+from tfsdn.compat import keras
+
+
+@keras.utils.register_keras_serializable(package="tfsdn")
+class StagedSparsity(pruning_schedule.PruningSchedule):
+  """Prunes exactly at each listed step, to that stage's sparsity.
+
+  Between stages nothing is pruned, so the network adapts to what is left
+  before the next stage removes more ("self-learning" pruning). Steps are
+  tfmot pruning steps: the first training batch is step 1.
+
+  Example:
+
+  ```python
+  schedule = tfsdn.StagedSparsity([(1000, 0.25), (2000, 0.5)])
+  # or: three stages reaching 0.5, spread over epochs 0 to 100:
+  schedule = tfsdn.StagedSparsity.evenly(
+      0.5, num_stages=3, begin_step=0, end_step=100, steps_per_epoch=390)
+  pruned = tfsdn.prune_dense_connections(model, schedule)
+  ```
+
+  Args:
+    stages: A sequence of `(step, sparsity)` pairs: steps strictly
+      increasing integers >= 0, sparsities non-decreasing and in [0, 1).
+
+  Raises:
+    ValueError: if a stage is malformed; the message quotes it.
+  """
+
+  def __init__(self, stages):
+    stages = [tuple(stage) for stage in stages] if _is_sequence(
+        stages) else stages
+    if not isinstance(stages, list) or not stages:
+      raise ValueError(
+          "stages must be a non-empty list of (step, sparsity) pairs. "
+          f"Received: stages={stages!r}")
+    normalized = []
+    for stage in stages:
+      if len(stage) != 2:
+        raise ValueError(
+            f"Each stage must be a (step, sparsity) pair. Received: {stage!r}")
+      step, sparsity = stage
+      if (isinstance(step, bool) or not isinstance(step, numbers.Integral) or
+          step < 0):
+        raise ValueError(
+            f"Stage steps must be integers >= 0. Received: step={step!r} in "
+            f"stage {stage!r}")
+      if (isinstance(sparsity, bool) or
+          not isinstance(sparsity, numbers.Real) or
+          not 0.0 <= sparsity < 1.0):
+        raise ValueError(
+            f"Stage sparsities must be in [0, 1). Received: "
+            f"sparsity={sparsity!r} in stage {stage!r}")
+      if normalized and step <= normalized[-1][0]:
+        raise ValueError(
+            "Stage steps must be strictly increasing. Received: step "
+            f"{step} after step {normalized[-1][0]} in stages={stages!r}")
+      if normalized and sparsity < normalized[-1][1]:
+        raise ValueError(
+            "Stage sparsities must be non-decreasing. Received: sparsity "
+            f"{sparsity} after {normalized[-1][1]} in stages={stages!r}")
+      normalized.append((int(step), float(sparsity)))
+    self.stages = normalized
+
+  @classmethod
+  def evenly(cls, final_sparsity, num_stages, begin_step, end_step,
+             steps_per_epoch=None):
+    """Stages of equal sparsity increments, evenly spaced in time.
+
+    Stage i (1-based) prunes to `final_sparsity * i / num_stages` at
+    `begin_step + (i - 1) * (end_step - begin_step) / (num_stages - 1)`
+    (rounded), so the first stage is at `begin_step` and the last at
+    `end_step`. With `steps_per_epoch`, `begin_step` and `end_step` are
+    epochs and each stage lands on the first batch of its epoch.
+
+    Args:
+      final_sparsity: Sparsity after the last stage, in (0, 1).
+      num_stages: Number of stages, >= 1.
+      begin_step: Step (or epoch) of the first stage, >= 0.
+      end_step: Step (or epoch) of the last stage, >= begin_step.
+      steps_per_epoch: If given, `begin_step`/`end_step` count epochs.
+
+    Returns:
+      A `StagedSparsity`.
+
+    Raises:
+      ValueError: if an argument is out of range.
+    """
+    if not 0.0 < final_sparsity < 1.0:
+      raise ValueError(
+          "final_sparsity must be in (0, 1). "
+          f"Received: final_sparsity={final_sparsity!r}")
+    if not isinstance(num_stages, numbers.Integral) or num_stages < 1:
+      raise ValueError(
+          f"num_stages must be an integer >= 1. Received: "
+          f"num_stages={num_stages!r}")
+    if begin_step < 0 or end_step < begin_step:
+      raise ValueError(
+          "Need 0 <= begin_step <= end_step. Received: "
+          f"begin_step={begin_step!r}, end_step={end_step!r}")
+    if steps_per_epoch is not None and (
+        not isinstance(steps_per_epoch, numbers.Integral) or
+        steps_per_epoch < 1):
+      raise ValueError(
+          "steps_per_epoch must be a positive integer. Received: "
+          f"steps_per_epoch={steps_per_epoch!r}")
+    if num_stages == 1:
+      times = [end_step]
+    else:
+      span = (end_step - begin_step) / (num_stages - 1)
+      times = [begin_step + i * span for i in range(num_stages)]
+    if steps_per_epoch is not None:
+      # Epoch e starts at pruning step e * steps_per_epoch + 1.
+      steps = [int(math.floor(t)) * steps_per_epoch + 1 for t in times]
+    else:
+      steps = [int(round(t)) for t in times]
+    if len(set(steps)) != len(steps):
+      raise ValueError(
+          f"{num_stages} stages do not fit between begin_step={begin_step} "
+          f"and end_step={end_step}: stages would share steps {steps}.")
+    sparsities = [final_sparsity * (i + 1) / num_stages
+                  for i in range(num_stages)]
+    return cls(list(zip(steps, sparsities)))
+
+  @classmethod
+  def from_epochs(cls, stages, steps_per_epoch):
+    """Stages given as `(epoch, sparsity)`: each prunes on its epoch's first batch.
+
+    Args:
+      stages: `(epoch, sparsity)` pairs, epochs counted from 0.
+      steps_per_epoch: Training batches per epoch.
+
+    Returns:
+      A `StagedSparsity`.
+    """
+    if not isinstance(steps_per_epoch, numbers.Integral) or steps_per_epoch < 1:
+      raise ValueError(
+          "steps_per_epoch must be a positive integer. Received: "
+          f"steps_per_epoch={steps_per_epoch!r}")
+    return cls([(int(epoch) * steps_per_epoch + 1, sparsity)
+                for epoch, sparsity in stages])
+
+  @property
+  def final_sparsity(self):
+    return self.stages[-1][1]
+
+  def __call__(self, step):
+    steps = tf.constant([s for s, _ in self.stages], dtype=tf.int64)
+    sparsities = tf.constant([0.0] + [p for _, p in self.stages],
+                             dtype=tf.float32)
+    step = tf.cast(step, tf.int64)
+    should_prune = tf.reduce_any(tf.equal(steps, step))
+    stages_reached = tf.reduce_sum(tf.cast(steps <= step, tf.int32))
+    return should_prune, tf.gather(sparsities, stages_reached)
+
+  def get_config(self):
+    return {
+        "class_name": keras.utils.get_registered_name(self.__class__),
+        "config": {"stages": [list(stage) for stage in self.stages]},
+    }
+
+  @classmethod
+  def from_config(cls, config):
+    if "config" in config:
+      config = config["config"]
+    return cls(**config)
+
+  def __eq__(self, other):
+    return isinstance(other, StagedSparsity) and self.stages == other.stages
+
+  def __repr__(self):
+    return f"StagedSparsity(stages={self.stages!r})"
+
+
+def _is_sequence(value):
+  return isinstance(value, (list, tuple))
