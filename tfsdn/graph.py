@@ -1,0 +1,141 @@
+"""Walking a functional tf_keras model: nodes, tensors and channel origins.
+
+Used by the strip step and by the report. Only single-output layers with one
+call in the model are supported, which covers DenseNets built by tfsdn and by
+`tf_keras.applications`.
+"""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tf_keras.src.engine.keras_tensor import KerasTensor
+from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
+
+from tfsdn.compat import keras
+from tfsdn.prunable_concat_conv import PrunableConcatConv
+
+# Layers that map channel c of their input to channel c of their output and
+# work on any subset of channels (BatchNormalization after slicing its
+# parameters).
+CHANNEL_WISE = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.ReLU,
+    keras.layers.Activation,
+    keras.layers.ZeroPadding2D,
+    keras.layers.BatchNormalization,
+)
+
+GATHER_SYMBOLS = ("gather", "compat.v1.gather")
+
+
+def unwrap(layer):
+  """The layer inside a tfmot pruning wrapper, or the layer itself."""
+  if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+    return layer.layer
+  return layer
+
+
+def is_channel_wise(layer):
+  if isinstance(layer, keras.layers.BatchNormalization):
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    return axis in (-1, 3)
+  return isinstance(layer, CHANNEL_WISE)
+
+
+def is_channel_concat(layer):
+  return isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, 3)
+
+
+def is_channel_gather(layer, node):
+  """True for a `tf.gather(x, indices, axis=-1)` op layer."""
+  if not isinstance(layer, TFOpLambda) or layer.symbol not in GATHER_SYMBOLS:
+    return False
+  return node.call_kwargs.get("axis") in (-1, 3)
+
+
+def gather_indices(node):
+  args = node.call_args
+  return list(args[1]) if len(args) > 1 else list(node.call_kwargs["indices"])
+
+
+def topological_nodes(model):
+  """The model's own nodes, inputs first, each with its (unwrapped) layer.
+
+  Returns:
+    A list of `(node, layer)` pairs; consumers come after their producers.
+
+  Raises:
+    ValueError: for layers called more than once or with several outputs.
+  """
+  pairs = []
+  seen = set()
+  for depth in sorted(model._nodes_by_depth.keys(), reverse=True):  # pylint: disable=protected-access
+    for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+      layer = node.layer
+      if id(layer) in seen:
+        raise ValueError(
+            f"Layer {layer.name!r} is called more than once in model "
+            f"{model.name!r}; shared layers are not supported.")
+      seen.add(id(layer))
+      if len(tf.nest.flatten(node.outputs)) != 1:
+        raise ValueError(
+            f"Layer {layer.name!r} has several outputs; not supported.")
+      pairs.append((node, layer))
+  return pairs
+
+
+def node_inputs(node):
+  """The KerasTensors a node reads, flattened, in call order."""
+  if node.is_input:
+    return []
+  return [t for t in tf.nest.flatten((node.call_args, node.call_kwargs))
+          if isinstance(t, KerasTensor)]
+
+
+def node_output(node):
+  return tf.nest.flatten(node.outputs)[0]
+
+
+def channels(tensor):
+  return int(tensor.shape[-1])
+
+
+def channel_sources(model):
+  """Where every channel of every tensor in the model was computed.
+
+  A conv, dense, prunable or any other layer starts new channels; concat,
+  gather and channel-wise layers (BN, ReLU, pooling, dropout) pass them on.
+
+  Args:
+    model: A functional tf_keras model.
+
+  Returns:
+    A dict from `id(keras_tensor)` to a list, one `(layer_name, channel)` pair
+    per channel of that tensor.
+  """
+  sources = {}
+  for node, layer in topological_nodes(model):
+    output = node_output(node)
+    inputs = node_inputs(node)
+    if output.shape.rank != 4:
+      sources[id(output)] = [(layer.name, c) for c in range(
+          channels(output) if output.shape.rank else 0)]
+      continue
+    if inputs and is_channel_concat(layer):
+      sources[id(output)] = [s for t in inputs for s in sources[id(t)]]
+    elif inputs and is_channel_gather(layer, node):
+      source = sources[id(inputs[0])]
+      sources[id(output)] = [source[i] for i in gather_indices(node)]
+    elif len(inputs) == 1 and is_channel_wise(layer):
+      sources[id(output)] = sources[id(inputs[0])]
+    else:
+      sources[id(output)] = [(layer.name, c) for c in range(channels(output))]
+  return sources
+
+
+def kept_mask(layer):
+  """Boolean vector of a PrunableConcatConv's live input channels."""
+  return np.asarray(layer.contribution_scores() > 0)
