@@ -14,6 +14,7 @@ setuptools.setup(
         "tf-keras>=2.21,<2.22",
         "tensorflow-model-optimization>=0.8,<0.9",
         "tensorflow-datasets>=4.9",
+        "tensorboard>=2.20",  # tfmot's PruningSummaries writes summaries.
         "absl-py>=1.0",
         "numpy",
     ],

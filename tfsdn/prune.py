@@ -86,8 +86,16 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
       return keras.models.clone_model(layer, clone_function=clone)
     copy = layer.__class__.from_config(layer.get_config())
     if isinstance(layer, PrunableConcatConv):
+      kwargs = dict(wrapper_kwargs)
+      policy = copy.dtype_policy
+      if policy.compute_dtype != policy.variable_dtype:
+        # tfmot multiplies the score by its mask inside the wrapper; under a
+        # mixed policy the wrapper's mask would be autocast to 16 bits while
+        # the score stays float32. A float32 wrapper keeps both in float32;
+        # the BN and conv inside keep the mixed policy.
+        kwargs.setdefault("dtype", "float32")
       return tfmot.sparsity.keras.prune_low_magnitude(
-          copy, pruning_schedule=schedule, **wrapper_kwargs)
+          copy, pruning_schedule=schedule, **kwargs)
     return copy
 
   pruned = keras.models.clone_model(model, clone_function=clone)

@@ -176,6 +176,9 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
   def __eq__(self, other):
     return isinstance(other, StagedSparsity) and self.stages == other.stages
 
+  def __hash__(self):
+    return hash(tuple(self.stages))
+
   def __repr__(self):
     return f"StagedSparsity(stages={self.stages!r})"
 

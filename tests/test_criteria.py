@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsdn import criteria
+
+
+def test_kernel_input_l1_sums_over_everything_but_input_axis():
+  kernel = np.arange(2 * 2 * 3 * 4, dtype="float32").reshape(2, 2, 3, 4) - 20
+  expected = np.abs(kernel).sum(axis=(0, 1, 3))
+  np.testing.assert_allclose(criteria.kernel_input_l1(kernel), expected)
+  np.testing.assert_allclose(criteria.weight_l1_scores(kernel), expected)
+
+
+def test_expected_l1_is_mean_abs_input_times_weight_l1():
+  kernel = np.random.default_rng(0).normal(size=(3, 3, 5, 2)).astype("float32")
+  abs_mean = np.array([0.0, 1.0, 2.0, 0.5, 3.0], "float32")
+  expected = abs_mean * np.abs(kernel).sum(axis=(0, 1, 3))
+  np.testing.assert_allclose(
+      criteria.expected_l1_scores(abs_mean, kernel), expected, rtol=1e-6)
+
+
+def test_expected_l1_bounds_the_l1_norm_of_a_channels_contribution():
+  rng = np.random.default_rng(3)
+  x = np.abs(rng.normal(size=(4, 8, 8, 3))).astype("float32")
+  kernel = rng.normal(size=(3, 3, 3, 5)).astype("float32")
+  abs_mean = x.mean(axis=(0, 1, 2))
+  for channel in range(3):
+    only = np.zeros_like(x)
+    only[..., channel] = x[..., channel]
+    out = tf.nn.conv2d(only, kernel, 1, "SAME").numpy()
+    per_position = np.abs(out).sum(axis=-1).mean()
+    bound = criteria.expected_l1_scores(abs_mean, kernel).numpy()[channel]
+    assert per_position <= bound * 1.0001
+
+
+def test_bn_gamma_is_absolute_gamma():
+  np.testing.assert_allclose(
+      criteria.bn_gamma_scores([-2.0, 0.5, 0.0]), [2.0, 0.5, 0.0])
+
+
+def test_group_lasso_norm_per_input_channel():
+  kernel = np.zeros((1, 1, 2, 2), "float32")
+  kernel[0, 0, 0] = [3.0, 4.0]
+  np.testing.assert_allclose(
+      criteria.kernel_input_l2(kernel), [5.0, 0.0], atol=1e-5)
+
+
+def test_normalize_scores_mean_one_over_live_and_zero_stays_zero():
+  raw = np.array([2.0, 4.0, 6.0, 100.0], "float32")
+  live = np.array([1, 1, 1, 0], "float32")
+  scores = criteria.normalize_scores(raw, live).numpy()
+  np.testing.assert_allclose(scores, [0.5, 1.0, 1.5, 0.0], rtol=1e-6)
+
+
+def test_normalize_scores_keeps_live_channels_with_zero_raw_score_alive():
+  scores = criteria.normalize_scores([0.0, 1.0], [1.0, 1.0]).numpy()
+  assert scores[0] > 0
+  assert scores[1] == pytest.approx(2.0, rel=1e-6)

@@ -1,0 +1,188 @@
+import os
+
+import keras as keras3
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+import tfsdn
+from tfsdn.compat import keras
+from tests import helpers
+
+
+def _schedule():
+  return tfsdn.StagedSparsity([(2, 0.25), (4, 0.5)])
+
+
+def _check_half_pruned(model):
+  for layer in tfsdn.prunable_layers(model):
+    zeros = int(np.sum(layer.contribution_scores() == 0))
+    assert abs(zeros - round(0.5 * layer.input_channels)) <= 1, layer.name
+
+
+def _perturb_pruned_inputs_leaves_output(model, images):
+  """Adds noise to every pruned input channel of every prunable layer."""
+  base = model(images, training=False).numpy()
+  for layer in tfsdn.prunable_layers(model):
+    pruned = layer.pruned_channels()
+    original_call = layer.call
+
+    def noisy_call(inputs, training=None, _call=original_call, _idx=pruned):
+      inputs = inputs if isinstance(inputs, list) else [inputs]
+      x = tf.concat(inputs, -1)
+      noise = np.zeros(x.shape[-1], "float32")
+      noise[_idx] = 1e3
+      return _call([x + noise], training=training)
+
+    layer.call = noisy_call
+  try:
+    perturbed = model(images, training=False).numpy()
+  finally:
+    for layer in tfsdn.prunable_layers(model):
+      del layer.call
+  np.testing.assert_allclose(perturbed, base, atol=1e-5)
+
+
+def test_returns_a_copy_with_every_prunable_layer_wrapped():
+  model = helpers.tiny_densenet()
+  pruned = tfsdn.prune_dense_connections(model, _schedule())
+  wrappers = [l for l in pruned.layers
+              if isinstance(l, pruning_wrapper.PruneLowMagnitude)]
+  assert len(wrappers) == len(tfsdn.prunable_layers(model)) == 8
+  assert all(isinstance(w.layer, tfsdn.PrunableConcatConv) for w in wrappers)
+  stock = [l for l in pruned.layers if isinstance(l, keras.layers.Conv2D)]
+  assert [l.name for l in stock] == ["stem_conv"]
+  x, _ = helpers.random_data(4)
+  np.testing.assert_allclose(pruned(x, training=False), model(x, training=False),
+                             atol=1e-5)
+  assert tfsdn.prunable_layers(pruned)[0] is not tfsdn.prunable_layers(model)[0]
+
+
+def test_staged_pruning_with_tfmot_callbacks(tmp_path, images):
+  model = helpers.tiny_densenet()
+  pruned = helpers.compile_sgd(
+      tfsdn.prune_dense_connections(model, _schedule()))
+  helpers.fit_steps(pruned, 6, callbacks=[
+      tfmot.sparsity.keras.PruningSummaries(str(tmp_path / "logs"))])
+  _check_half_pruned(pruned)
+  _perturb_pruned_inputs_leaves_output(pruned, images)
+  assert os.listdir(tmp_path / "logs")
+  # The original model was not touched.
+  assert all(l.sparsity() == 0 for l in tfsdn.prunable_layers(model))
+
+  stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+  path = str(tmp_path / "stripped.keras")
+  stripped.save(path)
+  loaded = keras.models.load_model(path)
+  for a, b in zip(tfsdn.prunable_layers(stripped),
+                  tfsdn.prunable_layers(loaded)):
+    np.testing.assert_array_equal(a.contribution_scores(),
+                                  b.contribution_scores())
+  np.testing.assert_allclose(loaded(images), stripped(images), atol=1e-5)
+
+
+def test_scores_never_come_back_during_further_training():
+  pruned = helpers.compile_sgd(
+      tfsdn.prune_dense_connections(helpers.tiny_densenet(), _schedule()))
+  helpers.fit_steps(pruned, 4)
+  before = {l.name: set(l.pruned_channels())
+            for l in tfsdn.prunable_layers(pruned)}
+  helpers.fit_steps(pruned, 6, seed=1)
+  for layer in tfsdn.prunable_layers(pruned):
+    assert before[layer.name] <= set(layer.pruned_channels())
+
+
+def test_densenet40_check_from_the_issue(images):
+  model = tfsdn.densenet.DenseNet(depth=40, growth_rate=12)
+  pruned = helpers.compile_sgd(
+      tfsdn.prune_dense_connections(model, _schedule()))
+  helpers.fit_steps(pruned, 6, batch_size=4)
+  _check_half_pruned(pruned)
+  _perturb_pruned_inputs_leaves_output(pruned, images[:2])
+
+
+def test_mirrored_strategy_prunes_alike_on_every_replica():
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  assert strategy.num_replicas_in_sync == 2
+  with strategy.scope():
+    pruned = helpers.compile_sgd(
+        tfsdn.prune_dense_connections(helpers.tiny_densenet(), _schedule()))
+  helpers.fit_steps(pruned, 6, batch_size=8)
+  _check_half_pruned(pruned)
+  for layer in tfsdn.prunable_layers(pruned):
+    values = [v.numpy() for v in layer.contribution_score.values]
+    assert len(values) == 2
+    np.testing.assert_array_equal(values[0] == 0, values[1] == 0)
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_scores_float32(policy, images):
+  keras.mixed_precision.set_global_policy(policy)
+  pruned = helpers.compile_sgd(
+      tfsdn.prune_dense_connections(helpers.tiny_densenet(), _schedule()))
+  helpers.fit_steps(pruned, 6)
+  for layer in tfsdn.prunable_layers(pruned):
+    assert layer.contribution_score.dtype == tf.float32
+    assert layer.compute_dtype == policy.split("_")[1]
+  _check_half_pruned(pruned)
+  assert np.isfinite(pruned(images, training=False).numpy()).all()
+
+
+@pytest.mark.parametrize("save_format", ["keras", "tf"])
+def test_save_mid_schedule_and_resume(tmp_path, save_format):
+  schedule = tfsdn.StagedSparsity([(2, 0.25), (8, 0.5)])
+  pruned = helpers.compile_sgd(
+      tfsdn.prune_dense_connections(helpers.tiny_densenet(), schedule))
+  helpers.fit_steps(pruned, 4)
+  path = str(tmp_path / ("model.keras" if save_format == "keras" else
+                         "model_tf"))
+  pruned.save(path, **({} if save_format == "keras" else
+                       {"save_format": save_format}))
+  with tfmot.sparsity.keras.prune_scope():
+    loaded = keras.models.load_model(path)
+  wrappers = [l for l in loaded.layers
+              if isinstance(l, pruning_wrapper.PruneLowMagnitude)]
+  assert wrappers and int(wrappers[0].pruning_step.numpy()) == 4
+  assert wrappers[0].pruning_schedule == schedule
+  first_stage = {}
+  for a, b in zip(tfsdn.prunable_layers(pruned), tfsdn.prunable_layers(loaded)):
+    np.testing.assert_array_equal(a.contribution_scores(),
+                                  b.contribution_scores())
+    first_stage[b.name] = set(b.pruned_channels())
+    assert abs(len(first_stage[b.name]) - round(0.25 * b.input_channels)) <= 1
+  helpers.fit_steps(loaded, 6, seed=2)
+  assert int(wrappers[0].pruning_step.numpy()) == 10
+  _check_half_pruned(loaded)
+  for layer in tfsdn.prunable_layers(loaded):
+    assert first_stage[layer.name] <= set(layer.pruned_channels())
+
+
+def test_rejects_keras3_layers_and_models():
+  with pytest.raises(TypeError, match="tf_keras"):
+    tfsdn.prune_dense_connections(keras3.layers.Dense(2), _schedule())
+  inputs = keras3.Input((4,))
+  with pytest.raises(TypeError, match="TF_USE_LEGACY_KERAS"):
+    tfsdn.prune_dense_connections(
+        keras3.Model(inputs, keras3.layers.Dense(2)(inputs)), _schedule())
+
+
+def test_rejects_models_without_prunable_layers_and_bad_schedules():
+  inputs = keras.Input((4,))
+  plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+  with pytest.raises(ValueError, match="no PrunableConcatConv"):
+    tfsdn.prune_dense_connections(plain, _schedule())
+  with pytest.raises(TypeError, match="schedule=0.5"):
+    tfsdn.prune_dense_connections(helpers.tiny_densenet(), 0.5)
+
+
+def test_rejects_subclassed_models():
+  class Sub(keras.Model):
+
+    def call(self, x):
+      return x
+
+  with pytest.raises(TypeError, match="functional and Sequential"):
+    tfsdn.prune_dense_connections(Sub(), _schedule())

@@ -1,0 +1,81 @@
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+import tfsdn
+from tfsdn.compat import keras
+
+
+def _at(schedule, step):
+  should, sparsity = schedule(tf.constant(step, tf.int64))
+  return bool(should), float(sparsity)
+
+
+def test_prunes_exactly_at_listed_steps():
+  schedule = tfsdn.StagedSparsity([(2, 0.25), (4, 0.5)])
+  assert isinstance(schedule, tfmot.sparsity.keras.PruningSchedule)
+  got = [_at(schedule, step) for step in range(7)]
+  assert [g[0] for g in got] == [False, False, True, False, True, False, False]
+  assert [g[1] for g in got] == pytest.approx(
+      [0, 0, 0.25, 0.25, 0.5, 0.5, 0.5])
+
+
+def test_works_inside_tf_function():
+  schedule = tfsdn.StagedSparsity([(3, 0.3)])
+  fn = tf.function(schedule)
+  should, sparsity = fn(tf.constant(3, tf.int64))
+  assert bool(should) and float(sparsity) == pytest.approx(0.3)
+  assert not bool(fn(tf.constant(4, tf.int64))[0])
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([], "non-empty"),
+    ([(2, 0.5), (2, 0.6)], "strictly increasing"),
+    ([(2, 0.5), (3, 0.4)], "non-decreasing"),
+    ([(2, 1.0)], "sparsity=1.0"),
+    ([(2, -0.1)], "sparsity=-0.1"),
+    ([(-1, 0.5)], "step=-1"),
+    ([(1.5, 0.5)], "step=1.5"),
+    ([(1, 0.5, 3)], r"\(1, 0.5, 3\)"),
+])
+def test_invalid_stages_name_the_value(stages, message):
+  with pytest.raises(ValueError, match=message):
+    tfsdn.StagedSparsity(stages)
+
+
+def test_evenly_spreads_stages_and_sparsities():
+  schedule = tfsdn.StagedSparsity.evenly(0.6, 3, begin_step=10, end_step=30)
+  assert schedule.stages == [(10, pytest.approx(0.2)), (20, pytest.approx(0.4)),
+                             (30, pytest.approx(0.6))]
+
+
+def test_evenly_in_epochs_lands_on_first_batch_of_each_epoch():
+  schedule = tfsdn.StagedSparsity.evenly(
+      0.5, 2, begin_step=1, end_step=3, steps_per_epoch=10)
+  assert [s for s, _ in schedule.stages] == [11, 31]
+  assert tfsdn.StagedSparsity.from_epochs(
+      [(0, 0.2), (2, 0.4)], steps_per_epoch=5).stages == [(1, 0.2), (11, 0.4)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(final_sparsity=1.0, num_stages=2, begin_step=0, end_step=4),
+     "final_sparsity=1.0"),
+    (dict(final_sparsity=0.5, num_stages=0, begin_step=0, end_step=4),
+     "num_stages=0"),
+    (dict(final_sparsity=0.5, num_stages=2, begin_step=5, end_step=4),
+     "begin_step=5"),
+    (dict(final_sparsity=0.5, num_stages=5, begin_step=0, end_step=1),
+     "share steps"),
+])
+def test_evenly_rejects_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    tfsdn.StagedSparsity.evenly(**kwargs)
+
+
+def test_config_round_trip_and_keras_deserialization():
+  schedule = tfsdn.StagedSparsity([(5, 0.1), (9, 0.7)])
+  config = schedule.get_config()
+  assert tfsdn.StagedSparsity.from_config(config) == schedule
+  assert tfsdn.StagedSparsity.from_config(config).get_config() == config
+  restored = keras.utils.deserialize_keras_object(config)
+  assert restored == schedule
