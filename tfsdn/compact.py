@@ -132,7 +132,8 @@ def strip_to_compact(model):
     inputs = graph.node_inputs(node)
     if isinstance(layer, PrunableConcatConv):
       new[id(output)] = _compact_concat_conv(
-          layer, [new[id(t)] for t in inputs], [present[id(t)] for t in inputs],
+          layer, [new.get(id(t)) for t in inputs],
+          [present.get(id(t)) for t in inputs],
           np.flatnonzero(out_need))
       present[id(output)] = np.flatnonzero(out_need)
     elif _is_filter_prunable_conv(layer) and not out_need.all():
@@ -201,9 +202,14 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters):
   if not len(kept):
     raise ValueError(f"{layer.name} has no live input channel left.")
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
-  positions, start = [], 0
+  positions, start, live_inputs = [], 0, []
   for j, carried in enumerate(present_inputs):
     local = kept[(kept >= offsets[j]) & (kept < offsets[j + 1])] - offsets[j]
+    if carried is None:  # An input nobody reads any more is not computed.
+      if len(local):
+        raise AssertionError(f"{layer.name} reads a removed feature map")
+      continue
+    live_inputs.append(inputs[j])
     where = np.searchsorted(carried, local)
     if len(local) and (where.max() >= len(carried) or
                        (carried[where] != local).any()):
@@ -212,8 +218,8 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters):
     start += len(carried)
   positions = np.concatenate(positions)
   dtype = layer.dtype_policy.name
-  x = inputs[0] if len(inputs) == 1 else keras.layers.Concatenate(
-      name=f"{layer.name}_concat", dtype=dtype)(inputs)
+  x = live_inputs[0] if len(live_inputs) == 1 else keras.layers.Concatenate(
+      name=f"{layer.name}_concat", dtype=dtype)(live_inputs)
   if not np.array_equal(positions, np.arange(start)):
     x = select_channels(x, positions)
   batch_norm = keras.layers.BatchNormalization(

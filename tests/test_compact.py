@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import tensorflow_model_optimization as tfmot
+
+import tfsdn
+from tfsdn.compat import keras
+from tests import helpers
+
+
+def _pruned_model(sparsity=0.5, seed=0, **kwargs):
+  model = helpers.tiny_densenet(**kwargs)
+  helpers.randomize_batch_norm(model, seed)
+  helpers.prune_randomly(model, sparsity, seed)
+  return model
+
+
+def _assert_same(a, b, images, atol=1e-4):
+  np.testing.assert_allclose(a(images, training=False).numpy(),
+                             b(images, training=False).numpy(), atol=atol)
+
+
+def test_compact_matches_pruned_and_uses_only_stock_layers(tmp_path, images):
+  model = _pruned_model()
+  compact = tfsdn.strip_to_compact(model)
+  _assert_same(model, compact, images)
+  assert not any(isinstance(l, tfsdn.PrunableConcatConv)
+                 for l in compact.layers)
+  assert compact.count_params() < 0.7 * model.count_params()
+  conv = compact.get_layer("block2_layer2")
+  assert isinstance(conv, keras.layers.Conv2D)
+  kept = model.get_layer("block2_layer2").kept_channels()
+  assert conv.kernel.shape[2] == len(kept)
+  assert compact.get_layer("block2_layer2_bn").gamma.shape[0] == len(kept)
+  path = str(tmp_path / "compact.keras")
+  compact.save(path)
+  loaded = keras.models.load_model(path)  # no custom_objects
+  _assert_same(compact, loaded, images, atol=1e-6)
+
+
+def test_accepts_tfmot_wrapped_and_stripped_models(images):
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(1, 0.5)])))
+  helpers.fit_steps(pruned, 3)
+  for model in (pruned, tfmot.sparsity.keras.strip_pruning(pruned)):
+    _assert_same(model, tfsdn.strip_to_compact(model), images)
+
+
+def test_feature_maps_nobody_reads_are_not_computed(images):
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model)
+  # Nobody reads block1_layer1's feature maps (channels 16..19 of every
+  # consumer in block 1) nor channel 3 of the stem.
+  for name in ["block1_layer2", "transition1"]:
+    layer = model.get_layer(name)
+    scores = np.ones(layer.input_channels, "float32")
+    scores[16:20] = 0
+    scores[3] = 0
+    layer.contribution_score.assign(scores)
+  compact = tfsdn.strip_to_compact(model)
+  _assert_same(model, compact, images)
+  names = [l.name for l in compact.layers]
+  assert "block1_layer1" not in names and "block1_layer1_bn" not in names
+  # The stem lost filter 3: only 15 filters are computed.
+  assert compact.get_layer("stem_conv").filters == 15
+  # Transitively: block1_layer1 read the stem too, and is gone entirely.
+  assert compact.get_layer("block1_layer2").kernel.shape[2] == 15
+
+
+def test_dead_producers_cascade_to_what_only_they_read(images):
+  model = helpers.tiny_densenet(bottleneck=True, compression=0.5, depth=16)
+  helpers.randomize_batch_norm(model)
+  helpers.prune_randomly(model, 0.3)
+  consumers = ["block1_layer2_bottleneck", "transition1"]
+  for name in consumers:  # nobody reads block1_layer1's 4 maps (32..35)
+    layer = model.get_layer(name)
+    scores = layer.contribution_scores()
+    scores[8:12] = 0
+    layer.contribution_score.assign(scores)
+  compact = tfsdn.strip_to_compact(model)
+  names = [l.name for l in compact.layers]
+  for gone in ["block1_layer1_conv", "block1_layer1_bn",
+               "block1_layer1_bottleneck"]:
+    assert gone not in names
+  _assert_same(model, compact, images)
+
+
+def test_nothing_pruned_comes_back_equivalent(images):
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model)
+  compact = tfsdn.strip_to_compact(model)
+  _assert_same(model, compact, images, atol=1e-5)
+  assert not any("gather" in l.name for l in compact.layers)
+
+
+def test_densenet40_half_pruned_within_1e4(images):
+  model = tfsdn.densenet.DenseNet(depth=40, growth_rate=12)
+  helpers.randomize_batch_norm(model)
+  helpers.prune_randomly(model, 0.5)
+  compact = tfsdn.strip_to_compact(model)
+  _assert_same(model, compact, images[:4])
+  before = tfsdn.model_report(tfsdn.densenet.DenseNet(40, 12))
+  after = tfsdn.model_report(compact)
+  assert after.prunable_params <= 0.55 * before.prunable_params
+
+
+def test_model_without_prunable_layers_is_rejected():
+  inputs = keras.Input((8, 8, 3))
+  model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+  with pytest.raises(ValueError, match="no PrunableConcatConv"):
+    tfsdn.strip_to_compact(model)

@@ -1,0 +1,104 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfsdn
+from tests import helpers
+
+_LOAD_WITHOUT_TFSDN = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    loaded = tf.saved_model.load(sys.argv[1])
+    serve = loaded.signatures["serving_default"]
+    out = serve(images=tf.constant(np.load(sys.argv[2])))
+    assert "tfsdn" not in sys.modules
+    np.save(sys.argv[3], out["logits"].numpy())
+    print(json.dumps(sorted(out)))
+""")
+
+
+@pytest.fixture(scope="module")
+def compact():
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model)
+  helpers.prune_randomly(model, 0.5)
+  return tfsdn.strip_to_compact(model)
+
+
+def _run(args, **kwargs):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run(args, check=True, capture_output=True, text=True,
+                        env=env, **kwargs)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_export_loads_without_tfsdn_in_a_fresh_process(compact, tmp_path, images,
+                                                       xla):
+  path = tfsdn.export_saved_model(compact, tmp_path / "sdn", xla=xla)
+  assert path == str(tmp_path / "sdn" / "1")
+  np.save(tmp_path / "in.npy", images)
+  script = tmp_path / "load.py"
+  script.write_text(_LOAD_WITHOUT_TFSDN)
+  result = _run([sys.executable, str(script), path, str(tmp_path / "in.npy"),
+                 str(tmp_path / "out.npy")], cwd=str(tmp_path))
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+      "logits", "probabilities"]
+  np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
+                             compact(images, training=False).numpy(),
+                             atol=1e-4)
+
+
+def test_saved_model_cli_show_and_run(compact, tmp_path, images):
+  path = tfsdn.export_saved_model(compact, tmp_path / "sdn", version=7)
+  shown = _run(["saved_model_cli", "show", "--dir", path, "--all"]).stdout
+  assert "inputs['images']" in shown
+  assert "outputs['logits']" in shown and "outputs['probabilities']" in shown
+  assert "(-1, 32, 32, 3)" in shown
+  np.save(tmp_path / "in.npy", images[:2])
+  _run(["saved_model_cli", "run", "--dir", path, "--tag_set", "serve",
+        "--signature_def", "serving_default",
+        "--inputs", f"images={tmp_path / 'in.npy'}",
+        "--outdir", str(tmp_path / "out")])
+  probabilities = np.load(tmp_path / "out" / "probabilities.npy")
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  expected = tf.nn.softmax(compact(images[:2], training=False)).numpy()
+  np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_versions_count_up_and_existing_versions_are_kept(compact, tmp_path):
+  base = tmp_path / "sdn"
+  assert tfsdn.export_saved_model(compact, base).endswith("1")
+  assert tfsdn.export_saved_model(compact, base).endswith("2")
+  stamp = os.path.getmtime(base / "1" / "saved_model.pb")
+  with pytest.raises(FileExistsError, match="Version 1 already exists"):
+    tfsdn.export_saved_model(compact, base, version=1)
+  assert os.path.getmtime(base / "1" / "saved_model.pb") == stamp
+  assert sorted(os.listdir(base)) == ["1", "2"]  # no temporary left behind
+  tfsdn.export_saved_model(compact, base, version=1, overwrite=True)
+  assert sorted(os.listdir(base)) == ["1", "2"]
+
+
+@pytest.mark.parametrize("version", [0, -1, "3", 1.5, True])
+def test_bad_versions_are_rejected(compact, tmp_path, version):
+  with pytest.raises(ValueError, match="version="):
+    tfsdn.export_saved_model(compact, tmp_path, version=version)
+
+
+def test_tflite_matches_keras(compact, tmp_path, images):
+  path = tfsdn.export_tflite(compact, tmp_path / "model.tflite")
+  interpreter = tf.lite.Interpreter(model_path=path)
+  interpreter.resize_tensor_input(
+      interpreter.get_input_details()[0]["index"], images.shape)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+  interpreter.invoke()
+  out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+  np.testing.assert_allclose(out, compact(images, training=False).numpy(),
+                             atol=1e-4)

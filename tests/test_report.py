@@ -1,0 +1,74 @@
+import numpy as np
+
+import tfsdn
+from tests import helpers
+
+
+def _count_weights(model):
+  return sum(int(np.prod(w.shape)) for w in model.weights)
+
+
+def test_totals_agree_across_forms_and_with_compact_weights(images):
+  dense = helpers.tiny_densenet()
+  pruned = helpers.tiny_densenet()
+  pruned.set_weights(dense.get_weights())
+  helpers.prune_randomly(pruned, 0.5)
+  compact = tfsdn.strip_to_compact(pruned)
+  before = tfsdn.model_report(dense)
+  on_pruned = tfsdn.model_report(pruned)
+  after = tfsdn.model_report(compact)
+  assert (before.form, on_pruned.form, after.form) == (
+      "dense", "pruned", "compact")
+  assert after.total_params == _count_weights(compact)
+  assert on_pruned.total_params == after.total_params
+  assert on_pruned.total_macs == after.total_macs
+  assert after.total_params < before.total_params
+  assert after.total_macs < 0.7 * before.total_macs
+  row = {r.name: r for r in on_pruned.rows}["block2_layer2"]
+  layer = pruned.get_layer("block2_layer2")
+  assert (row.input_kept, row.input_total) == (
+      len(layer.kept_channels()), layer.input_channels)
+  # 3x3 conv, kept inputs x filters x 16x16 positions.
+  assert row.macs == 9 * row.input_kept * row.filters * 16 * 16
+  assert "block2_layer2" in after.to_markdown()
+  assert "MACs" in tfsdn.comparison_markdown(before, after)
+
+
+def test_dense_macs_of_densenet40():
+  report = tfsdn.model_report(tfsdn.densenet.DenseNet(40, 12))
+  # Hand count: 3x3 convs of three blocks, 1x1 transitions, stem, classifier.
+  macs = 3 * 3 * 3 * 16 * 32 * 32
+  for block, size in enumerate([32, 16, 8]):
+    start = 16 + block * 12 * 12
+    macs += sum(9 * (start + 12 * i) * 12 * size * size for i in range(12))
+    if block < 2:
+      channels = start + 144
+      macs += channels * channels * size * size
+  macs += 448 * 10
+  assert report.total_macs == macs
+
+
+def test_connectivity_matrix_of_a_pruned_block():
+  model = helpers.tiny_densenet()
+  layer = model.get_layer("block1_layer2")
+  scores = np.ones(20, "float32")
+  scores[:8] = 0  # half of the 16 stem maps
+  scores[16:18] = 0  # half of block1_layer1's 4 maps
+  layer.contribution_score.assign(scores)
+  report = tfsdn.model_report(model)
+  block = report.blocks[0]
+  assert block.consumers == ["block1_layer1", "block1_layer2", "transition1"]
+  assert block.sources == ["stem_conv", "block1_layer1", "block1_layer2"]
+  np.testing.assert_allclose(block.matrix, [[1, np.nan, np.nan],
+                                            [0.5, 0.5, np.nan],
+                                            [1, 1, 1]])
+  assert len(report.blocks) == 3
+
+
+def test_plot_connectivity_writes_a_png(tmp_path):
+  model = helpers.tiny_densenet()
+  helpers.prune_randomly(model, 0.5)
+  path = tmp_path / "connectivity.png"
+  tfsdn.plot_connectivity(model, path)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert [p.name for p in tmp_path.iterdir()] == ["connectivity.png"]
