@@ -1,0 +1,307 @@
+r"""Train a sparse DenseNet on CIFAR: staged pruning, strip, report, export.
+
+Offline, on the CIFAR-10 TFRecords of this workplace:
+
+  python examples/train_cifar.py --dataset=tfrecord:../shared/data/cifar10 \
+      --model_dir=runs/quick --depth=16 --epochs=2 --train_size=1024 \
+      --eval_size=512 --num_stages=2 --prune_begin_epoch=0 --prune_end_epoch=1
+
+With internet, `--dataset=cifar10` or `--dataset=cifar100` downloads through
+tensorflow_datasets. `--final_sparsity=0` trains the dense baseline.
+
+A run killed mid-training resumes from its last finished epoch when started
+again with the same flags and `--model_dir` (scores, masks and the pruning
+step included). A finished run is never overwritten.
+"""
+
+import json
+import math
+import os
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+import tfsdn
+from tfsdn import data as sdn_data
+from tfsdn.compat import keras
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "cifar10",
+                    "cifar10 | cifar100 (tensorflow_datasets) | tfrecord:DIR.")
+flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
+flags.DEFINE_string("model_dir", None, "Where the run writes everything.")
+flags.DEFINE_integer("depth", 40, "DenseNet depth L.")
+flags.DEFINE_integer("growth_rate", 12, "Growth rate k.")
+flags.DEFINE_bool("bottleneck", False, "DenseNet-B bottleneck layers.")
+flags.DEFINE_float("compression", 1.0, "Transition compression (0.5 for BC).")
+flags.DEFINE_float("dropout_rate", 0.0, "Dropout after every conv.")
+flags.DEFINE_integer("epochs", 300, "Training epochs.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.")
+flags.DEFINE_float("weight_decay", 1e-4, "SGD weight decay.")
+flags.DEFINE_integer("train_size", None, "Use only this many train images.")
+flags.DEFINE_integer("eval_size", None, "Use only this many test images.")
+flags.DEFINE_float("final_sparsity", 0.5,
+                   "Input-channel sparsity of every prunable layer; 0 = dense.")
+flags.DEFINE_integer("num_stages", 3, "Pruning stages.")
+flags.DEFINE_integer("prune_begin_epoch", None,
+                     "Epoch of the first stage (default epochs // 8).")
+flags.DEFINE_integer("prune_end_epoch", None,
+                     "Epoch of the last stage (default epochs // 2).")
+flags.DEFINE_enum("criterion", "expected_l1", list(tfsdn.criteria.CRITERIA),
+                  "Contribution criterion.")
+flags.DEFINE_float("group_lasso", 0.0, "Group-lasso strength.")
+flags.DEFINE_float("score_momentum", 0.9, "Momentum of expected_l1 stats.")
+flags.DEFINE_bool("jit_compile", False, "Train with XLA.")
+flags.DEFINE_bool("mixed_precision", False,
+                  "mixed_float16 on GPU, mixed_bfloat16 on CPU.")
+flags.DEFINE_string("export_dir", None,
+                    "SavedModel base directory (default MODEL_DIR/export).")
+flags.DEFINE_bool("xla_export", False, "Compile the served function with XLA.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+
+# Flags that may differ when a run is resumed: they do not change training.
+_RESUME_INDEPENDENT = ("data_dir", "export_dir", "xla_export")
+
+
+def _write_json(path, value):
+  directory = os.path.dirname(path)
+  handle, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
+  with os.fdopen(handle, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def resolved_flags():
+  module = FLAGS.find_module_defining_flag("model_dir")
+  names = [f.name for f in FLAGS.flags_by_module_dict()[module]]
+  return {name: FLAGS[name].value for name in names}
+
+
+def check_flags(values):
+  """Fails fast, before any training, on a flag value that cannot work."""
+  if not values["model_dir"]:
+    raise app.UsageError("--model_dir is required.")
+  kind, directory = sdn_data.parse_dataset_name(values["dataset"])
+  if kind == "tfrecord":
+    sdn_data.check_tfrecord_dir(directory)
+  if not 0.0 <= values["final_sparsity"] < 1.0:
+    raise app.UsageError(
+        f"--final_sparsity must be in [0, 1). Received: "
+        f"{values['final_sparsity']}")
+  if values["epochs"] < 1:
+    raise app.UsageError(f"--epochs must be >= 1. Received: {values['epochs']}")
+  if values["num_stages"] < 1:
+    raise app.UsageError(
+        f"--num_stages must be >= 1. Received: {values['num_stages']}")
+  begin, end = values["prune_begin_epoch"], values["prune_end_epoch"]
+  if begin is not None and begin < 0:
+    raise app.UsageError(f"--prune_begin_epoch must be >= 0. Received: {begin}")
+  if end is not None and end >= values["epochs"]:
+    raise app.UsageError(
+        f"--prune_end_epoch={end} is past the last epoch "
+        f"(--epochs={values['epochs']} runs epochs 0..{values['epochs'] - 1}).")
+  if begin is not None and end is not None and end < begin:
+    raise app.UsageError(
+        f"--prune_end_epoch={end} is before --prune_begin_epoch={begin}.")
+  for name in ("train_size", "eval_size"):
+    if values[name] is not None and values[name] < 1:
+      raise app.UsageError(f"--{name} must be >= 1. Received: {values[name]}")
+
+
+def prepare_model_dir(values):
+  """Creates the run directory, or checks that a resumed run matches it."""
+  model_dir = values["model_dir"]
+  flags_path = os.path.join(model_dir, "flags.json")
+  if os.path.exists(os.path.join(model_dir, "results.json")):
+    raise app.UsageError(
+        f"--model_dir={model_dir!r} holds a finished run (results.json); "
+        "choose a new --model_dir so its results are kept.")
+  if os.path.exists(flags_path):
+    with open(flags_path) as f:
+      previous = json.load(f)
+    changed = {k: (previous.get(k), v) for k, v in values.items()
+               if k not in _RESUME_INDEPENDENT and previous.get(k) != v}
+    if changed:
+      raise app.UsageError(
+          f"--model_dir={model_dir!r} holds a run with different flags "
+          f"(previous, now): {changed}. Use a new --model_dir.")
+    logging.info("Resuming the run in %s", model_dir)
+  else:
+    os.makedirs(model_dir, exist_ok=True)
+    _write_json(flags_path, values)
+
+
+def pruning_schedule(values, steps_per_epoch):
+  epochs = values["epochs"]
+  begin = values["prune_begin_epoch"]
+  end = values["prune_end_epoch"]
+  begin = epochs // 8 if begin is None else begin
+  end = max(begin, epochs // 2 if end is None else end)
+  def first_step(epoch):
+    # A stage prunes on its epoch's first batch; in epoch 0 the scores have
+    # seen no data yet, so that stage waits until the middle of the epoch.
+    if epoch == 0:
+      return max(2, steps_per_epoch // 2)
+    return epoch * steps_per_epoch + 1
+
+  begin_step, end_step = first_step(begin), first_step(end)
+  return tfsdn.StagedSparsity.evenly(values["final_sparsity"],
+                                     values["num_stages"], begin_step,
+                                     end_step)
+
+
+class StageLogger(keras.callbacks.Callback):
+  """Logs every pruning stage: layers, sparsity reached, parameters left."""
+
+  def __init__(self, schedule):
+    super().__init__()
+    self.stage_steps = {step: sparsity for step, sparsity in schedule.stages}
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = int(self._pruning_step())
+    if step not in self.stage_steps:
+      return
+    layers = tfsdn.prunable_layers(self.model)
+    sparsity = np.mean([l.sparsity() for l in layers])
+    params = sum(
+        l.kernel_size[0] * l.kernel_size[1] * len(l.kept_channels()) *
+        l.filters + 4 * len(l.kept_channels()) for l in layers)
+    logging.info(
+        "Pruning stage at step %d: %d prunable layers, target sparsity %.3f, "
+        "mean sparsity reached %.3f, %d parameters left in prunable layers.",
+        step, len(layers), self.stage_steps[step], sparsity, params)
+
+  def _pruning_step(self):
+    for layer in self.model.layers:
+      if hasattr(layer, "pruning_step"):
+        return layer.pruning_step.numpy()
+    return -1
+
+
+def learning_rate_schedule(values):
+  base, epochs = values["learning_rate"], values["epochs"]
+
+  def schedule(epoch, unused_lr=None):
+    if epoch >= int(0.75 * epochs):
+      return base / 100
+    if epoch >= int(0.5 * epochs):
+      return base / 10
+    return base
+
+  return schedule
+
+
+def evaluate_saved_model(path, test_data):
+  """Top-1 accuracy of an exported SavedModel, loaded as TF Serving would."""
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  correct = total = 0
+  for images, labels in test_data:
+    logits = serve(images=images)["logits"]
+    correct += int(tf.reduce_sum(tf.cast(
+        tf.argmax(logits, -1) == tf.cast(labels, tf.int64), tf.int32)))
+    total += int(labels.shape[0])
+  return correct / total
+
+
+def main(argv):
+  del argv
+  values = resolved_flags()
+  check_flags(values)
+  prepare_model_dir(values)
+  model_dir = values["model_dir"]
+  keras.utils.set_random_seed(values["seed"])
+  if values["mixed_precision"]:
+    policy = ("mixed_float16" if tf.config.list_physical_devices("GPU")
+              else "mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(policy)
+
+  dataset = values["dataset"]
+  train_examples = sdn_data.count_examples(dataset, "train",
+                                           values["train_size"],
+                                           values["data_dir"])
+  steps_per_epoch = math.ceil(train_examples / values["batch_size"])
+  train = sdn_data.make_dataset(dataset, "train", values["batch_size"],
+                                training=True, size=values["train_size"],
+                                data_dir=values["data_dir"],
+                                seed=values["seed"])
+  test = sdn_data.make_dataset(dataset, "test", 256, size=values["eval_size"],
+                               data_dir=values["data_dir"])
+
+  model = tfsdn.densenet.DenseNet(
+      depth=values["depth"], growth_rate=values["growth_rate"],
+      bottleneck=values["bottleneck"], compression=values["compression"],
+      num_classes=sdn_data.num_classes(dataset),
+      dropout_rate=values["dropout_rate"],
+      weight_decay=values["weight_decay"], criterion=values["criterion"],
+      score_momentum=values["score_momentum"],
+      group_lasso=values["group_lasso"])
+  before = tfsdn.model_report(model)
+  callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+      keras.callbacks.LearningRateScheduler(learning_rate_schedule(values)),
+  ]
+  log_dir = os.path.join(model_dir, "logs")
+  if values["final_sparsity"] > 0:
+    schedule = pruning_schedule(values, steps_per_epoch)
+    logging.info("Pruning schedule: %s (%d steps per epoch)", schedule,
+                 steps_per_epoch)
+    model = tfsdn.prune_dense_connections(model, schedule)
+    callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
+                  tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
+                  StageLogger(schedule)]
+  else:
+    callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
+  model.compile(
+      optimizer=keras.optimizers.SGD(values["learning_rate"], momentum=0.9,
+                                     nesterov=True),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"], jit_compile=values["jit_compile"])
+  model.fit(train, epochs=values["epochs"], validation_data=test,
+            callbacks=callbacks, verbose=1 if logging.level_info() else 2)
+
+  model = tfmot.sparsity.keras.strip_pruning(model)
+  model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True), metrics=["accuracy"])
+  _, accuracy = model.evaluate(test, verbose=0)
+  model.save(os.path.join(model_dir, "final_model.keras"))
+  compact = tfsdn.strip_to_compact(model)
+  compact.save(os.path.join(model_dir, "compact_model.keras"))
+  after = tfsdn.model_report(compact)
+  with open(os.path.join(model_dir, "report.md"), "w") as f:
+    f.write("## Before vs after\n\n" +
+            tfsdn.comparison_markdown(before, after) + "\n\n" +
+            before.to_markdown() + "\n\n" + after.to_markdown() + "\n")
+  tfsdn.plot_connectivity(model, os.path.join(model_dir, "connectivity.png"))
+  export_base = values["export_dir"] or os.path.join(model_dir, "export")
+  export_path = tfsdn.export_saved_model(compact, export_base,
+                                         xla=values["xla_export"])
+  export_accuracy = evaluate_saved_model(export_path, test)
+  results = {
+      "test_accuracy": accuracy,
+      "export_test_accuracy": export_accuracy,
+      "test_examples": sdn_data.count_examples(dataset, "test",
+                                               values["eval_size"],
+                                               values["data_dir"]),
+      "params_before": before.total_params,
+      "params_after": after.total_params,
+      "macs_before": before.total_macs,
+      "macs_after": after.total_macs,
+      "mean_sparsity": float(np.mean(
+          [l.sparsity() for l in tfsdn.prunable_layers(model)])),
+      "export_path": export_path,
+  }
+  _write_json(os.path.join(model_dir, "results.json"), results)
+  logging.info("Test accuracy %.4f (exported SavedModel: %.4f); parameters "
+               "%d -> %d; MACs %d -> %d; exported to %s", accuracy,
+               export_accuracy, before.total_params, after.total_params,
+               before.total_macs, after.total_macs, export_path)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,99 @@
+"""End-to-end runs of examples/train_cifar.py on a tiny TFRecord set."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.test_data import write_tfrecords
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
+
+
+def _args(data_dir, model_dir, **overrides):
+  flags = dict(dataset=f"tfrecord:{data_dir}", model_dir=str(model_dir),
+               depth=10, growth_rate=4, epochs=3, batch_size=8,
+               train_size=32, eval_size=16, num_stages=2,
+               prune_begin_epoch=0, prune_end_epoch=1)
+  flags.update(overrides)
+  return [sys.executable, SCRIPT] + [f"--{k}={v}" for k, v in flags.items()]
+
+
+def _env():
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(args, check=True):
+  return subprocess.run(args, capture_output=True, text=True, env=_env(),
+                        check=check, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  return write_tfrecords(tmp_path_factory.mktemp("cifar"), count=40)
+
+
+def test_kill_mid_training_resumes_and_keeps_pruned_channels(records, tmp_path):
+  model_dir = tmp_path / "run"
+  process = subprocess.Popen(_args(records, model_dir), env=_env(), cwd=ROOT,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  # Kill the run once the backup of epoch 1 exists (during epoch 2).
+  backup = model_dir / "backup"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if backup.exists() and any(p.name == "checkpoint"
+                               for p in backup.rglob("*")):
+      break
+    time.sleep(0.2)
+  assert process.poll() is None, process.stderr.read()[-3000:]
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (model_dir / "results.json").exists()
+
+  resumed = _run(_args(records, model_dir))
+  log = resumed.stderr
+  assert "Resuming the run" in log
+  assert "Epoch 1/3" not in resumed.stdout  # did not restart from epoch 0
+  results = json.loads((model_dir / "results.json").read_text())
+  assert results["mean_sparsity"] == pytest.approx(0.5, abs=0.05)
+  assert results["export_test_accuracy"] == pytest.approx(
+      results["test_accuracy"], abs=1e-6)
+  assert results["params_after"] < results["params_before"]
+  for name in ["flags.json", "report.md", "connectivity.png",
+               "compact_model.keras", "final_model.keras", "logs"]:
+    assert (model_dir / name).exists(), name
+  assert os.listdir(model_dir / "export") == ["1"]
+
+  # A finished run is never overwritten.
+  again = _run(_args(records, model_dir), check=False)
+  assert again.returncode != 0 and "finished run" in again.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dataset="mnist"), "dataset='mnist'"),
+    (dict(final_sparsity=1.0), "--final_sparsity must be in [0, 1)"),
+    (dict(prune_end_epoch=3), "--prune_end_epoch=3 is past the last epoch"),
+])
+def test_bad_flags_fail_before_training(records, tmp_path, overrides, message):
+  result = _run(_args(records, tmp_path / "run", **overrides), check=False)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Epoch 1/" not in result.stdout
+
+
+def test_missing_data_and_changed_flags_fail_fast(records, tmp_path):
+  result = _run(_args(tmp_path / "nowhere", tmp_path / "a"), check=False)
+  assert result.returncode != 0 and "does not exist" in result.stderr
+  model_dir = tmp_path / "b"
+  model_dir.mkdir()
+  (model_dir / "flags.json").write_text(json.dumps({"depth": 40}))
+  result = _run(_args(records, model_dir), check=False)
+  assert result.returncode != 0 and "different flags" in result.stderr
+  assert json.loads((model_dir / "flags.json").read_text()) == {"depth": 40}
