@@ -16,6 +16,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9",
         "tensorboard>=2.20",  # tfmot's PruningSummaries writes summaries.
         "absl-py>=1.0",
+        "psutil",  # memory figures of benchmarks/inference_speed.py
         "numpy",
     ],
     extras_require={

@@ -97,3 +97,26 @@ def test_missing_data_and_changed_flags_fail_fast(records, tmp_path):
   result = _run(_args(records, model_dir), check=False)
   assert result.returncode != 0 and "different flags" in result.stderr
   assert json.loads((model_dir / "flags.json").read_text()) == {"depth": 40}
+
+
+def test_export_model_and_predict_on_a_finished_run(records, tmp_path):
+  model_dir = tmp_path / "run"
+  _run(_args(records, model_dir, epochs=1, prune_end_epoch=0, num_stages=1))
+  exported = _run([sys.executable, os.path.join(ROOT, "examples",
+                                                "export_model.py"),
+                   f"--model={model_dir}", f"--export_dir={tmp_path / 'sdn'}",
+                   "--xla", f"--tflite_path={tmp_path / 'sdn.tflite'}",
+                   f"--dataset=tfrecord:{records}", "--verify_images=8"])
+  assert "Exported and verified" in exported.stdout
+  assert "Total parameters" in exported.stdout
+  assert (tmp_path / "sdn.tflite").exists()
+  predicted = _run([sys.executable, os.path.join(ROOT, "examples",
+                                                 "predict.py"),
+                    f"--saved_model={tmp_path / 'sdn' / '1'}",
+                    f"--tfrecord={records / 'test.tfrecord'}",
+                    "--num_records=3", f"--request_json={tmp_path / 'r.json'}"])
+  lines = [l for l in predicted.stdout.splitlines() if "#" in l]
+  assert len(lines) == 3 and "(label 0)" in lines[0]
+  body = json.loads((tmp_path / "r.json").read_text())
+  assert body["signature_name"] == "serving_default"
+  assert np.asarray(body["instances"]).shape == (3, 32, 32, 3)

@@ -1,0 +1,186 @@
+r"""Inference speed of a compact sparse DenseNet against the dense one.
+
+Builds DenseNet-40 (k=12), prunes every prunable layer to --sparsity with
+random scores (this measures speed, not accuracy), strips it with
+`tfsdn.strip_to_compact`, exports the dense and the compact model as
+SavedModels with and without XLA, loads them back as TF Serving would, and
+times them side by side in one process, interleaving rounds so that machine
+noise hits every model alike. Peak memory is measured in a fresh process per
+export. Prints a table and writes JSON.
+
+  python benchmarks/inference_speed.py --output=benchmarks/results/speed.json
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import tfsdn
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("depth", 40, "DenseNet depth.")
+flags.DEFINE_integer("growth_rate", 12, "Growth rate.")
+flags.DEFINE_float("sparsity", 0.5, "Input-channel sparsity of every layer.")
+flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per model.")
+flags.DEFINE_float("seconds", 3.0, "Seconds per model per round and batch.")
+flags.DEFINE_string("output", "benchmarks/results/inference_speed.json",
+                    "Where to write the JSON results.")
+flags.DEFINE_integer("seed", 0, "Seed of the random scores.")
+
+_PEAK_MEMORY = """
+import resource, sys
+import numpy as np, psutil, tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+images = tf.constant(np.random.default_rng(0).uniform(
+    0, 255, (int(sys.argv[2]), 32, 32, 3)).astype("float32"))
+loaded = psutil.Process().memory_info().rss
+for _ in range(3):
+  serve(images=images)["logits"].numpy()
+print(loaded, psutil.Process().memory_info().rss,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def prune_randomly(model, sparsity, seed):
+  rng = np.random.default_rng(seed)
+  for layer in tfsdn.prunable_layers(model):
+    scores = rng.uniform(0.1, 1.0, layer.input_channels)
+    scores[rng.permutation(layer.input_channels)[
+        :int(round(sparsity * layer.input_channels))]] = 0
+    layer.contribution_score.assign(scores)
+
+
+def memory_mb(path, batch_size):
+  """RSS (MB) of a fresh process serving `path`.
+
+  Returns:
+    (RSS after loading, RSS after three batches, peak RSS of the process).
+    TensorFlow's import sets a high peak of its own, so the growth from
+    loading to serving is the figure that tells models apart.
+  """
+  out = subprocess.run(
+      [sys.executable, "-c", _PEAK_MEMORY, path, str(batch_size)],
+      check=True, capture_output=True, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout.split()
+  return tuple(int(v) / 2**20 for v in out[-3:])
+
+
+def time_rounds(functions, batch_sizes, rounds, seconds):
+  """Images/second per (model, batch size): median over interleaved rounds."""
+  rng = np.random.default_rng(0)
+  inputs = {b: tf.constant(rng.uniform(0, 255, (b, 32, 32, 3)).astype(
+      "float32")) for b in batch_sizes}
+  for serve in functions.values():  # Warm up (and compile, for XLA).
+    for b in batch_sizes:
+      for _ in range(2):
+        serve(images=inputs[b])["logits"].numpy()
+  samples = {(name, b): [] for name in functions for b in batch_sizes}
+  for r in range(rounds):
+    for b in batch_sizes:
+      for name, serve in functions.items():
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+          serve(images=inputs[b])["logits"].numpy()
+          count += 1
+        samples[(name, b)].append(count * b / (time.perf_counter() - start))
+    logging.info("round %d/%d done", r + 1, rounds)
+  return {key: float(np.median(v)) for key, v in samples.items()}
+
+
+def main(argv):
+  del argv
+  batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+  dense = tfsdn.strip_to_compact(
+      tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate))
+  pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
+  prune_randomly(pruned, FLAGS.sparsity, FLAGS.seed)
+  compact = tfsdn.strip_to_compact(pruned)
+  images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
+      "float32")
+  max_diff = float(np.abs(pruned(images, training=False) -
+                          compact(images, training=False)).max())
+  reports = {"dense": tfsdn.model_report(dense),
+             "compact": tfsdn.model_report(compact)}
+  workdir = tempfile.mkdtemp(prefix="tfsdn-speed-")
+  functions, paths = {}, {}
+  for name, model in (("dense", dense), ("compact", compact)):
+    for xla in (False, True):
+      key = f"{name}{'_xla' if xla else ''}"
+      paths[key] = tfsdn.export_saved_model(
+          model, os.path.join(workdir, key), xla=xla)
+      functions[key] = tf.saved_model.load(paths[key]).signatures[
+          "serving_default"]
+  throughput = time_rounds(functions, batch_sizes, FLAGS.rounds,
+                           FLAGS.seconds)
+  memory = {key: memory_mb(path, max(batch_sizes))
+            for key, path in paths.items()}
+
+  def best(name, batch):
+    return max((throughput[(k, batch)], k) for k in functions
+               if k.split("_")[0] == name)
+
+  ideal = reports["dense"].total_macs / reports["compact"].total_macs
+  results = {
+      "depth": FLAGS.depth, "growth_rate": FLAGS.growth_rate,
+      "sparsity": FLAGS.sparsity, "rounds": FLAGS.rounds,
+      "seconds_per_round": FLAGS.seconds,
+      "tensorflow": tf.__version__, "cpus": os.cpu_count(),
+      "compact_vs_pruned_max_abs_diff": max_diff,
+      "params": {k: r.total_params for k, r in reports.items()},
+      "prunable_params": {k: r.prunable_params for k, r in reports.items()},
+      "macs": {k: r.total_macs for k, r in reports.items()},
+      "ideal_speedup_mac_ratio": ideal,
+      "prunable_params_ratio": (reports["compact"].prunable_params /
+                                reports["dense"].prunable_params),
+      "images_per_second": {f"{k}@{b}": v for (k, b), v in throughput.items()},
+      "rss_after_load_mb": {k: v[0] for k, v in memory.items()},
+      "rss_after_serving_mb": {k: v[1] for k, v in memory.items()},
+      "peak_rss_mb": {k: v[2] for k, v in memory.items()},
+      "speedup_best_vs_best": {},
+  }
+  lines = ["| model | " + " | ".join(f"img/s @ batch {b}" for b in batch_sizes)
+           + f" | RSS MB loaded / serving @ {max(batch_sizes)} | peak RSS MB |",
+           "| --- |" + " --- |" * (len(batch_sizes) + 2)]
+  for key in functions:
+    lines.append(f"| {key} | " + " | ".join(
+        f"{throughput[(key, b)]:.1f}" for b in batch_sizes) +
+                 f" | {memory[key][0]:.0f} / {memory[key][1]:.0f} | "
+                 f"{memory[key][2]:.0f} |")
+  for b in batch_sizes:
+    (dense_speed, dense_key), (compact_speed, compact_key) = (
+        best("dense", b), best("compact", b))
+    results["speedup_best_vs_best"][str(b)] = {
+        "dense_mode": dense_key, "compact_mode": compact_key,
+        "speedup": compact_speed / dense_speed,
+        "fraction_of_ideal": compact_speed / dense_speed / ideal,
+    }
+    lines.append(f"\nbatch {b}: best compact ({compact_key}) / best dense "
+                 f"({dense_key}) = {compact_speed / dense_speed:.2f}x; ideal "
+                 f"(MAC ratio) {ideal:.2f}x; "
+                 f"{compact_speed / dense_speed / ideal:.2f} of ideal")
+  lines.append(
+      f"\nparameters {reports['dense'].total_params:,} -> "
+      f"{reports['compact'].total_params:,}; prunable-layer parameters ratio "
+      f"{results['prunable_params_ratio']:.3f}; MACs "
+      f"{reports['dense'].total_macs:,} -> {reports['compact'].total_macs:,}")
+  print("\n".join(lines))
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  tmp = FLAGS.output + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, FLAGS.output)
+  logging.info("Wrote %s", FLAGS.output)
+
+
+if __name__ == "__main__":
+  app.run(main)
