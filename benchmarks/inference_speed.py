@@ -51,15 +51,6 @@ print(loaded, psutil.Process().memory_info().rss,
 """
 
 
-def prune_randomly(model, sparsity, seed):
-  rng = np.random.default_rng(seed)
-  for layer in tfsdn.prunable_layers(model):
-    scores = rng.uniform(0.1, 1.0, layer.input_channels)
-    scores[rng.permutation(layer.input_channels)[
-        :int(round(sparsity * layer.input_channels))]] = 0
-    layer.contribution_score.assign(scores)
-
-
 def memory_mb(path, batch_size):
   """RSS (MB) of a fresh process serving `path`.
 
@@ -103,7 +94,7 @@ def main(argv):
   dense = tfsdn.strip_to_compact(
       tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate))
   pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
-  prune_randomly(pruned, FLAGS.sparsity, FLAGS.seed)
+  tfsdn.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
   compact = tfsdn.strip_to_compact(pruned)
   images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
       "float32")

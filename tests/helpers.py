@@ -52,9 +52,4 @@ def randomize_batch_norm(model, seed=0):
 
 def prune_randomly(model, sparsity, seed=0):
   """Zeroes round(sparsity * C) random scores in every PrunableConcatConv."""
-  rng = np.random.default_rng(seed)
-  for layer in tfsdn.prunable_layers(model):
-    scores = rng.uniform(0.1, 1.0, layer.input_channels)
-    scores[rng.permutation(layer.input_channels)[
-        :int(round(sparsity * layer.input_channels))]] = 0
-    layer.contribution_score.assign(scores)
+  tfsdn.prune_at_random(model, sparsity, seed)

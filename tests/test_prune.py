@@ -186,3 +186,11 @@ def test_rejects_subclassed_models():
 
   with pytest.raises(TypeError, match="functional and Sequential"):
     tfsdn.prune_dense_connections(Sub(), _schedule())
+
+
+def test_prune_at_random_prunes_the_requested_fraction():
+  model = helpers.tiny_densenet()
+  tfsdn.prune_at_random(model, 0.5, seed=3)
+  _check_half_pruned(model)
+  with pytest.raises(ValueError, match="sparsity=1.5"):
+    tfsdn.prune_at_random(model, 1.5)

@@ -7,6 +7,7 @@ from tfsdn.export import export_saved_model
 from tfsdn.export import export_tflite
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.prune import prunable_layers
+from tfsdn.prune import prune_at_random
 from tfsdn.prune import prune_dense_connections
 from tfsdn.report import comparison_markdown
 from tfsdn.report import model_report
@@ -26,6 +27,7 @@ __all__ = [
     "model_report",
     "plot_connectivity",
     "prunable_layers",
+    "prune_at_random",
     "prune_dense_connections",
     "strip_to_compact",
 ]

@@ -1,5 +1,6 @@
 """`prune_dense_connections`: wrap every PrunableConcatConv for tfmot."""
 
+import numpy as np
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as pruning_sched
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
@@ -112,3 +113,29 @@ def _copy_weights(source, target):
       _copy_weights(src, dst)
     else:
       dst.set_weights(src.get_weights())
+
+
+def prune_at_random(model, sparsity, seed=0):
+  """Prunes `round(sparsity * C)` random input channels of every layer.
+
+  Sets the contribution scores of every `PrunableConcatConv` directly, with
+  no training: for speed benchmarks and tests of the strip step, where which
+  channels go does not matter.
+
+  Args:
+    model: A model with `PrunableConcatConv` layers (wrapped or not).
+    sparsity: Fraction of input channels to prune per layer, in [0, 1).
+    seed: Seed of the random choice.
+
+  Raises:
+    ValueError: if `sparsity` is outside [0, 1).
+  """
+  if not 0.0 <= sparsity < 1.0:
+    raise ValueError(f"sparsity must be in [0, 1). Received: "
+                     f"sparsity={sparsity!r}")
+  rng = np.random.default_rng(seed)
+  for layer in prunable_layers(model):
+    scores = rng.uniform(0.1, 1.0, layer.input_channels)
+    scores[rng.permutation(layer.input_channels)[
+        :int(round(sparsity * layer.input_channels))]] = 0
+    layer.contribution_score.assign(scores)
