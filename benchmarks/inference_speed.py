@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfsdn
+from tfsdn.files import atomic_path
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("depth", 40, "DenseNet depth.")
@@ -165,11 +166,9 @@ def main(argv):
       f"{results['prunable_params_ratio']:.3f}; MACs "
       f"{reports['dense'].total_macs:,} -> {reports['compact'].total_macs:,}")
   print("\n".join(lines))
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-  tmp = FLAGS.output + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, FLAGS.output)
+  with atomic_path(FLAGS.output, suffix=".json") as tmp:
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2)
   logging.info("Wrote %s", FLAGS.output)
 
 

@@ -17,7 +17,6 @@ step included). A finished run is never overwritten.
 import json
 import math
 import os
-import tempfile
 
 from absl import app
 from absl import flags
@@ -29,6 +28,7 @@ import tensorflow_model_optimization as tfmot
 import tfsdn
 from tfsdn import data as sdn_data
 from tfsdn.compat import keras
+from tfsdn.files import atomic_path
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "cifar10",
@@ -70,11 +70,9 @@ _RESUME_INDEPENDENT = ("data_dir", "export_dir", "xla_export")
 
 
 def _write_json(path, value):
-  directory = os.path.dirname(path)
-  handle, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
-  with os.fdopen(handle, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  with atomic_path(path, suffix=".json") as tmp:
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2, sort_keys=True)
 
 
 def resolved_flags():

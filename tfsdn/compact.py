@@ -2,8 +2,6 @@
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfsdn import graph
 from tfsdn.compat import keras
@@ -104,9 +102,7 @@ def strip_to_compact(model):
     ValueError: if the model has no `PrunableConcatConv`.
   """
   require_functional(model)
-  if any(isinstance(layer, pruning_wrapper.PruneLowMagnitude)
-         for layer in model.layers):
-    model = tfmot.sparsity.keras.strip_pruning(model)
+  model = graph.strip_wrappers(model)
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
     raise ValueError(

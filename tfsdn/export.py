@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
+from tfsdn.files import atomic_path
 
 INPUT_NAME = "images"
 LOGITS = "logits"
@@ -161,15 +162,7 @@ def export_tflite(model, path, optimizations=None):
   if optimizations:
     converter.optimizations = list(optimizations)
   flatbuffer = converter.convert()
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, tmp = tempfile.mkstemp(suffix=".tflite", dir=directory)
-  try:
-    with os.fdopen(handle, "wb") as f:
+  with atomic_path(path, suffix=".tflite") as tmp:
+    with open(tmp, "wb") as f:
       f.write(flatbuffer)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return os.fspath(path)

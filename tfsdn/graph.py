@@ -7,6 +7,7 @@ call in the model are supported, which covers DenseNets built by tfsdn and by
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 from tf_keras.src.engine.keras_tensor import KerasTensor
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
@@ -36,6 +37,14 @@ def unwrap(layer):
   if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
     return layer.layer
   return layer
+
+
+def strip_wrappers(model):
+  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`."""
+  if any(isinstance(layer, pruning_wrapper.PruneLowMagnitude)
+         for layer in model.layers):
+    return tfmot.sparsity.keras.strip_pruning(model)
+  return model
 
 
 def is_channel_wise(layer):

@@ -5,6 +5,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as pruning_sched
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
+from tfsdn import graph
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
@@ -20,9 +21,7 @@ def prunable_layers(model):
     A list of `PrunableConcatConv` layers in model order.
   """
   found = []
-  for layer in model.layers:
-    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-      layer = layer.layer
+  for layer in map(graph.unwrap, model.layers):
     if isinstance(layer, PrunableConcatConv):
       found.append(layer)
     elif isinstance(layer, keras.Model):

@@ -10,17 +10,14 @@ what stripping will save; pruning bookkeeping (scores, masks) is not counted.
 import collections
 import dataclasses
 import math
-import os
-import tempfile
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfsdn import graph
 from tfsdn.compact import strip_to_compact
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
+from tfsdn.files import atomic_path
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 
 
@@ -135,12 +132,6 @@ def comparison_markdown(before, after):
   ])
 
 
-def _stripped(model):
-  if any(isinstance(l, pruning_wrapper.PruneLowMagnitude) for l in model.layers):
-    return tfmot.sparsity.keras.strip_pruning(model)
-  return model
-
-
 def _weight_rows(compact):
   """Rows for every Conv2D and Dense layer of a stock (compact) model."""
   rows = {}
@@ -167,37 +158,36 @@ def _weight_rows(compact):
   return rows
 
 
-def _source_counts(model, sources):
-  counts = collections.Counter()
-  for node, layer in graph.topological_nodes(model):
+def _source_counts(nodes):
+  """Output channels of every layer: the feature maps it offers as a source."""
+  counts = {}
+  for node, layer in nodes:
     output = graph.node_output(node)
-    if id(output) in sources:
-      for name, _ in sources[id(output)]:
-        counts[name] = max(counts[name], 0)
-      counts[layer.name] = graph.channels(output) if output.shape.rank else 1
+    counts[layer.name] = graph.channels(output) if output.shape.rank else 1
   return counts
 
 
 def _pruned_reads(model):
   """For each PrunableConcatConv: (offered sources, kept mask)."""
   sources = graph.channel_sources(model)
+  nodes = graph.topological_nodes(model)
   reads = {}
-  for node, layer in graph.topological_nodes(model):
+  for node, layer in nodes:
     if isinstance(layer, PrunableConcatConv):
       offered = [s for t in graph.node_inputs(node) for s in sources[id(t)]]
       reads[layer.name] = (offered, graph.kept_mask(layer))
-  return reads, _source_counts(model, sources)
+  return reads, _source_counts(nodes)
 
 
 def _compact_reads(model):
   """For each compact prunable conv: (offered sources, kept mask)."""
   sources = graph.channel_sources(model)
-  producer = {}
-  for node, layer in graph.topological_nodes(model):
-    producer[id(graph.node_output(node))] = (node, layer)
+  nodes = graph.topological_nodes(model)
+  producer = {id(graph.node_output(node)): (node, layer)
+              for node, layer in nodes}
   names = {layer.name for layer in model.layers}
   reads = {}
-  for node, layer in graph.topological_nodes(model):
+  for node, layer in nodes:
     if not (isinstance(layer, keras.layers.Conv2D) and
             f"{layer.name}_bn" in names):
       continue
@@ -216,7 +206,7 @@ def _compact_reads(model):
     read_set = collections.Counter(read)
     kept = np.array([read_set[s] > 0 for s in offered])
     reads[layer.name] = (offered, kept)
-  return reads, _source_counts(model, sources)
+  return reads, _source_counts(nodes)
 
 
 def _connectivity(reads, counts):
@@ -266,7 +256,7 @@ def model_report(model):
     TypeError: for Keras 3 objects and subclassed models.
   """
   require_functional(model)
-  stripped = _stripped(model)
+  stripped = graph.strip_wrappers(model)
   has_prunable = any(isinstance(l, PrunableConcatConv) for l in stripped.layers)
   if has_prunable:
     compact = strip_to_compact(stripped)
@@ -326,15 +316,9 @@ def plot_connectivity(model, path):
     ax.set_yticks(range(0, len(block.consumers), step))
   fig.colorbar(image, ax=axes[0].tolist(), label="fraction of feature maps read")
   fig.suptitle(f"{report.model_name} ({report.form})")
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  handle, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-  os.close(handle)
   try:
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+      fig.savefig(tmp, dpi=100)
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return report
