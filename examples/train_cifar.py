@@ -27,6 +27,7 @@ import tensorflow_model_optimization as tfmot
 
 import tfsdn
 from tfsdn import data as sdn_data
+from tfsdn import recipe
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
 
@@ -135,25 +136,6 @@ def prepare_model_dir(values):
     _write_json(flags_path, values)
 
 
-def pruning_schedule(values, steps_per_epoch):
-  epochs = values["epochs"]
-  begin = values["prune_begin_epoch"]
-  end = values["prune_end_epoch"]
-  begin = epochs // 8 if begin is None else begin
-  end = max(begin, epochs // 2 if end is None else end)
-  def first_step(epoch):
-    # A stage prunes on its epoch's first batch; in epoch 0 the scores have
-    # seen no data yet, so that stage waits until the middle of the epoch.
-    if epoch == 0:
-      return max(2, steps_per_epoch // 2)
-    return epoch * steps_per_epoch + 1
-
-  begin_step, end_step = first_step(begin), first_step(end)
-  return tfsdn.StagedSparsity.evenly(values["final_sparsity"],
-                                     values["num_stages"], begin_step,
-                                     end_step)
-
-
 class StageLogger(keras.callbacks.Callback):
   """Logs every pruning stage: layers, sparsity reached, parameters left."""
 
@@ -180,31 +162,6 @@ class StageLogger(keras.callbacks.Callback):
       if hasattr(layer, "pruning_step"):
         return layer.pruning_step.numpy()
     return -1
-
-
-def learning_rate_schedule(values):
-  base, epochs = values["learning_rate"], values["epochs"]
-
-  def schedule(epoch, unused_lr=None):
-    if epoch >= int(0.75 * epochs):
-      return base / 100
-    if epoch >= int(0.5 * epochs):
-      return base / 10
-    return base
-
-  return schedule
-
-
-def evaluate_saved_model(path, test_data):
-  """Top-1 accuracy of an exported SavedModel, loaded as TF Serving would."""
-  serve = tf.saved_model.load(path).signatures["serving_default"]
-  correct = total = 0
-  for images, labels in test_data:
-    logits = serve(images=images)["logits"]
-    correct += int(tf.reduce_sum(tf.cast(
-        tf.argmax(logits, -1) == tf.cast(labels, tf.int64), tf.int32)))
-    total += int(labels.shape[0])
-  return correct / total
 
 
 def main(argv):
@@ -242,11 +199,14 @@ def main(argv):
   before = tfsdn.model_report(model)
   callbacks = [
       keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
-      keras.callbacks.LearningRateScheduler(learning_rate_schedule(values)),
+      keras.callbacks.LearningRateScheduler(
+          recipe.step_decay(values["learning_rate"], values["epochs"])),
   ]
   log_dir = os.path.join(model_dir, "logs")
   if values["final_sparsity"] > 0:
-    schedule = pruning_schedule(values, steps_per_epoch)
+    schedule = recipe.staged_schedule(
+        values["final_sparsity"], values["num_stages"], values["epochs"],
+        steps_per_epoch, values["prune_begin_epoch"], values["prune_end_epoch"])
     logging.info("Pruning schedule: %s (%d steps per epoch)", schedule,
                  steps_per_epoch)
     model = tfsdn.prune_dense_connections(model, schedule)
@@ -255,11 +215,8 @@ def main(argv):
                   StageLogger(schedule)]
   else:
     callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
-  model.compile(
-      optimizer=keras.optimizers.SGD(values["learning_rate"], momentum=0.9,
-                                     nesterov=True),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=["accuracy"], jit_compile=values["jit_compile"])
+  recipe.compile_for_training(model, values["learning_rate"],
+                              values["jit_compile"])
   model.fit(train, epochs=values["epochs"], validation_data=test,
             callbacks=callbacks, verbose=1 if logging.level_info() else 2)
 
@@ -279,7 +236,7 @@ def main(argv):
   export_base = values["export_dir"] or os.path.join(model_dir, "export")
   export_path = tfsdn.export_saved_model(compact, export_base,
                                          xla=values["xla_export"])
-  export_accuracy = evaluate_saved_model(export_path, test)
+  export_accuracy = recipe.saved_model_accuracy(export_path, test)
   results = {
       "test_accuracy": accuracy,
       "export_test_accuracy": export_accuracy,

@@ -40,6 +40,20 @@ def test_tfrecord_pipeline_batches_raw_pixels(tmp_path):
   assert sum(int(b[0].shape[0]) for b in train) == 8
 
 
+def test_offset_holds_out_the_start_of_a_split(tmp_path):
+  name = f"tfrecord:{write_tfrecords(tmp_path / 'cifar')}"
+  held_out = np.concatenate([b[1] for b in data.make_dataset(
+      name, "train", 4, size=6)])
+  rest = np.concatenate([b[1] for b in data.make_dataset(
+      name, "train", 4, offset=6, size=10)])
+  np.testing.assert_array_equal(held_out, np.arange(6) % 10)
+  np.testing.assert_array_equal(rest, np.arange(6, 16) % 10)
+  assert data.count_examples(name, "train", offset=6) == 14
+  assert data.count_examples(name, "train", size=10, offset=15) == 5
+  with pytest.raises(ValueError, match="offset=-1"):
+    data.make_dataset(name, "train", 4, offset=-1)
+
+
 def test_augment_pads_crops_and_keeps_shape():
   image = tf.ones((32, 32, 3), tf.uint8) * 200
   out, label = data.augment(image, 3)

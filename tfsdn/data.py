@@ -129,7 +129,7 @@ def augment(image, label):
 
 
 def make_dataset(dataset, split, batch_size, training=False, size=None,
-                 data_dir=None, seed=0, shuffle_buffer=10_000):
+                 data_dir=None, seed=0, shuffle_buffer=10_000, offset=0):
   """A batched, prefetched pipeline of `(float32 pixels 0-255, label)`.
 
   Args:
@@ -137,10 +137,12 @@ def make_dataset(dataset, split, batch_size, training=False, size=None,
     split: `"train"` or `"test"`.
     batch_size: Examples per batch.
     training: Augment and shuffle (each epoch anew).
-    size: Use only the first `size` examples of the split.
+    size: Use only the first `size` examples of the split (after `offset`).
     data_dir: tensorflow_datasets data directory.
     seed: Shuffle and augmentation seed.
     shuffle_buffer: Shuffle buffer size.
+    offset: Skip this many examples first, e.g. a validation set held out
+      from the start of the train split.
 
   Returns:
     A `tf.data.Dataset` of batches.
@@ -149,7 +151,11 @@ def make_dataset(dataset, split, batch_size, training=False, size=None,
     raise ValueError(f"batch_size must be >= 1. Received: {batch_size!r}")
   if size is not None and size < 1:
     raise ValueError(f"size must be >= 1. Received: size={size!r}")
+  if offset < 0:
+    raise ValueError(f"offset must be >= 0. Received: offset={offset!r}")
   data = load_split(dataset, split, data_dir)
+  if offset:
+    data = data.skip(offset)
   if size:
     data = data.take(size)
   if training:
@@ -163,13 +169,15 @@ def make_dataset(dataset, split, batch_size, training=False, size=None,
   return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def count_examples(dataset, split, size=None, data_dir=None):
-  """Examples in a split (at most `size`), counted by reading it once."""
+def count_examples(dataset, split, size=None, data_dir=None, offset=0):
+  """Examples in a split (at most `size` after `offset`), read once."""
   kind, name = parse_dataset_name(dataset)
   if kind == "tfrecord":  # Count records without decoding the images.
     data = tf.data.TFRecordDataset(os.path.join(name, SPLIT_FILES[split]))
   else:
     data = load_split(dataset, split, data_dir)
+  if offset:
+    data = data.skip(offset)
   if size:
     data = data.take(size)
   cardinality = int(data.cardinality())

@@ -1,0 +1,102 @@
+"""The CIFAR training recipe shared by the example script and the benchmark.
+
+SGD with Nesterov momentum, the learning rate divided by 10 at 50% and 75%
+of the epochs (as in the DenseNet paper), and pruning stages placed on epoch
+boundaries between `begin_epoch` and `end_epoch`.
+"""
+
+import tensorflow as tf
+
+from tfsdn.compat import keras
+from tfsdn.schedule import StagedSparsity
+
+
+def stage_step(epoch, steps_per_epoch):
+  """The pruning step at which a stage planned for `epoch` prunes.
+
+  tfmot's first training batch is pruning step 1, so epoch `e` starts at step
+  `e * steps_per_epoch + 1`. In epoch 0 the contribution scores have seen no
+  data yet (a stage there would keep everything, as all scores tie), so that
+  stage waits until the middle of the epoch.
+
+  Args:
+    epoch: Epoch, counted from 0.
+    steps_per_epoch: Training batches per epoch.
+
+  Returns:
+    The step, an int.
+  """
+  if epoch == 0:
+    return max(2, steps_per_epoch // 2)
+  return epoch * steps_per_epoch + 1
+
+
+def default_pruning_epochs(epochs, begin_epoch=None, end_epoch=None):
+  """`(begin_epoch, end_epoch)`: defaults `epochs // 8` and `epochs // 2`."""
+  begin = epochs // 8 if begin_epoch is None else begin_epoch
+  end = max(begin, epochs // 2 if end_epoch is None else end_epoch)
+  return begin, end
+
+
+def staged_schedule(final_sparsity, num_stages, epochs, steps_per_epoch,
+                    begin_epoch=None, end_epoch=None):
+  """A `StagedSparsity` with `num_stages` stages on epoch boundaries.
+
+  Args:
+    final_sparsity: Sparsity after the last stage, in (0, 1).
+    num_stages: Number of stages.
+    epochs: Training epochs (sets the default begin and end epochs).
+    steps_per_epoch: Training batches per epoch.
+    begin_epoch: Epoch of the first stage (default `epochs // 8`).
+    end_epoch: Epoch of the last stage (default `epochs // 2`).
+
+  Returns:
+    A `StagedSparsity`.
+  """
+  begin, end = default_pruning_epochs(epochs, begin_epoch, end_epoch)
+  return StagedSparsity.evenly(final_sparsity, num_stages,
+                               stage_step(begin, steps_per_epoch),
+                               stage_step(end, steps_per_epoch))
+
+
+def step_decay(learning_rate, epochs):
+  """Epoch -> learning rate: /10 at 50% and /100 at 75% of `epochs`."""
+
+  def schedule(epoch, unused_lr=None):
+    if epoch >= int(0.75 * epochs):
+      return learning_rate / 100
+    if epoch >= int(0.5 * epochs):
+      return learning_rate / 10
+    return learning_rate
+
+  return schedule
+
+
+def compile_for_training(model, learning_rate, jit_compile=False):
+  """Compiles `model` (logits out) with the recipe's SGD and top-1 accuracy."""
+  model.compile(
+      optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9,
+                                     nesterov=True),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"], jit_compile=jit_compile)
+  return model
+
+
+def saved_model_accuracy(path, data):
+  """Top-1 accuracy of an exported SavedModel, loaded as TF Serving would.
+
+  Args:
+    path: A SavedModel written by `tfsdn.export_saved_model`.
+    data: Batches of `(images, labels)`.
+
+  Returns:
+    The fraction of correct predictions, a float.
+  """
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  correct = total = 0
+  for images, labels in data:
+    logits = serve(images=images)["logits"]
+    correct += int(tf.reduce_sum(tf.cast(
+        tf.argmax(logits, -1) == tf.cast(labels, tf.int64), tf.int32)))
+    total += int(labels.shape[0])
+  return correct / total
