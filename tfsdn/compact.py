@@ -138,25 +138,25 @@ def strip_to_compact(model):
       config = layer.get_config()
       config["filters"] = len(keep)
       conv = type(layer).from_config(config)
-      new[id(output)] = _call_like(node, conv, new)
+      new[id(output)] = graph.call_like(node, conv, new)
       weights = layer.get_weights()
       conv.set_weights([weights[0][..., keep]] + [w[keep] for w in weights[1:]])
       present[id(output)] = keep
     elif graph.is_channel_concat(layer) and output.shape.rank == 4:
       offsets = np.cumsum([0] + [graph.channels(t) for t in inputs])
-      new[id(output)] = _call_like(node, _copy_layer(layer), new)
+      new[id(output)] = graph.call_like(node, graph.copy_layer(layer), new)
       present[id(output)] = np.concatenate(
           [present[id(t)] + offsets[i] for i, t in enumerate(inputs)])
     elif output.shape.rank == 4 and _passes_channels(layer, node):
       kept_in = present[id(inputs[0])]
-      copy = _copy_layer(layer)
-      new[id(output)] = _call_like(node, copy, new)
+      copy = graph.copy_layer(layer)
+      new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights([w[kept_in] for w in layer.get_weights()])
       present[id(output)] = kept_in
     else:
       _require_full(inputs, present, layer)
-      copy = _copy_layer(layer)
-      new[id(output)] = _call_like(node, copy, new)
+      copy = graph.copy_layer(layer)
+      new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
           output.shape[-1] if output.shape.rank else 1)
@@ -172,19 +172,6 @@ def _require_full(inputs, present, layer):
       raise AssertionError(
           f"{layer.name} needs all channels of its input but only "
           f"{len(present[id(tensor)])} of {graph.channels(tensor)} remain")
-
-
-def _copy_layer(layer):
-  return type(layer).from_config(layer.get_config())
-
-
-def _call_like(node, layer, new):
-  """Calls `layer` as `node` called the original, on the new tensors."""
-  def remap(value):
-    return new[id(value)] if isinstance(value, graph.KerasTensor) else value
-  args = tf.nest.map_structure(remap, node.call_args)
-  kwargs = tf.nest.map_structure(remap, node.call_kwargs)
-  return layer(*args, **kwargs)
 
 
 def select_channels(x, indices):

@@ -108,6 +108,29 @@ def node_output(node):
   return tf.nest.flatten(node.outputs)[0]
 
 
+def copy_layer(layer):
+  """A new, unbuilt layer with `layer`'s config (weights are not copied)."""
+  return type(layer).from_config(layer.get_config())
+
+
+def call_like(node, layer, new):
+  """Calls `layer` as `node` called its layer, on the new tensors.
+
+  Args:
+    node: A node of the original model.
+    layer: The layer to call.
+    new: A dict from `id(original KerasTensor)` to the tensor replacing it.
+
+  Returns:
+    The output of the call.
+  """
+  def remap(value):
+    return new[id(value)] if isinstance(value, KerasTensor) else value
+  args = tf.nest.map_structure(remap, node.call_args)
+  kwargs = tf.nest.map_structure(remap, node.call_kwargs)
+  return layer(*args, **kwargs)
+
+
 def channels(tensor):
   return int(tensor.shape[-1])
 
