@@ -3,6 +3,8 @@
 from tfsdn import densenet
 from tfsdn.compact import strip_to_compact
 from tfsdn.compat import KERAS3_HELP
+from tfsdn.convert import conversion_plan
+from tfsdn.convert import make_prunable
 from tfsdn.export import export_saved_model
 from tfsdn.export import export_tflite
 from tfsdn.prunable_concat_conv import PrunableConcatConv
@@ -21,9 +23,11 @@ __all__ = [
     "PrunableConcatConv",
     "StagedSparsity",
     "comparison_markdown",
+    "conversion_plan",
     "densenet",
     "export_saved_model",
     "export_tflite",
+    "make_prunable",
     "model_report",
     "plot_connectivity",
     "prunable_layers",

@@ -1,0 +1,252 @@
+"""`make_prunable`: turn an existing Keras DenseNet into a prunable one.
+
+Finds every chain Concatenate -> BatchNormalization -> ReLU -> Conv2D (no
+bias) in a functional tf_keras model, such as `tf_keras.applications`
+DenseNet121/169/201 or a user's own DenseNet, and replaces the BN, ReLU and
+Conv2D by one `PrunableConcatConv` that carries their weights, so the new
+model computes the same function and tfsdn can prune it.
+"""
+
+import dataclasses
+
+from absl import logging
+
+from tfsdn import graph
+from tfsdn.compat import keras
+from tfsdn.compat import require_functional
+from tfsdn.prunable_concat_conv import PrunableConcatConv
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+  """Layer names of one Concatenate -> BN -> ReLU -> Conv2D chain."""
+  concat: str
+  batch_norm: str
+  relu: str
+  conv: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """A BatchNormalization reading a Concatenate that was left as it was."""
+  batch_norm: str
+  reason: str
+
+
+@dataclasses.dataclass
+class ConversionPlan:
+  """What `make_prunable` converts and what it leaves alone, and why.
+
+  Attributes:
+    converted: `Chain`s that become a `PrunableConcatConv` named like their
+      Conv2D.
+    skipped: `Skipped` entries, one per BatchNormalization that reads a
+      Concatenate but does not start a convertible chain.
+  """
+  converted: list
+  skipped: list
+
+  def __str__(self):
+    lines = [f"{len(self.converted)} chains converted to PrunableConcatConv, "
+             f"{len(self.skipped)} left alone."]
+    lines += [f"  converted {c.concat} -> {c.batch_norm} -> {c.relu} -> "
+              f"{c.conv}" for c in self.converted]
+    lines += [f"  skipped {s.batch_norm}: {s.reason}" for s in self.skipped]
+    return "\n".join(lines)
+
+
+def _is_relu(layer):
+  if isinstance(layer, keras.layers.ReLU):
+    return (layer.max_value is None and float(layer.negative_slope) == 0.0
+            and float(layer.threshold) == 0.0)
+  if isinstance(layer, keras.layers.Activation):
+    return keras.activations.serialize(layer.activation) == "relu"
+  return False
+
+
+def _conv_problem(conv):
+  """Why a Conv2D cannot be the conv of a PrunableConcatConv, or None."""
+  if type(conv) is not keras.layers.Conv2D:  # pylint: disable=unidiomatic-typecheck
+    return (f"its ReLU feeds {conv.name!r}, a {type(conv).__name__}, not a "
+            "plain Conv2D")
+  if conv.use_bias:
+    return (f"Conv2D {conv.name!r} has a bias (use_bias=True); a "
+            "PrunableConcatConv's conv has none")
+  if keras.activations.serialize(conv.activation) != "linear":
+    return (f"Conv2D {conv.name!r} has activation="
+            f"{keras.activations.serialize(conv.activation)!r}")
+  if conv.groups != 1 or tuple(conv.dilation_rate) != (1, 1):
+    return (f"Conv2D {conv.name!r} has groups={conv.groups}, "
+            f"dilation_rate={tuple(conv.dilation_rate)}")
+  if conv.data_format != "channels_last":
+    return f"Conv2D {conv.name!r} has data_format={conv.data_format!r}"
+  if conv.padding not in ("same", "valid"):
+    return f"Conv2D {conv.name!r} has padding={conv.padding!r}"
+  return None
+
+
+def _batch_norm_problem(batch_norm):
+  axis = batch_norm.axis if isinstance(batch_norm.axis, int) else (
+      batch_norm.axis[0] if len(batch_norm.axis) == 1 else None)
+  if axis not in (-1, 3):
+    return f"it normalises axis={batch_norm.axis!r}, not the channel axis"
+  if not (batch_norm.center and batch_norm.scale):
+    return (f"it has center={batch_norm.center}, scale={batch_norm.scale}; "
+            "a PrunableConcatConv's BatchNormalization has both")
+  return None
+
+
+def _find_chains(model):
+  """`(plan, chains by id(conv layer))` for a functional model."""
+  nodes = graph.topological_nodes(model)
+  producer = {id(graph.node_output(n)): (n, layer) for n, layer in nodes}
+  consumers = {}
+  for node, layer in nodes:
+    for tensor in graph.node_inputs(node):
+      consumers.setdefault(id(tensor), []).append((node, layer))
+  outputs = {id(t) for t in model.outputs}
+
+  def only_consumer(tensor, name):
+    """`(node, layer, None)` of the one reader of `tensor`, or a reason."""
+    readers = consumers.get(id(tensor), [])
+    if id(tensor) in outputs:
+      return None, None, f"the output of {name!r} is a model output"
+    if len(readers) != 1:
+      return None, None, (
+          f"the output of {name!r} feeds {len(readers)} layers "
+          f"({', '.join(l.name for _, l in readers)}), not one")
+    return readers[0] + (None,)
+
+  plan, chains = ConversionPlan([], []), {}
+  for node, layer in nodes:
+    if not isinstance(layer, keras.layers.BatchNormalization):
+      continue
+    inputs = graph.node_inputs(node)
+    if len(inputs) != 1 or id(inputs[0]) not in producer:
+      continue
+    concat = producer[id(inputs[0])][1]
+    if not isinstance(concat, keras.layers.Concatenate):
+      continue
+    reason = _batch_norm_problem(layer)
+    if reason is None and not graph.is_channel_concat(concat):
+      reason = f"{concat.name!r} concatenates along axis={concat.axis}"
+    if reason is None:
+      relu_node, relu, reason = only_consumer(graph.node_output(node),
+                                              layer.name)
+    if reason is None and not _is_relu(relu):
+      reason = f"it feeds {relu.name!r}, a {type(relu).__name__}, not a ReLU"
+    if reason is None:
+      _, conv, reason = only_consumer(graph.node_output(relu_node), relu.name)
+    if reason is None:
+      reason = _conv_problem(conv)
+    if reason is not None:
+      plan.skipped.append(Skipped(layer.name, reason))
+      continue
+    plan.converted.append(Chain(concat.name, layer.name, relu.name, conv.name))
+    chains[id(conv)] = (inputs[0], layer, relu, conv)
+  return plan, chains
+
+
+def conversion_plan(model):
+  """What `make_prunable(model)` would convert, and what it would skip and why.
+
+  Args:
+    model: A functional or Sequential tf_keras model.
+
+  Returns:
+    A `ConversionPlan`.
+
+  Raises:
+    TypeError: for Keras 3 objects and subclassed models.
+  """
+  require_functional(model)
+  return _find_chains(model)[0]
+
+
+def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
+                  group_lasso=0.0):
+  """Returns a copy of `model` whose concatenation-fed convolutions are prunable.
+
+  Every chain Concatenate -> BatchNormalization -> ReLU (a `ReLU` layer or
+  `Activation("relu")`) -> Conv2D without bias, where the BatchNormalization
+  and ReLU outputs feed nothing else, becomes one `PrunableConcatConv` named
+  like the Conv2D, reading the Concatenate's output and carrying the BN's
+  parameters and moving statistics and the conv's kernel. Everything else is
+  copied with its name, config and weights. Before any pruning the new model
+  computes the same function as `model`. What was converted and what was
+  skipped (with the reason) is logged; `conversion_plan(model)` returns it.
+
+  Example:
+
+  ```python
+  base = tf_keras.applications.DenseNet121(weights="imagenet")
+  model = tfsdn.make_prunable(base)
+  pruned = tfsdn.prune_dense_connections(model, schedule)
+  ```
+
+  Args:
+    model: A functional or Sequential tf_keras model.
+    criterion: Contribution criterion of the new layers (see
+      `PrunableConcatConv`).
+    score_momentum: Momentum of the `"expected_l1"` statistics.
+    group_lasso: Group-lasso strength of the new layers.
+
+  Returns:
+    A new functional tf_keras model; `model` is left unchanged.
+
+  Raises:
+    TypeError: for Keras 3 objects and subclassed models.
+    ValueError: if no chain can be converted.
+  """
+  require_functional(model)
+  plan, chains = _find_chains(model)
+  if not chains:
+    details = "".join(f"\n  {s.batch_norm}: {s.reason}" for s in plan.skipped)
+    raise ValueError(
+        f"Model {model.name!r} has no Concatenate -> BatchNormalization -> "
+        "ReLU -> Conv2D (use_bias=False) chain to convert"
+        + (f"; skipped:{details}" if details else "."))
+  absorbed = set()
+  for _, batch_norm, relu, _ in chains.values():
+    absorbed.update((id(batch_norm), id(relu)))
+  new, new_inputs = {}, []
+  for node, layer in graph.topological_nodes(model):
+    output = graph.node_output(node)
+    if node.is_input:
+      tensor = keras.Input(shape=output.shape[1:], dtype=output.dtype,
+                           name=layer.name)
+      new_inputs.append(tensor)
+      new[id(output)] = tensor
+    elif id(layer) in absorbed:
+      continue
+    elif id(layer) in chains:
+      concatenated, batch_norm, _, conv = chains[id(layer)]
+      new[id(output)] = _prunable_layer(batch_norm, conv, new[id(concatenated)],
+                                        criterion, score_momentum, group_lasso)
+    else:
+      copy = graph.copy_layer(layer)
+      new[id(output)] = graph.call_like(node, copy, new)
+      copy.set_weights(layer.get_weights())
+  logging.info("make_prunable(%s): %s", model.name, plan)
+  outputs = [new[id(t)] for t in model.outputs]
+  return keras.Model(new_inputs if len(new_inputs) > 1 else new_inputs[0],
+                     outputs if len(outputs) > 1 else outputs[0],
+                     name=model.name)
+
+
+def _prunable_layer(batch_norm, conv, inputs, criterion, score_momentum,
+                    group_lasso):
+  """A PrunableConcatConv with `batch_norm`'s and `conv`'s weights."""
+  layer = PrunableConcatConv(
+      conv.filters, conv.kernel_size, strides=conv.strides,
+      padding=conv.padding,
+      kernel_initializer=keras.initializers.serialize(
+          conv.kernel_initializer),
+      kernel_regularizer=conv.kernel_regularizer, criterion=criterion,
+      score_momentum=score_momentum, group_lasso=group_lasso,
+      bn_momentum=batch_norm.momentum, bn_epsilon=batch_norm.epsilon,
+      name=conv.name, dtype=conv.dtype_policy)
+  output = layer(inputs)
+  layer.batch_norm.set_weights(batch_norm.get_weights())
+  layer.conv.set_weights(conv.get_weights())
+  return output
