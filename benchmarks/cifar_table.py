@@ -86,6 +86,10 @@ flags.DEFINE_integer("prune_begin_epoch", None,
                      "Epoch of the first stage (default epochs // 8).")
 flags.DEFINE_integer("prune_end_epoch", None,
                      "Epoch of the last stage (default epochs // 2).")
+flags.DEFINE_float("score_momentum", 0.9,
+                   "Momentum of expected_l1's moving average of E|x|.")
+flags.DEFINE_float("group_lasso", 0.0,
+                   "Group-lasso strength of the tfsdn arms (0 = off).")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
 flags.DEFINE_bool("jit_compile", False, "Train with XLA.")
 flags.DEFINE_integer("speed_batch_size", 64, "Batch size of the timing pass.")
@@ -134,6 +138,12 @@ def check_flags(config):
   for name in ("train_size", "validation_size", "test_size"):
     if config[name] < 0:
       raise app.UsageError(f"--{name} must be >= 0. Received: {config[name]}")
+  if not 0.0 <= config["score_momentum"] < 1.0:
+    raise app.UsageError("--score_momentum must be in [0, 1). Received: "
+                         f"{config['score_momentum']}")
+  if config["group_lasso"] < 0:
+    raise app.UsageError(
+        f"--group_lasso must be >= 0. Received: {config['group_lasso']}")
   begin, end = recipe.default_pruning_epochs(
       config["epochs"], config["prune_begin_epoch"], config["prune_end_epoch"])
   if begin < 0 or end >= config["epochs"]:
@@ -150,8 +160,10 @@ def prepare_output_dir(config):
   path = os.path.join(output_dir, "config.json")
   if os.path.exists(path):
     previous = _read_json(path)
-    changed = {k: (previous.get(k), v) for k, v in config.items()
-               if previous.get(k) != v}
+    # A flag added after the run was made counts as its default there.
+    changed = {k: (previous.get(k, FLAGS[k].default), v)
+               for k, v in config.items()
+               if previous.get(k, FLAGS[k].default) != v}
     if changed:
       raise app.UsageError(
           f"--output_dir={output_dir!r} holds arms trained with other flags "
@@ -191,7 +203,9 @@ def build_densenet(config, criterion):
       depth=config["depth"], growth_rate=config["growth_rate"],
       bottleneck=config["bottleneck"], compression=config["compression"],
       num_classes=sdn_data.num_classes(config["dataset"]),
-      weight_decay=config["weight_decay"], criterion=criterion)
+      weight_decay=config["weight_decay"], criterion=criterion,
+      score_momentum=config["score_momentum"],
+      group_lasso=config["group_lasso"] if criterion in _TFSDN_ARMS else 0.0)
 
 
 def unstructured_pruning(model, config, steps_per_epoch):
