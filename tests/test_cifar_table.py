@@ -74,3 +74,25 @@ def test_bad_flags_fail_before_training(records, tmp_path):
   assert result.returncode != 0
   assert "--score_momentum must be in [0, 1). Received: 1.0" in result.stderr
   assert not (tmp_path / "t").exists()
+
+
+def test_criteria_one_shot_compares_every_criterion(records, tmp_path):
+  output_dir = tmp_path / "one_shot"
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "criteria_one_shot.py"),
+       f"--dataset=tfrecord:{records}", f"--output_dir={output_dir}",
+       "--depth=7", "--growth_rate=4", "--epochs=1", "--batch_size=8",
+       "--train_size=16", "--validation_size=8", "--test_size=8",
+       "--sparsities=0.25,0.5", "--random_repeats=2",
+       "--recalibration_batches=1", "--stats_batches=1"],
+      capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  results = json.loads((output_dir / "one_shot.json").read_text())
+  assert set(results["criteria"]) == {"expected_l1", "centered_l1",
+                                      "weight_l1", "bn_gamma", "random"}
+  for rows in results["criteria"].values():
+    assert set(rows) == {"0.25", "0.5"}
+  draws = results["criteria"]["random"]["0.5"]["validation_accuracy_draws"]
+  assert len(draws) == 2
+  assert "| bn_gamma |" in result.stdout
+  assert (output_dir / "dense.weights.h5").exists()
