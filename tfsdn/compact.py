@@ -116,8 +116,7 @@ def strip_to_compact(model):
   for node, layer in nodes:
     output = graph.node_output(node)
     if node.is_input:
-      tensor = keras.Input(shape=output.shape[1:], dtype=output.dtype,
-                           name=layer.name)
+      tensor = graph.input_like(node, layer)
       new_inputs.append(tensor)
       new[id(output)] = tensor
       present[id(output)] = np.arange(output.shape[-1] or 0)
@@ -160,10 +159,7 @@ def strip_to_compact(model):
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
           output.shape[-1] if output.shape.rank else 1)
-  outputs = [new[id(t)] for t in model.outputs]
-  return keras.Model(new_inputs if len(new_inputs) > 1 else new_inputs[0],
-                     outputs if len(outputs) > 1 else outputs[0],
-                     name=model.name)
+  return graph.model_like(model, new_inputs, new)
 
 
 def _require_full(inputs, present, layer):

@@ -213,8 +213,7 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
   for node, layer in graph.topological_nodes(model):
     output = graph.node_output(node)
     if node.is_input:
-      tensor = keras.Input(shape=output.shape[1:], dtype=output.dtype,
-                           name=layer.name)
+      tensor = graph.input_like(node, layer)
       new_inputs.append(tensor)
       new[id(output)] = tensor
     elif id(layer) in absorbed:
@@ -228,10 +227,7 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
       new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights(layer.get_weights())
   logging.info("make_prunable(%s): %s", model.name, plan)
-  outputs = [new[id(t)] for t in model.outputs]
-  return keras.Model(new_inputs if len(new_inputs) > 1 else new_inputs[0],
-                     outputs if len(outputs) > 1 else outputs[0],
-                     name=model.name)
+  return graph.model_like(model, new_inputs, new)
 
 
 def _prunable_layer(batch_norm, conv, inputs, criterion, score_momentum,

@@ -131,6 +131,21 @@ def call_like(node, layer, new):
   return layer(*args, **kwargs)
 
 
+def input_like(node, layer):
+  """A new `keras.Input` with the shape, dtype and name of an input node."""
+  output = node_output(node)
+  return keras.Input(shape=output.shape[1:], dtype=output.dtype,
+                     name=layer.name)
+
+
+def model_like(model, new_inputs, new):
+  """A functional model on `new_inputs` whose outputs replace `model`'s."""
+  outputs = [new[id(t)] for t in model.outputs]
+  return keras.Model(new_inputs if len(new_inputs) > 1 else new_inputs[0],
+                     outputs if len(outputs) > 1 else outputs[0],
+                     name=model.name)
+
+
 def channels(tensor):
   return int(tensor.shape[-1])
 
