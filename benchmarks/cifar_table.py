@@ -85,7 +85,7 @@ flags.DEFINE_integer("num_stages", 3, "Pruning stages.")
 flags.DEFINE_integer("prune_begin_epoch", None,
                      "Epoch of the first stage (default epochs // 8).")
 flags.DEFINE_integer("prune_end_epoch", None,
-                     "Epoch of the last stage (default epochs // 2).")
+                     "Epoch of the last stage (default epochs // 4).")
 flags.DEFINE_float("score_momentum", 0.9,
                    "Momentum of expected_l1's moving average of E|x|.")
 flags.DEFINE_float("group_lasso", 0.0,

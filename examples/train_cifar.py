@@ -53,7 +53,7 @@ flags.DEFINE_integer("num_stages", 3, "Pruning stages.")
 flags.DEFINE_integer("prune_begin_epoch", None,
                      "Epoch of the first stage (default epochs // 8).")
 flags.DEFINE_integer("prune_end_epoch", None,
-                     "Epoch of the last stage (default epochs // 2).")
+                     "Epoch of the last stage (default epochs // 4).")
 flags.DEFINE_enum("criterion", "expected_l1", list(tfsdn.criteria.CRITERIA),
                   "Contribution criterion.")
 flags.DEFINE_float("group_lasso", 0.0, "Group-lasso strength.")
