@@ -21,6 +21,6 @@ setuptools.setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "matplotlib>=3.5", "pillow"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib>=3.5", "pillow"],
     },
 )
