@@ -155,11 +155,14 @@ def source_shares(layers, masks):
 def main(argv):
   del argv
   config = cifar_table.training_config()
+  try:
+    sparsities = [float(s) for s in FLAGS.sparsities]
+  except ValueError:
+    sparsities = None
+  if not sparsities or not all(0.0 < s < 1.0 for s in sparsities):
+    raise app.UsageError("--sparsities must be numbers in (0, 1). Received: "
+                         f"{','.join(FLAGS.sparsities)!r}")
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  sparsities = [float(s) for s in FLAGS.sparsities]
-  bad = [s for s in sparsities if not 0.0 < s < 1.0]
-  if bad:
-    raise app.UsageError(f"--sparsities must be in (0, 1): {bad!r}")
   data = cifar_table.Data(config)
   if data.validation is None:
     raise app.UsageError("Needs --validation_size > 0: criteria are compared "
