@@ -48,6 +48,7 @@ import tensorflow_model_optimization as tfmot
 import tfsdn
 from tfsdn import data as sdn_data
 from tfsdn import recipe
+from tfsdn import schedule as schedule_lib
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
 from serving_timing import time_rounds
@@ -222,12 +223,12 @@ def unstructured_pruning(model, config, steps_per_epoch):
   plain = tfsdn.strip_to_compact(model)
   begin_epoch, end_epoch = recipe.default_pruning_epochs(
       config["epochs"], config["prune_begin_epoch"], config["prune_end_epoch"])
-  begin = recipe.stage_step(begin_epoch, steps_per_epoch)
+  begin = schedule_lib.epoch_step(begin_epoch, steps_per_epoch)
   frequency = max(1, steps_per_epoch // 4)
   # tfmot prunes only on begin + k * frequency: make the last of those the
   # end step, so the final sparsity is reached exactly.
   end = begin + frequency * max(1, math.ceil(
-      (recipe.stage_step(end_epoch, steps_per_epoch) - begin) / frequency))
+      (schedule_lib.epoch_step(end_epoch, steps_per_epoch) - begin) / frequency))
   schedule = tfmot.sparsity.keras.PolynomialDecay(
       0.0, config["final_sparsity"], begin, end, frequency=frequency)
 

@@ -17,6 +17,7 @@ step included). A finished run is never overwritten.
 import json
 import math
 import os
+import shutil
 
 from absl import app
 from absl import flags
@@ -136,34 +137,6 @@ def prepare_model_dir(values):
     _write_json(flags_path, values)
 
 
-class StageLogger(keras.callbacks.Callback):
-  """Logs every pruning stage: layers, sparsity reached, parameters left."""
-
-  def __init__(self, schedule):
-    super().__init__()
-    self.stage_steps = {step: sparsity for step, sparsity in schedule.stages}
-
-  def on_train_batch_end(self, batch, logs=None):
-    step = int(self._pruning_step())
-    if step not in self.stage_steps:
-      return
-    layers = tfsdn.prunable_layers(self.model)
-    sparsity = np.mean([l.sparsity() for l in layers])
-    params = sum(
-        l.kernel_size[0] * l.kernel_size[1] * len(l.kept_channels()) *
-        l.filters + 4 * len(l.kept_channels()) for l in layers)
-    logging.info(
-        "Pruning stage at step %d: %d prunable layers, target sparsity %.3f, "
-        "mean sparsity reached %.3f, %d parameters left in prunable layers.",
-        step, len(layers), self.stage_steps[step], sparsity, params)
-
-  def _pruning_step(self):
-    for layer in self.model.layers:
-      if hasattr(layer, "pruning_step"):
-        return layer.pruning_step.numpy()
-    return -1
-
-
 def main(argv):
   del argv
   values = resolved_flags()
@@ -197,8 +170,11 @@ def main(argv):
       score_momentum=values["score_momentum"],
       group_lasso=values["group_lasso"])
   before = tfsdn.model_report(model)
+  backup_dir = os.path.join(model_dir, "backup")
   callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+      # The backup outlives fit(): if evaluation, strip or export fails
+      # later, a rerun restores the trained model instead of training again.
+      keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
       keras.callbacks.LearningRateScheduler(
           recipe.step_decay(values["learning_rate"], values["epochs"])),
   ]
@@ -212,7 +188,7 @@ def main(argv):
     model = tfsdn.prune_dense_connections(model, schedule)
     callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
                   tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                  StageLogger(schedule)]
+                  tfsdn.StageCheck(log_dir=log_dir)]
   else:
     callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
   recipe.compile_for_training(model, values["learning_rate"],
@@ -252,6 +228,7 @@ def main(argv):
       "export_path": export_path,
   }
   _write_json(os.path.join(model_dir, "results.json"), results)
+  shutil.rmtree(backup_dir, ignore_errors=True)  # The run is finished.
   logging.info("Test accuracy %.4f (exported SavedModel: %.4f); parameters "
                "%d -> %d; MACs %d -> %d; exported to %s", accuracy,
                export_accuracy, before.total_params, after.total_params,

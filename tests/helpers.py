@@ -53,3 +53,46 @@ def randomize_batch_norm(model, seed=0):
 def prune_randomly(model, sparsity, seed=0):
   """Zeroes round(sparsity * C) random scores in every PrunableConcatConv."""
   tfsdn.prune_at_random(model, sparsity, seed)
+
+
+def applications_style_densenet(blocks=(2, 3), growth_rate=4, stem=8,
+                                classifier_activation="softmax"):
+  """tf_keras.applications' DenseNet topology and names, at toy size.
+
+  The same conv_block (BN-ReLU-1x1 conv-BN-ReLU-3x3 conv, concatenated onto
+  its input), transition_block and softmax head as
+  `tf_keras.applications.densenet`, small enough to train in a unit test.
+  """
+  inputs = keras.Input((32, 32, 3), name="input_1")
+  x = keras.layers.Conv2D(stem, 3, use_bias=False, padding="same",
+                          name="conv1/conv")(inputs)
+  x = keras.layers.BatchNormalization(epsilon=1.001e-5, name="conv1/bn")(x)
+  x = keras.layers.Activation("relu", name="conv1/relu")(x)
+  for b, layers in enumerate(blocks):
+    for i in range(layers):
+      name = f"conv{b + 2}_block{i + 1}"
+      y = keras.layers.BatchNormalization(epsilon=1.001e-5,
+                                          name=f"{name}_0_bn")(x)
+      y = keras.layers.Activation("relu", name=f"{name}_0_relu")(y)
+      y = keras.layers.Conv2D(4 * growth_rate, 1, use_bias=False,
+                              name=f"{name}_1_conv")(y)
+      y = keras.layers.BatchNormalization(epsilon=1.001e-5,
+                                          name=f"{name}_1_bn")(y)
+      y = keras.layers.Activation("relu", name=f"{name}_1_relu")(y)
+      y = keras.layers.Conv2D(growth_rate, 3, padding="same", use_bias=False,
+                              name=f"{name}_2_conv")(y)
+      x = keras.layers.Concatenate(name=f"{name}_concat")([x, y])
+    if b < len(blocks) - 1:
+      name = f"pool{b + 2}"
+      x = keras.layers.BatchNormalization(epsilon=1.001e-5,
+                                          name=f"{name}_bn")(x)
+      x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
+      x = keras.layers.Conv2D(int(x.shape[-1]) // 2, 1, use_bias=False,
+                              name=f"{name}_conv")(x)
+      x = keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+  x = keras.layers.BatchNormalization(epsilon=1.001e-5, name="bn")(x)
+  x = keras.layers.Activation("relu", name="relu")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  outputs = keras.layers.Dense(10, activation=classifier_activation,
+                               name="predictions")(x)
+  return keras.Model(inputs, outputs, name="mini_densenet")

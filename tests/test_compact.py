@@ -39,10 +39,64 @@ def test_compact_matches_pruned_and_uses_only_stock_layers(tmp_path, images):
 
 def test_accepts_tfmot_wrapped_and_stripped_models(images):
   pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
-      helpers.tiny_densenet(), tfsdn.StagedSparsity([(1, 0.5)])))
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.5)])))
   helpers.fit_steps(pruned, 3)
+  for layer in tfsdn.prunable_layers(pruned):  # really pruned, not dense
+    assert len(layer.pruned_channels()) == layer.input_channels // 2
   for model in (pruned, tfmot.sparsity.keras.strip_pruning(pruned)):
-    _assert_same(model, tfsdn.strip_to_compact(model), images)
+    compact = tfsdn.strip_to_compact(model)
+    _assert_same(model, compact, images)
+    assert compact.count_params() < 0.7 * model.count_params()
+
+
+def test_concatenate_chains_with_maps_nobody_reads(images):
+  # The shape of tf_keras.applications DenseNets: explicit Concatenate
+  # layers. Nobody reads conv2_block1's 4 new maps (channels 8..11).
+  model = tfsdn.make_prunable(helpers.applications_style_densenet(
+      classifier_activation=None))
+  helpers.randomize_batch_norm(model)
+  for name in ["conv2_block2_1_conv", "pool2_conv"]:
+    layer = model.get_layer(name)
+    scores = np.ones(layer.input_channels, "float32")
+    scores[8:12] = 0
+    layer.contribution_score.assign(scores)
+  compact = tfsdn.strip_to_compact(model)
+  _assert_same(model, compact, images)
+  names = [l.name for l in compact.layers]
+  assert "conv2_block1_2_conv" not in names
+  assert "conv2_block1_1_conv" not in names
+  report = tfsdn.model_report(model)
+  assert report.total_params == compact.count_params()
+
+
+def test_nested_models_are_pruned_stripped_and_reported(images):
+  inner = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(inner)
+  outer = keras.Sequential([keras.Input((32, 32, 3)), inner,
+                            keras.layers.Dense(3, name="head")])
+  pruned = tfsdn.prune_dense_connections(outer,
+                                         tfsdn.StagedSparsity([(2, 0.5)]))
+  helpers.prune_randomly(pruned, 0.5)
+  compact = tfsdn.strip_to_compact(pruned)
+  _assert_same(tfmot.sparsity.keras.strip_pruning(pruned), compact, images)
+  assert not any(isinstance(l, keras.Model) for l in compact.layers)
+  assert "head" in [l.name for l in compact.layers]
+  report = tfsdn.model_report(pruned)
+  assert report.form == "pruned"
+  assert report.total_params == compact.count_params()
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0, np.inf])
+def test_invalid_scores_are_refused_with_the_layer_and_channel(bad):
+  model = helpers.tiny_densenet()
+  layer = model.get_layer("block1_layer2")
+  scores = np.ones(layer.input_channels, "float32")
+  scores[5] = bad
+  layer.contribution_score.assign(scores)
+  with pytest.raises(ValueError, match=r"'block1_layer2'.*channels \[5\]"):
+    tfsdn.strip_to_compact(model)
+  with pytest.raises(ValueError, match="block1_layer2"):
+    tfsdn.model_report(model)
 
 
 def test_feature_maps_nobody_reads_are_not_computed(images):

@@ -147,49 +147,8 @@ def test_nothing_to_convert_subclassed_and_keras3_models_are_refused():
     tfsdn.make_prunable(keras3.Model(inputs3, keras3.layers.Dense(2)(inputs3)))
 
 
-def _mini_applications_densenet(blocks=(2, 3), growth_rate=4):
-  """tf_keras.applications' DenseNet topology and names, at toy size.
-
-  The same conv_block (BN-ReLU-1x1 conv-BN-ReLU-3x3 conv, concatenated onto
-  its input), transition_block and softmax head as
-  `tf_keras.applications.densenet`, small enough to train in a unit test.
-  """
-  inputs = keras.Input((32, 32, 3), name="input_1")
-  x = keras.layers.Conv2D(8, 3, use_bias=False, padding="same",
-                          name="conv1/conv")(inputs)
-  x = keras.layers.BatchNormalization(epsilon=1.001e-5, name="conv1/bn")(x)
-  x = keras.layers.Activation("relu", name="conv1/relu")(x)
-  for b, layers in enumerate(blocks):
-    for i in range(layers):
-      name = f"conv{b + 2}_block{i + 1}"
-      y = keras.layers.BatchNormalization(epsilon=1.001e-5,
-                                          name=f"{name}_0_bn")(x)
-      y = keras.layers.Activation("relu", name=f"{name}_0_relu")(y)
-      y = keras.layers.Conv2D(4 * growth_rate, 1, use_bias=False,
-                              name=f"{name}_1_conv")(y)
-      y = keras.layers.BatchNormalization(epsilon=1.001e-5,
-                                          name=f"{name}_1_bn")(y)
-      y = keras.layers.Activation("relu", name=f"{name}_1_relu")(y)
-      y = keras.layers.Conv2D(growth_rate, 3, padding="same", use_bias=False,
-                              name=f"{name}_2_conv")(y)
-      x = keras.layers.Concatenate(name=f"{name}_concat")([x, y])
-    if b < len(blocks) - 1:
-      name = f"pool{b + 2}"
-      x = keras.layers.BatchNormalization(epsilon=1.001e-5,
-                                          name=f"{name}_bn")(x)
-      x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
-      x = keras.layers.Conv2D(int(x.shape[-1]) // 2, 1, use_bias=False,
-                              name=f"{name}_conv")(x)
-      x = keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
-  x = keras.layers.BatchNormalization(epsilon=1.001e-5, name="bn")(x)
-  x = keras.layers.Activation("relu", name="relu")(x)
-  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-  outputs = keras.layers.Dense(10, activation="softmax", name="predictions")(x)
-  return keras.Model(inputs, outputs, name="mini_densenet")
-
-
 def test_converted_model_goes_through_the_whole_flow(tmp_path):
-  original = _mini_applications_densenet()
+  original = helpers.applications_style_densenet()
   model = tfsdn.make_prunable(original)
   # The first layer of each block reads no Concatenate; the transition does.
   assert [l.name for l in tfsdn.prunable_layers(model)] == [
@@ -215,3 +174,76 @@ def test_converted_model_goes_through_the_whole_flow(tmp_path):
       images=tf.constant(x[:8]))
   np.testing.assert_allclose(served["probabilities"],
                              stripped(x[:8], training=False), atol=1e-5)
+
+
+def test_frozen_layers_stay_frozen_and_synchronized_is_kept():
+  original = helpers.applications_style_densenet(classifier_activation=None)
+  helpers.randomize_batch_norm(original)
+  original.get_layer("conv2_block2_0_bn").trainable = False
+  original.get_layer("conv2_block2_1_conv").trainable = False
+  original.get_layer("pool2_conv").trainable = False
+  original.get_layer("conv1/conv").trainable = False
+  converted = tfsdn.make_prunable(original)
+  frozen_bn = converted.get_layer("conv2_block2_1_conv")
+  assert not frozen_bn.batch_norm.trainable and not frozen_bn.conv.trainable
+  transition = converted.get_layer("pool2_conv")
+  assert transition.batch_norm.trainable and not transition.conv.trainable
+  assert not converted.get_layer("conv1/conv").trainable
+  assert len(converted.trainable_weights) == len(original.trainable_weights)
+  # A frozen BN ran in inference mode in training: it still does.
+  x = _images((32, 32, 3), count=4)
+  np.testing.assert_allclose(
+      frozen_bn.batch_norm(np.ones((2, 4, 4, 12), "float32"), training=True),
+      frozen_bn.batch_norm(np.ones((2, 4, 4, 12), "float32"), training=False))
+  assert _max_diff(original, converted, x) <= 1e-5
+  # The frozen state survives prune_dense_connections and a config trip.
+  pruned = tfsdn.prune_dense_connections(
+      converted, tfsdn.StagedSparsity([(2, 0.5)]))
+  layer = [l for l in tfsdn.prunable_layers(pruned)
+           if l.name == "conv2_block2_1_conv"][0]
+  assert not layer.batch_norm.trainable and not layer.conv.trainable
+
+  inputs = keras.Input((8, 8, 4))
+  cat = keras.layers.Concatenate()([inputs, inputs])
+  x = keras.layers.BatchNormalization(synchronized=True, name="bn")(cat)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.Conv2D(2, 1, use_bias=False, name="conv")(x)
+  converted = tfsdn.make_prunable(keras.Model(inputs, x))
+  assert converted.get_layer("conv").batch_norm.synchronized
+
+
+@pytest.mark.parametrize("bn_kwargs, conv_kwargs, reason", [
+    (dict(renorm=True), {}, "renorm=True"),
+    (dict(virtual_batch_size=2), {}, "virtual_batch_size=2"),
+    (dict(gamma_regularizer="l2"), {}, "gamma_regularizer"),
+    (dict(beta_constraint="non_neg"), {}, "beta_constraint"),
+    ({}, dict(kernel_constraint="max_norm"), "kernel_constraint"),
+])
+def test_batch_norm_and_conv_options_a_prunable_layer_would_drop_are_skipped(
+    bn_kwargs, conv_kwargs, reason):
+  inputs = keras.Input((8, 8, 4))
+  cat = keras.layers.Concatenate()([inputs, inputs])
+  x = keras.layers.BatchNormalization(name="bn", **bn_kwargs)(cat)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.Conv2D(2, 1, use_bias=False, name="conv", **conv_kwargs)(x)
+  plan = tfsdn.conversion_plan(keras.Model(inputs, x))
+  assert not plan.converted
+  assert reason in plan.skipped[0].reason
+
+
+def test_nested_models_are_inlined_and_converted():
+  base = helpers.applications_style_densenet(classifier_activation=None)
+  helpers.randomize_batch_norm(base)
+  inputs = keras.Input((32, 32, 3))
+  outer = keras.Model(inputs, keras.layers.Dense(3, name="head")(base(inputs)))
+  plan = tfsdn.conversion_plan(outer)
+  assert len(plan.converted) == 4
+  converted = tfsdn.make_prunable(outer)
+  assert len(tfsdn.prunable_layers(converted)) == 4
+  assert not any(isinstance(l, keras.Model) for l in converted.layers)
+  x = _images((32, 32, 3), count=2)
+  assert _max_diff(outer, converted, x) <= 1e-5
+  clash = keras.Sequential([keras.Input((32, 32, 3)), base,
+                            keras.layers.Dense(3, name="predictions")])
+  with pytest.raises(ValueError, match="named 'predictions'"):
+    tfsdn.make_prunable(clash)

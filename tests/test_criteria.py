@@ -57,3 +57,34 @@ def test_normalize_scores_keeps_live_channels_with_zero_raw_score_alive():
   scores = criteria.normalize_scores([0.0, 1.0], [1.0, 1.0]).numpy()
   assert scores[0] > 0
   assert scores[1] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_is_live_is_score_above_zero_for_numpy_and_tensors():
+  scores = np.array([0.0, 1e-12, 2.0, 0.0], "float32")
+  np.testing.assert_array_equal(criteria.is_live(scores),
+                                [False, True, True, False])
+  np.testing.assert_array_equal(criteria.is_live(tf.constant(scores)).numpy(),
+                                [False, True, True, False])
+
+
+def test_break_ties_orders_equal_scores_by_index_and_keeps_pruned_zero():
+  scores = np.array([1, 1, 1, 0, 1e-12, 1e-12, 2, 1], "float32")
+  out = criteria.break_ties(scores, scores > 0).numpy()
+  assert out[3] == 0
+  live = np.delete(out, 3)
+  assert len(set(live.tolist())) == len(live)
+  # Ascending order: the floor ties, then the ones by index, then 2.
+  assert np.argsort(out).tolist() == [3, 4, 5, 0, 1, 2, 7, 6]
+  np.testing.assert_allclose(out, scores, rtol=1e-5)
+
+
+def test_break_ties_works_inside_xla():
+  fn = tf.function(criteria.break_ties, jit_compile=True)
+  out = fn(tf.ones([5]), tf.constant([True, True, False, True, True])).numpy()
+  assert out[2] == 0 and len(set(np.delete(out, 2).tolist())) == 4
+
+
+def test_all_finite():
+  assert bool(criteria.all_finite([1.0, 2.0], [0.0]))
+  assert not bool(criteria.all_finite([1.0, np.inf]))
+  assert not bool(criteria.all_finite([1.0], [np.nan]))

@@ -146,3 +146,56 @@ def test_rejects_non_nhwc_input():
 def test_keras3_layer_gets_type_error_with_the_fix():
   with pytest.raises(TypeError, match="TF_USE_LEGACY_KERAS=1"):
     tfsdn.compat.require_tf_keras_layer(keras3.layers.Dense(2))
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("criterion", ["expected_l1", "weight_l1"])
+def test_a_non_finite_batch_changes_no_score_and_kills_no_layer(bad,
+                                                                criterion):
+  layer = _layer(criterion=criterion)
+  scores = np.linspace(0.5, 1.5, 8).astype("float32")
+  scores[2] = 0
+  layer.contribution_score.assign(scores)
+  layer(_features(0), training=True)
+  before = layer.contribution_scores().copy()
+  abs_mean = layer.input_abs_mean.numpy().copy()
+  features = _features(1)
+  features[0][0, 0, 0, 1] = bad
+  layer(features, training=True)
+  np.testing.assert_array_equal(layer.contribution_scores(), before)
+  np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
+  layer.conv.kernel.assign(layer.conv.kernel * np.linspace(
+      0.5, 2.0, 8).reshape(1, 1, 8, 1))
+  layer(_features(2), training=True)  # The next finite batch updates again.
+  after = layer.contribution_scores()
+  assert np.isfinite(after).all() and not np.array_equal(after, before)
+  assert layer.pruned_channels().tolist() == [2]
+  assert layer.sparsity() == pytest.approx(1 / 8)
+
+
+def test_live_scores_are_pairwise_distinct_after_training_even_when_tied():
+  # Five of eight channels are zero after ReLU (beta far below 0): their
+  # raw scores tie at the floor, yet every live score must differ.
+  layer = _layer(batch_norm_trainable=False)
+  layer.batch_norm.beta.assign([0, 0, 0, -100, -100, -100, -100, -100])
+  layer(_features(0), training=True)
+  scores = layer.contribution_scores()
+  assert (scores > 0).all() and len(set(scores.tolist())) == 8
+  assert np.argsort(scores)[:5].tolist() == [3, 4, 5, 6, 7]
+
+
+def test_frozen_parts_and_synchronized_batch_norm_round_trip():
+  layer = _layer(batch_norm_trainable=False, conv_trainable=False,
+                 bn_synchronized=True)
+  layer(_features(0))
+  assert not layer.batch_norm.trainable and not layer.conv.trainable
+  assert layer.batch_norm.synchronized
+  assert layer.trainable_weights == []
+  copy = tfsdn.PrunableConcatConv.from_config(layer.get_config())
+  assert copy.get_config() == layer.get_config()
+  # A frozen BN normalises with its moving statistics even in training.
+  moving = layer.batch_norm.moving_mean.numpy().copy()
+  layer.batch_norm.moving_mean.assign(moving + 3.0)
+  features = _features(3)
+  np.testing.assert_allclose(layer(features, training=True),
+                             layer(features, training=False), atol=1e-5)

@@ -17,8 +17,8 @@ def test_staged_schedule_places_stages_on_epoch_boundaries():
   assert [sparsity for _, sparsity in stages] == pytest.approx(
       [1 / 6, 1 / 3, 0.5])
   # An epoch-0 stage waits for the scores to see half an epoch of data.
-  assert recipe.stage_step(0, 79) == 39
-  assert recipe.stage_step(2, 79) == 159
+  assert recipe.staged_schedule(0.5, 2, epochs=8, steps_per_epoch=79,
+                                begin_epoch=0).stages[0][0] == 39
 
 
 def test_step_decay_divides_by_ten_at_half_and_three_quarters():

@@ -3,6 +3,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import tfsdn
+from tfsdn import schedule as schedule_lib
 from tfsdn.compat import keras
 
 
@@ -54,18 +55,50 @@ def test_evenly_in_epochs_lands_on_first_batch_of_each_epoch():
       0.5, 2, begin_step=1, end_step=3, steps_per_epoch=10)
   assert [s for s, _ in schedule.stages] == [11, 31]
   assert tfsdn.StagedSparsity.from_epochs(
-      [(0, 0.2), (2, 0.4)], steps_per_epoch=5).stages == [(1, 0.2), (11, 0.4)]
+      [(1, 0.2), (2, 0.4)], steps_per_epoch=5).stages == [(6, 0.2), (11, 0.4)]
+
+
+def test_epoch_zero_waits_for_measured_scores_everywhere():
+  # Epoch 0 starts before any score is measured: all three helpers agree.
+  assert schedule_lib.epoch_step(0, 10) == 5
+  assert schedule_lib.epoch_step(0, 1) == schedule_lib.FIRST_STAGE_STEP
+  assert schedule_lib.epoch_step(3, 10) == 31
+  assert tfsdn.StagedSparsity.from_epochs(
+      [(0, 0.2)], steps_per_epoch=10).stages == [(5, 0.2)]
+  assert tfsdn.StagedSparsity.evenly(
+      0.2, 1, begin_step=0, end_step=0, steps_per_epoch=10).stages == [(5, 0.2)]
+  assert tfsdn.StagedSparsity.evenly(
+      0.4, 2, begin_step=0, end_step=1, steps_per_epoch=3).stages == [
+          (2, pytest.approx(0.2)), (4, pytest.approx(0.4))]
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_steps_tfmot_never_reaches_or_before_scores_are_refused(step):
+  with pytest.raises(ValueError, match=f"step={step}.*"):
+    tfsdn.StagedSparsity([(step, 0.5)])
+  with pytest.raises(ValueError, match=f"begin_step={step}"):
+    tfsdn.StagedSparsity.evenly(0.5, 2, begin_step=step, end_step=10)
+
+
+@pytest.mark.parametrize("channels, sparsity, expected", [
+    (8, 0.25, 2), (8, 0.5, 4), (10, 0.3, 3), (12, 0.5, 6), (3, 0.99, 2),
+    (5, 0.5, 3),  # 2.5 kept rounds half to even: 2 kept, 3 pruned.
+    (1, 0.5, 0)])
+def test_pruned_count_follows_tfmots_rounding(channels, sparsity, expected):
+  assert schedule_lib.pruned_count(channels, sparsity) == expected
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(final_sparsity=1.0, num_stages=2, begin_step=0, end_step=4),
+    (dict(final_sparsity=1.0, num_stages=2, begin_step=2, end_step=4),
      "final_sparsity=1.0"),
-    (dict(final_sparsity=0.5, num_stages=0, begin_step=0, end_step=4),
+    (dict(final_sparsity=0.5, num_stages=0, begin_step=2, end_step=4),
      "num_stages=0"),
     (dict(final_sparsity=0.5, num_stages=2, begin_step=5, end_step=4),
      "begin_step=5"),
-    (dict(final_sparsity=0.5, num_stages=5, begin_step=0, end_step=1),
+    (dict(final_sparsity=0.5, num_stages=5, begin_step=2, end_step=3),
      "share steps"),
+    (dict(final_sparsity=0.5, num_stages=2, begin_step=0, end_step=1,
+          steps_per_epoch=1), "share steps"),
 ])
 def test_evenly_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):

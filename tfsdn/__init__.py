@@ -15,12 +15,16 @@ from tfsdn.report import comparison_markdown
 from tfsdn.report import model_report
 from tfsdn.report import plot_connectivity
 from tfsdn.schedule import StagedSparsity
+from tfsdn.stage_check import StageCheck
+from tfsdn.stage_check import StageShortfallError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KERAS3_HELP",
     "PrunableConcatConv",
+    "StageCheck",
+    "StageShortfallError",
     "StagedSparsity",
     "comparison_markdown",
     "conversion_plan",

@@ -92,17 +92,18 @@ def strip_to_compact(model):
 
   Args:
     model: A model pruned by tfsdn, still wrapped by tfmot or already passed
-      through `tfmot.sparsity.keras.strip_pruning`.
+      through `tfmot.sparsity.keras.strip_pruning`. Nested functional models
+      are inlined (`graph.flatten`).
 
   Returns:
-    A new functional tf_keras model.
+    A new, flat functional tf_keras model.
 
   Raises:
     TypeError: for Keras 3 objects and subclassed models.
     ValueError: if the model has no `PrunableConcatConv`.
   """
   require_functional(model)
-  model = graph.strip_wrappers(model)
+  model = graph.flatten(graph.strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
     raise ValueError(
@@ -142,10 +143,15 @@ def strip_to_compact(model):
       conv.set_weights([weights[0][..., keep]] + [w[keep] for w in weights[1:]])
       present[id(output)] = keep
     elif graph.is_channel_concat(layer) and output.shape.rank == 4:
+      # Inputs that no one reads any more were not built: concatenate the
+      # rest, and remember which original channels the result carries.
       offsets = np.cumsum([0] + [graph.channels(t) for t in inputs])
-      new[id(output)] = graph.call_like(node, graph.copy_layer(layer), new)
+      built = [i for i, t in enumerate(inputs) if id(t) in new]
+      parts = [new[id(inputs[i])] for i in built]
+      new[id(output)] = parts[0] if len(parts) == 1 else graph.copy_layer(
+          layer)(parts)
       present[id(output)] = np.concatenate(
-          [present[id(t)] + offsets[i] for i, t in enumerate(inputs)])
+          [present[id(inputs[i])] + offsets[i] for i in built])
     elif output.shape.rank == 4 and _passes_channels(layer, node):
       kept_in = present[id(inputs[0])]
       copy = graph.copy_layer(layer)

@@ -82,10 +82,20 @@ def _conv_problem(conv):
     return f"Conv2D {conv.name!r} has data_format={conv.data_format!r}"
   if conv.padding not in ("same", "valid"):
     return f"Conv2D {conv.name!r} has padding={conv.padding!r}"
+  if conv.kernel_constraint is not None:
+    return (f"Conv2D {conv.name!r} has a kernel_constraint "
+            f"({conv.kernel_constraint!r}), which a PrunableConcatConv drops")
+  if conv.activity_regularizer is not None:
+    return f"Conv2D {conv.name!r} has an activity_regularizer"
   return None
 
 
 def _batch_norm_problem(batch_norm):
+  if batch_norm.renorm:
+    return "it uses batch renormalization (renorm=True)"
+  if batch_norm.virtual_batch_size is not None:
+    # Checked first: a virtual batch moves the BN's axis when it is built.
+    return f"it has virtual_batch_size={batch_norm.virtual_batch_size}"
   axis = batch_norm.axis if isinstance(batch_norm.axis, int) else (
       batch_norm.axis[0] if len(batch_norm.axis) == 1 else None)
   if axis not in (-1, 3):
@@ -93,7 +103,23 @@ def _batch_norm_problem(batch_norm):
   if not (batch_norm.center and batch_norm.scale):
     return (f"it has center={batch_norm.center}, scale={batch_norm.scale}; "
             "a PrunableConcatConv's BatchNormalization has both")
+  if batch_norm.adjustment is not None:
+    return "it has an adjustment function"
+  for attribute in ("beta_regularizer", "gamma_regularizer",
+                    "beta_constraint", "gamma_constraint"):
+    if getattr(batch_norm, attribute) is not None:
+      return (f"it has a {attribute} ({getattr(batch_norm, attribute)!r}), "
+              "which a PrunableConcatConv's BatchNormalization would drop")
   return None
+
+
+def _flat(model):
+  """`model` with nested functional models inlined; wrapped ones refused."""
+  if graph.strip_wrappers(model) is not model:
+    raise ValueError(
+        f"Model {model.name!r} is wrapped for pruning; make_prunable takes the "
+        "model before prune_dense_connections.")
+  return graph.flatten(model)
 
 
 def _find_chains(model):
@@ -160,7 +186,7 @@ def conversion_plan(model):
     TypeError: for Keras 3 objects and subclassed models.
   """
   require_functional(model)
-  return _find_chains(model)[0]
+  return _find_chains(_flat(model))[0]
 
 
 def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
@@ -171,8 +197,13 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
   `Activation("relu")`) -> Conv2D without bias, where the BatchNormalization
   and ReLU outputs feed nothing else, becomes one `PrunableConcatConv` named
   like the Conv2D, reading the Concatenate's output and carrying the BN's
-  parameters and moving statistics and the conv's kernel. Everything else is
-  copied with its name, config and weights. Before any pruning the new model
+  parameters and moving statistics and the conv's kernel, and their frozen
+  state (`trainable=False` on the BN or the conv stays so; a frozen BN keeps
+  normalising with its moving statistics) and `synchronized`. Chains whose
+  BN uses renorm, virtual batches, an adjustment, or gamma/beta regularizers
+  or constraints, or whose conv has a kernel constraint, are skipped with
+  the reason. Everything else is copied with its name, config, weights and
+  frozen state. Before any pruning the new model
   computes the same function as `model`. What was converted and what was
   skipped (with the reason) is logged; `conversion_plan(model)` returns it.
 
@@ -185,7 +216,9 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
   ```
 
   Args:
-    model: A functional or Sequential tf_keras model.
+    model: A functional or Sequential tf_keras model. Nested functional
+      models (`Sequential([DenseNet121(...), head])`) are inlined, so the
+      result is one flat model.
     criterion: Contribution criterion of the new layers (see
       `PrunableConcatConv`).
     score_momentum: Momentum of the `"expected_l1"` statistics.
@@ -199,6 +232,7 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
     ValueError: if no chain can be converted.
   """
   require_functional(model)
+  model = _flat(model)
   plan, chains = _find_chains(model)
   if not chains:
     details = "".join(f"\n  {s.batch_norm}: {s.reason}" for s in plan.skipped)
@@ -241,7 +275,9 @@ def _prunable_layer(batch_norm, conv, inputs, criterion, score_momentum,
       kernel_regularizer=conv.kernel_regularizer, criterion=criterion,
       score_momentum=score_momentum, group_lasso=group_lasso,
       bn_momentum=batch_norm.momentum, bn_epsilon=batch_norm.epsilon,
-      name=conv.name, dtype=conv.dtype_policy)
+      bn_synchronized=batch_norm.synchronized,
+      batch_norm_trainable=batch_norm.trainable,
+      conv_trainable=conv.trainable, name=conv.name, dtype=conv.dtype_policy)
   output = layer(inputs)
   layer.batch_norm.set_weights(batch_norm.get_weights())
   layer.conv.set_weights(conv.get_weights())

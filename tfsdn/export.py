@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
+from tfsdn.files import publish_directory
 
 INPUT_NAME = "images"
 LOGITS = "logits"
@@ -79,7 +80,11 @@ def export_saved_model(model, export_base, version=None, xla=False,
   signature `serving_default` takes `images`, float32 [batch, H, W, C] raw RGB
   pixels (0-255), and returns `logits` and `probabilities`, float32
   [batch, classes]. The version is written to a temporary directory next to
-  it and renamed into place, so a crash never leaves a half-written version.
+  it and renamed into place, so a crash never leaves a half-written version;
+  two exports running at once get different versions, and `overwrite=True`
+  swaps the new version in atomically (Linux), so it never goes missing.
+  Files and folders get the permissions of the user's umask (0644/0755 under
+  umask 022), so TF Serving running as another user can read them.
 
   Example:
 
@@ -106,36 +111,45 @@ def export_saved_model(model, export_base, version=None, xla=False,
     FileExistsError: if the version exists and `overwrite` is False.
   """
   require_functional(model)
+  if version is not None and (isinstance(version, bool) or
+                              not isinstance(version, int) or version < 1):
+    raise ValueError(
+        f"version must be a positive integer. Received: version={version!r}")
   serve = serving_function(model, xla=xla)
   export_base = os.fspath(export_base)
   os.makedirs(export_base, exist_ok=True)
-  if version is None:
-    version = _next_version(export_base)
-  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-    raise ValueError(
-        f"version must be a positive integer. Received: version={version!r}")
+  if version is not None:
+    _refuse_existing(export_base, version, overwrite)
+  module = tf.Module()
+  module.model = model
+  module.serve = serve
+  tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=export_base)
+  try:
+    tf.saved_model.save(module, tmp, signatures={SIGNATURE: serve})
+    if version is not None:
+      final = os.path.join(export_base, str(version))
+      publish_directory(tmp, final, overwrite=overwrite)
+      return final
+    # Another export may take the next free version between our look and
+    # our rename: the rename then fails and the following version is tried.
+    while True:
+      final = os.path.join(export_base, str(_next_version(export_base)))
+      try:
+        publish_directory(tmp, final)
+        return final
+      except FileExistsError:
+        continue
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _refuse_existing(export_base, version, overwrite):
   final = os.path.join(export_base, str(version))
   if os.path.exists(final) and not overwrite:
     raise FileExistsError(
         f"Version {version} already exists at {final!r}; pass overwrite=True "
         "or choose another version.")
-  module = tf.Module()
-  module.model = model
-  module.serve = serve
-  tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
-  try:
-    tf.saved_model.save(module, tmp, signatures={SIGNATURE: serve})
-    if os.path.exists(final):
-      trash = tempfile.mkdtemp(prefix=f".old-{version}-", dir=export_base)
-      os.rename(final, os.path.join(trash, "old"))
-      os.rename(tmp, final)
-      shutil.rmtree(trash, ignore_errors=True)
-    else:
-      os.rename(tmp, final)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
-  return final
 
 
 def export_tflite(model, path, optimizations=None):

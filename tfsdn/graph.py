@@ -12,6 +12,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tf_keras.src.engine.keras_tensor import KerasTensor
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
 
+from tfsdn import criteria
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 
@@ -39,12 +40,79 @@ def unwrap(layer):
   return layer
 
 
+def _has_wrappers(model):
+  return any(isinstance(layer, pruning_wrapper.PruneLowMagnitude) or (
+      isinstance(layer, keras.Model) and _has_wrappers(layer))
+             for layer in model.layers)
+
+
 def strip_wrappers(model):
-  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`."""
-  if any(isinstance(layer, pruning_wrapper.PruneLowMagnitude)
-         for layer in model.layers):
+  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`.
+
+  Wrappers inside nested models count too.
+  """
+  if _has_wrappers(model):
     return tfmot.sparsity.keras.strip_pruning(model)
   return model
+
+
+def flatten(model):
+  """A copy of `model` with every nested functional model inlined.
+
+  `Sequential([base, head])` or `keras.Model(x, base(x))` become one flat
+  functional model whose layers are copies (config and weights) of all
+  layers, nested ones included, with their names. A model without nested
+  models is returned as it is.
+
+  Args:
+    model: A functional or Sequential tf_keras model without tfmot wrappers.
+
+  Returns:
+    A functional tf_keras model.
+
+  Raises:
+    TypeError: if a nested model is subclassed.
+    ValueError: if a nested model has several outputs, is called more than
+      once, or two layers would share a name.
+  """
+  if not any(isinstance(l, keras.Model) for l in model.layers):
+    return model
+  new, new_inputs, names = {}, [], set()
+
+  def inline(current, top):
+    for node, layer in topological_nodes(current):
+      output = node_output(node)
+      if node.is_input:
+        if top:
+          tensor = input_like(node, layer)
+          new_inputs.append(tensor)
+          new[id(output)] = tensor
+        continue
+      if isinstance(layer, keras.Model):
+        if not getattr(layer, "_is_graph_network", False):
+          raise TypeError(
+              f"Nested model {layer.name!r} in {model.name!r} is subclassed; "
+              "only functional and Sequential models can be inlined.")
+        if len(layer.outputs) != 1:
+          raise ValueError(
+              f"Nested model {layer.name!r} in {model.name!r} has "
+              f"{len(layer.outputs)} outputs; only one is supported.")
+        for inner, outer in zip(layer.inputs, node_inputs(node)):
+          new[id(inner)] = new[id(outer)]
+        inline(layer, top=False)
+        new[id(output)] = new[id(layer.outputs[0])]
+        continue
+      if layer.name in names:
+        raise ValueError(
+            f"Cannot inline the nested models of {model.name!r}: two layers "
+            f"are named {layer.name!r}. Give nested layers unique names.")
+      names.add(layer.name)
+      copy = copy_layer(layer)
+      new[id(output)] = call_like(node, copy, new)
+      copy.set_weights(layer.get_weights())
+
+  inline(model, top=True)
+  return model_like(model, new_inputs, new)
 
 
 def is_channel_wise(layer):
@@ -184,5 +252,17 @@ def channel_sources(model):
 
 
 def kept_mask(layer):
-  """Boolean vector of a PrunableConcatConv's live input channels."""
-  return np.asarray(layer.contribution_scores() > 0)
+  """Boolean vector of a PrunableConcatConv's live input channels.
+
+  Raises:
+    ValueError: if a score is negative or not finite (set by hand: training
+      never writes one), since such a score means neither live nor pruned.
+  """
+  scores = layer.contribution_scores()
+  bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
+  if len(bad):
+    raise ValueError(
+        f"Layer {layer.name!r} has invalid contribution scores at input "
+        f"channels {bad[:8].tolist()}: {scores[bad[:8]].tolist()}. Scores "
+        "must be finite and >= 0 (0 marks a pruned channel).")
+  return criteria.is_live(scores)

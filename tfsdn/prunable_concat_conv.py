@@ -50,6 +50,13 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
       lambda * sum_i ||W[:, :, i, :]||_2; 0 disables it.
     bn_momentum: Momentum of the BatchNormalization moving statistics.
     bn_epsilon: Epsilon of the BatchNormalization.
+    bn_synchronized: Synchronise the BatchNormalization's batch statistics
+      across replicas (`BatchNormalization(synchronized=True)`).
+    batch_norm_trainable: False freezes the BatchNormalization: its
+      parameters are not trained and, as in tf_keras, it normalises with its
+      moving statistics even in training. Read back from
+      `self.batch_norm.trainable` by `get_config`.
+    conv_trainable: False freezes the conv kernel.
     **kwargs: Standard Keras layer arguments (`name`, `dtype`, ...).
   """
 
@@ -65,6 +72,9 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
                group_lasso=0.0,
                bn_momentum=0.99,
                bn_epsilon=1.001e-5,
+               bn_synchronized=False,
+               batch_norm_trainable=True,
+               conv_trainable=True,
                **kwargs):
     super().__init__(**kwargs)
     if not isinstance(filters, (int, np.integer)) or filters <= 0:
@@ -96,15 +106,18 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
     self.group_lasso = float(group_lasso)
     self.bn_momentum = float(bn_momentum)
     self.bn_epsilon = float(bn_epsilon)
+    self.bn_synchronized = bool(bn_synchronized)
     self.batch_norm = keras.layers.BatchNormalization(
         momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="bn",
-        dtype=self.dtype_policy)
+        synchronized=self.bn_synchronized, dtype=self.dtype_policy)
+    self.batch_norm.trainable = bool(batch_norm_trainable)
     self.conv = keras.layers.Conv2D(
         self.filters, self.kernel_size, strides=self.strides,
         padding=self.padding, use_bias=False,
         kernel_initializer=self.kernel_initializer,
         kernel_regularizer=self.kernel_regularizer, name="conv",
         dtype=self.dtype_policy)
+    self.conv.trainable = bool(conv_trainable)
 
   def build(self, input_shape):
     shapes = input_shape if isinstance(input_shape, (list, tuple)) and (
@@ -150,7 +163,7 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
 
   def live_mask(self):
     """A float32 vector: 1 for live input channels, 0 for pruned ones."""
-    return tf.cast(self.contribution_score > 0, tf.float32)
+    return tf.cast(criteria.is_live(self.contribution_score), tf.float32)
 
   def contribution_scores(self):
     """The current scores as a numpy array (0 marks a pruned channel)."""
@@ -158,15 +171,15 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
 
   def kept_channels(self):
     """Indices of the live input channels, ascending, as a numpy array."""
-    return np.flatnonzero(self.contribution_scores() > 0)
+    return np.flatnonzero(criteria.is_live(self.contribution_scores()))
 
   def pruned_channels(self):
     """Indices of the pruned input channels, ascending, as a numpy array."""
-    return np.flatnonzero(self.contribution_scores() <= 0)
+    return np.flatnonzero(~criteria.is_live(self.contribution_scores()))
 
   def sparsity(self):
     """The fraction of input channels that are pruned."""
-    return float(np.mean(self.contribution_scores() <= 0))
+    return float(np.mean(~criteria.is_live(self.contribution_scores())))
 
   def raw_scores(self, input_abs_mean=None):
     """The criterion's raw (unnormalised) score per input channel."""
@@ -195,10 +208,17 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
           tf.cast(x, tf.float32), axis=[0, 1, 2])
       new_abs_mean = (self.score_momentum * self.input_abs_mean +
                       (1.0 - self.score_momentum) * batch_abs_mean)
+      raw = self.raw_scores(new_abs_mean)
+      # A non-finite batch (an overflow, a NaN input) must not touch the
+      # statistics or the scores: one NaN score would read as pruned and,
+      # through the normalisation, spread to the whole layer.
+      finite = criteria.all_finite(batch_abs_mean, raw)
+      new_abs_mean = tf.where(finite, new_abs_mean, self.input_abs_mean)
+      scores = criteria.break_ties(
+          criteria.normalize_scores(raw, live), live)
+      scores = tf.where(finite, scores, self.contribution_score)
       update_mean = self.input_abs_mean.assign(new_abs_mean)
       with tf.control_dependencies([update_mean]):
-        scores = criteria.normalize_scores(
-            self.raw_scores(new_abs_mean), live)
         return self.contribution_score.assign(scores)
 
     update = tf.__internal__.smart_cond.smart_cond(
@@ -228,6 +248,9 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
         "group_lasso": self.group_lasso,
         "bn_momentum": self.bn_momentum,
         "bn_epsilon": self.bn_epsilon,
+        "bn_synchronized": self.bn_synchronized,
+        "batch_norm_trainable": self.batch_norm.trainable,
+        "conv_trainable": self.conv.trainable,
     }
     return {**super().get_config(), **config}
 

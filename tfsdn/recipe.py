@@ -1,34 +1,15 @@
 """The CIFAR training recipe shared by the example script and the benchmark.
 
 SGD with Nesterov momentum, the learning rate divided by 10 at 50% and 75%
-of the epochs (as in the DenseNet paper), and pruning stages placed on epoch
-boundaries between `begin_epoch` and `end_epoch`.
+of the epochs (as in the DenseNet paper), and pruning stages spaced evenly in
+steps between the stage steps of `begin_epoch` and `end_epoch`
+(`tfsdn.schedule.epoch_step`).
 """
 
 import tensorflow as tf
 
 from tfsdn.compat import keras
 from tfsdn.schedule import StagedSparsity
-
-
-def stage_step(epoch, steps_per_epoch):
-  """The pruning step at which a stage planned for `epoch` prunes.
-
-  tfmot's first training batch is pruning step 1, so epoch `e` starts at step
-  `e * steps_per_epoch + 1`. In epoch 0 the contribution scores have seen no
-  data yet (a stage there would keep everything, as all scores tie), so that
-  stage waits until the middle of the epoch.
-
-  Args:
-    epoch: Epoch, counted from 0.
-    steps_per_epoch: Training batches per epoch.
-
-  Returns:
-    The step, an int.
-  """
-  if epoch == 0:
-    return max(2, steps_per_epoch // 2)
-  return epoch * steps_per_epoch + 1
 
 
 def default_pruning_epochs(epochs, begin_epoch=None, end_epoch=None):
@@ -47,7 +28,7 @@ def default_pruning_epochs(epochs, begin_epoch=None, end_epoch=None):
 
 def staged_schedule(final_sparsity, num_stages, epochs, steps_per_epoch,
                     begin_epoch=None, end_epoch=None):
-  """A `StagedSparsity` with `num_stages` stages on epoch boundaries.
+  """A `StagedSparsity` with `num_stages` stages from `begin` to `end` epoch.
 
   Args:
     final_sparsity: Sparsity after the last stage, in (0, 1).
@@ -61,9 +42,8 @@ def staged_schedule(final_sparsity, num_stages, epochs, steps_per_epoch,
     A `StagedSparsity`.
   """
   begin, end = default_pruning_epochs(epochs, begin_epoch, end_epoch)
-  return StagedSparsity.evenly(final_sparsity, num_stages,
-                               stage_step(begin, steps_per_epoch),
-                               stage_step(end, steps_per_epoch))
+  return StagedSparsity.evenly(final_sparsity, num_stages, begin, end,
+                               steps_per_epoch=steps_per_epoch)
 
 
 def step_decay(learning_rate, epochs):

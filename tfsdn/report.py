@@ -247,7 +247,7 @@ def model_report(model):
 
   Args:
     model: A functional tf_keras model: dense, pruned (wrapped or stripped)
-      or compact.
+      or compact. Nested functional models are inlined first.
 
   Returns:
     A `ModelReport`.
@@ -256,7 +256,7 @@ def model_report(model):
     TypeError: for Keras 3 objects and subclassed models.
   """
   require_functional(model)
-  stripped = graph.strip_wrappers(model)
+  stripped = graph.flatten(graph.strip_wrappers(model))
   has_prunable = any(isinstance(l, PrunableConcatConv) for l in stripped.layers)
   if has_prunable:
     compact = strip_to_compact(stripped)

@@ -3,10 +3,15 @@
 import math
 import numbers
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
 
 from tfsdn.compat import keras
+
+# tfmot's first training batch is step 1 and the scores are first measured in
+# its forward pass, after the mask update; step 2 is the first that sees them.
+FIRST_STAGE_STEP = 2
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
@@ -15,7 +20,16 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
 
   Between stages nothing is pruned, so the network adapts to what is left
   before the next stage removes more ("self-learning" pruning). Steps are
-  tfmot pruning steps: the first training batch is step 1.
+  tfmot pruning steps: the first training batch is step 1, and its forward
+  pass is the first to measure contribution scores, so the earliest step at
+  which a stage can act is `FIRST_STAGE_STEP` (2); earlier steps are refused.
+
+  Exactness: a stage at sparsity `s` leaves every prunable layer with C input
+  channels with exactly `max(round(C * (1 - s)), 1)` live channels (tfmot's
+  rule; `round` halves to even, computed in float32), the highest-scoring
+  ones, so `C - max(round(C * (1 - s)), 1)` are pruned (`pruned_count`).
+  `PrunableConcatConv` keeps its live scores pairwise distinct, so ties
+  cannot make a stage prune less.
 
   Example:
 
@@ -29,7 +43,7 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
 
   Args:
     stages: A sequence of `(step, sparsity)` pairs: steps strictly
-      increasing integers >= 0, sparsities non-decreasing and in [0, 1).
+      increasing integers >= 2, sparsities non-decreasing and in [0, 1).
 
   Raises:
     ValueError: if a stage is malformed; the message quotes it.
@@ -49,9 +63,12 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
             f"Each stage must be a (step, sparsity) pair. Received: {stage!r}")
       step, sparsity = stage
       if (isinstance(step, bool) or not isinstance(step, numbers.Integral) or
-          step < 0):
+          step < FIRST_STAGE_STEP):
         raise ValueError(
-            f"Stage steps must be integers >= 0. Received: step={step!r} in "
+            f"Stage steps must be integers >= {FIRST_STAGE_STEP}: tfmot counts "
+            "training batches from step 1, and the scores are first measured "
+            "during step 1, so a stage at step 0 never runs and one at step 1 "
+            f"would see untrained, equal scores. Received: step={step!r} in "
             f"stage {stage!r}")
       if (isinstance(sparsity, bool) or
           not isinstance(sparsity, numbers.Real) or
@@ -79,12 +96,14 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
     `begin_step + (i - 1) * (end_step - begin_step) / (num_stages - 1)`
     (rounded), so the first stage is at `begin_step` and the last at
     `end_step`. With `steps_per_epoch`, `begin_step` and `end_step` are
-    epochs and each stage lands on the first batch of its epoch.
+    epochs, converted to steps by `epoch_step`, and the stages are spaced
+    evenly in steps between those two (so a middle stage may fall inside an
+    epoch).
 
     Args:
       final_sparsity: Sparsity after the last stage, in (0, 1).
       num_stages: Number of stages, >= 1.
-      begin_step: Step (or epoch) of the first stage, >= 0.
+      begin_step: Step of the first stage, >= 2 (or its epoch, >= 0).
       end_step: Step (or epoch) of the last stage, >= begin_step.
       steps_per_epoch: If given, `begin_step`/`end_step` count epochs.
 
@@ -112,16 +131,19 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
       raise ValueError(
           "steps_per_epoch must be a positive integer. Received: "
           f"steps_per_epoch={steps_per_epoch!r}")
+    if steps_per_epoch is not None:
+      begin_step = epoch_step(begin_step, steps_per_epoch)
+      end_step = epoch_step(end_step, steps_per_epoch)
+    elif begin_step < FIRST_STAGE_STEP:
+      raise ValueError(
+          f"begin_step must be >= {FIRST_STAGE_STEP} (see StagedSparsity). "
+          f"Received: begin_step={begin_step!r}")
     if num_stages == 1:
       times = [end_step]
     else:
       span = (end_step - begin_step) / (num_stages - 1)
       times = [begin_step + i * span for i in range(num_stages)]
-    if steps_per_epoch is not None:
-      # Epoch e starts at pruning step e * steps_per_epoch + 1.
-      steps = [int(math.floor(t)) * steps_per_epoch + 1 for t in times]
-    else:
-      steps = [int(round(t)) for t in times]
+    steps = [int(round(t)) for t in times]
     if len(set(steps)) != len(steps):
       raise ValueError(
           f"{num_stages} stages do not fit between begin_step={begin_step} "
@@ -132,7 +154,7 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
 
   @classmethod
   def from_epochs(cls, stages, steps_per_epoch):
-    """Stages given as `(epoch, sparsity)`: each prunes on its epoch's first batch.
+    """Stages given as `(epoch, sparsity)`, converted to steps by `epoch_step`.
 
     Args:
       stages: `(epoch, sparsity)` pairs, epochs counted from 0.
@@ -141,16 +163,8 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
     Returns:
       A `StagedSparsity`.
     """
-    if not isinstance(steps_per_epoch, numbers.Integral) or steps_per_epoch < 1:
-      raise ValueError(
-          "steps_per_epoch must be a positive integer. Received: "
-          f"steps_per_epoch={steps_per_epoch!r}")
-    return cls([(int(epoch) * steps_per_epoch + 1, sparsity)
+    return cls([(epoch_step(epoch, steps_per_epoch), sparsity)
                 for epoch, sparsity in stages])
-
-  @property
-  def final_sparsity(self):
-    return self.stages[-1][1]
 
   def __call__(self, step):
     steps = tf.constant([s for s, _ in self.stages], dtype=tf.int64)
@@ -181,6 +195,56 @@ class StagedSparsity(pruning_schedule.PruningSchedule):
 
   def __repr__(self):
     return f"StagedSparsity(stages={self.stages!r})"
+
+
+def epoch_step(epoch, steps_per_epoch):
+  """The pruning step at which a stage planned for `epoch` prunes.
+
+  The one conversion from epochs to steps in tfsdn. Epoch `e >= 1` starts at
+  step `e * steps_per_epoch + 1`, when the scores have seen the whole of
+  epoch `e - 1`. Epoch 0 starts before any score is measured, so its stage
+  waits until the middle of the epoch: step `max(2, steps_per_epoch // 2)`.
+
+  Args:
+    epoch: Epoch, an integer >= 0.
+    steps_per_epoch: Training batches per epoch, an integer >= 1.
+
+  Returns:
+    The step, an int >= `FIRST_STAGE_STEP`.
+
+  Raises:
+    ValueError: for a negative or non-integer epoch or steps_per_epoch.
+  """
+  if (isinstance(steps_per_epoch, bool) or
+      not isinstance(steps_per_epoch, numbers.Integral) or steps_per_epoch < 1):
+    raise ValueError(
+        "steps_per_epoch must be a positive integer. Received: "
+        f"steps_per_epoch={steps_per_epoch!r}")
+  if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or (
+      epoch < 0):
+    raise ValueError(
+        f"epoch must be an integer >= 0. Received: epoch={epoch!r}")
+  if epoch == 0:
+    return max(FIRST_STAGE_STEP, steps_per_epoch // 2)
+  return int(epoch) * steps_per_epoch + 1
+
+
+def pruned_count(channels, sparsity):
+  """How many of `channels` inputs a stage at `sparsity` prunes.
+
+  tfmot keeps `max(round(channels * (1 - sparsity)), 1)` weights, with the
+  product in float32 and round-half-to-even (`tf.math.round`); the rest are
+  pruned. Computed here the same way, in numpy.
+
+  Args:
+    channels: Number of input channels of a layer.
+    sparsity: The stage's sparsity.
+
+  Returns:
+    The number of pruned channels, an int.
+  """
+  kept = np.round(np.float32(channels) * (np.float32(1) - np.float32(sparsity)))
+  return int(channels - max(int(kept), 1))
 
 
 def _is_sequence(value):

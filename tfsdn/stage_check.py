@@ -1,0 +1,150 @@
+"""`StageCheck`: a callback that checks every pruning stage did what it said.
+
+tfmot's `UpdatePruningStep` drives the masks; this callback, added beside it,
+reads back what each stage achieved. After every step at which a layer's
+schedule prunes, it logs each layer's pruned input channels against the
+count the schedule asks for (`tfsdn.schedule.pruned_count`), writes both to
+TensorBoard when given a `log_dir`, and raises `StageShortfallError` when a
+layer was pruned less than scheduled, so a silent under-pruning cannot reach
+a results table.
+"""
+
+from absl import logging
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tfsdn import graph
+from tfsdn.compat import keras
+from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.schedule import pruned_count
+
+
+class StageShortfallError(RuntimeError):
+  """A pruning stage left some layer with fewer pruned channels than scheduled."""
+
+
+def pruning_wrappers(model):
+  """The tfmot wrappers around `PrunableConcatConv`s, nested models included."""
+  found = []
+  for layer in model.layers:
+    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+      if isinstance(layer.layer, PrunableConcatConv):
+        found.append(layer)
+    elif isinstance(layer, keras.Model):
+      found.extend(pruning_wrappers(layer))
+  return found
+
+
+def _schedule_at(schedule, step):
+  should_prune, sparsity = schedule(tf.constant(step, tf.int64))
+  return bool(should_prune), float(sparsity)
+
+
+class StageCheck(keras.callbacks.Callback):
+  """Checks, after every pruning stage, that each layer reached its sparsity.
+
+  Add it beside `tfmot.sparsity.keras.UpdatePruningStep()`:
+
+  ```python
+  pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(),
+                              tfsdn.StageCheck(log_dir="logs")])
+  ```
+
+  After every training step at which a layer's schedule prunes (also with
+  `steps_per_execution > 1`: every step since the last batch is checked), it
+  logs, per layer, the pruned input channels and the scheduled count. A
+  layer with fewer pruned channels than scheduled raises
+  `StageShortfallError` (training stops); one with more (pruned earlier by
+  other means) is logged as a warning.
+
+  Args:
+    log_dir: If given, TensorBoard scalars `stage_check/<layer>/achieved`
+      and `.../scheduled` (sparsities) are written there at each stage.
+    raise_on_shortfall: Raise `StageShortfallError` when a layer falls
+      short (default). With False, a shortfall is logged as an error only.
+
+  Attributes:
+    history: One dict per checked stage step: `step`, and `layers`, a dict
+      from layer name to `(pruned, scheduled, channels)`.
+  """
+
+  def __init__(self, log_dir=None, raise_on_shortfall=True):
+    super().__init__()
+    self.log_dir = log_dir
+    self.raise_on_shortfall = bool(raise_on_shortfall)
+    self.history = []
+    self._wrappers = []
+    self._last_step = None
+    self._writer = None
+
+  def on_train_begin(self, logs=None):
+    self._wrappers = pruning_wrappers(self.model)
+    if not self._wrappers:
+      raise ValueError(
+          f"StageCheck: model {self.model.name!r} has no PrunableConcatConv "
+          "wrapped for pruning; use it with a model returned by "
+          "tfsdn.prune_dense_connections.")
+    self._last_step = self._step()
+    if self.log_dir and self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = self._step()
+    first = max(self._last_step, 0) + 1
+    self._last_step = step
+    for checked in range(first, step + 1):
+      self._check(checked, step)
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.flush()
+
+  def _step(self):
+    return int(keras.backend.get_value(self._wrappers[0].pruning_step))
+
+  def _check(self, stage_step, current_step):
+    """Checks the layers whose schedule pruned at `stage_step`."""
+    rows, short = {}, []
+    for wrapper in self._wrappers:
+      should_prune, _ = _schedule_at(wrapper.pruning_schedule, stage_step)
+      if not should_prune:
+        continue
+      # The masks now hold the latest stage up to `current_step`.
+      _, sparsity = _schedule_at(wrapper.pruning_schedule, current_step)
+      layer = graph.unwrap(wrapper)
+      channels = layer.input_channels
+      scheduled = pruned_count(channels, sparsity)
+      pruned = len(layer.pruned_channels())
+      rows[layer.name] = (pruned, scheduled, channels)
+      if pruned < scheduled:
+        short.append(layer.name)
+    if not rows:
+      return
+    self.history.append({"step": stage_step, "layers": rows})
+    pruned_total = sum(r[0] for r in rows.values())
+    scheduled_total = sum(r[1] for r in rows.values())
+    logging.info(
+        "Pruning stage at step %d: %d layers, %d of %d scheduled input "
+        "channels pruned; per layer (pruned/scheduled/channels): %s",
+        stage_step, len(rows), pruned_total, scheduled_total,
+        ", ".join(f"{n} {p}/{s}/{c}" for n, (p, s, c) in rows.items()))
+    over = [n for n, (p, s, _) in rows.items() if p > s]
+    if over:
+      logging.warning("Pruning stage at step %d: layers %s have more pruned "
+                      "channels than scheduled (pruned before this stage?).",
+                      stage_step, over)
+    if self._writer is not None:
+      with self._writer.as_default():
+        for name, (pruned, scheduled, channels) in rows.items():
+          tf.summary.scalar(f"stage_check/{name}/achieved", pruned / channels,
+                            step=stage_step)
+          tf.summary.scalar(f"stage_check/{name}/scheduled",
+                            scheduled / channels, step=stage_step)
+    if short:
+      message = (
+          f"Pruning stage at step {stage_step} fell short in {len(short)} "
+          "layers (pruned/scheduled/channels): " + ", ".join(
+              f"{n} {rows[n][0]}/{rows[n][1]}/{rows[n][2]}" for n in short))
+      if self.raise_on_shortfall:
+        raise StageShortfallError(message)
+      logging.error(message)
