@@ -277,7 +277,8 @@ def train_arm(arm, config, data):
         config["prune_end_epoch"])
     result["schedule"] = schedule.get_config()["config"]
     model = tfsdn.prune_dense_connections(model, schedule)
-    callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+    callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
+                  tfsdn.StageCheck()]
   elif arm == "tfmot_unstructured":
     model = unstructured_pruning(model, config, data.steps_per_epoch)
     callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())

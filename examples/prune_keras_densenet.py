@@ -144,6 +144,8 @@ def main(argv):
                  tfmot.sparsity.keras.UpdatePruningStep(),
                  tfmot.sparsity.keras.PruningSummaries(
                      log_dir=os.path.join(FLAGS.model_dir, "logs")),
+                 tfsdn.StageCheck(
+                     log_dir=os.path.join(FLAGS.model_dir, "logs")),
                  keras.callbacks.LearningRateScheduler(
                      recipe.step_decay(FLAGS.learning_rate, FLAGS.epochs)),
              ])

@@ -77,6 +77,11 @@ def _write_json(path, value):
       json.dump(value, f, indent=2, sort_keys=True)
 
 
+def _save_model(model, path):
+  with atomic_path(path, suffix=".keras") as tmp:
+    model.save(tmp)
+
+
 def resolved_flags():
   module = FLAGS.find_module_defining_flag("model_dir")
   names = [f.name for f in FLAGS.flags_by_module_dict()[module]]
@@ -200,14 +205,15 @@ def main(argv):
   model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
       from_logits=True), metrics=["accuracy"])
   _, accuracy = model.evaluate(test, verbose=0)
-  model.save(os.path.join(model_dir, "final_model.keras"))
+  _save_model(model, os.path.join(model_dir, "final_model.keras"))
   compact = tfsdn.strip_to_compact(model)
-  compact.save(os.path.join(model_dir, "compact_model.keras"))
+  _save_model(compact, os.path.join(model_dir, "compact_model.keras"))
   after = tfsdn.model_report(compact)
-  with open(os.path.join(model_dir, "report.md"), "w") as f:
-    f.write("## Before vs after\n\n" +
-            tfsdn.comparison_markdown(before, after) + "\n\n" +
-            before.to_markdown() + "\n\n" + after.to_markdown() + "\n")
+  with atomic_path(os.path.join(model_dir, "report.md")) as tmp:
+    with open(tmp, "w") as f:
+      f.write("## Before vs after\n\n" +
+              tfsdn.comparison_markdown(before, after) + "\n\n" +
+              before.to_markdown() + "\n\n" + after.to_markdown() + "\n")
   tfsdn.plot_connectivity(model, os.path.join(model_dir, "connectivity.png"))
   export_base = values["export_dir"] or os.path.join(model_dir, "export")
   export_path = tfsdn.export_saved_model(compact, export_base,

@@ -102,3 +102,61 @@ def test_tflite_matches_keras(compact, tmp_path, images):
   out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
   np.testing.assert_allclose(out, compact(images, training=False).numpy(),
                              atol=1e-4)
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [
+    (0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_written_files_keep_the_users_umask(compact, tmp_path, umask,
+                                            file_mode, dir_mode):
+  previous = os.umask(umask)
+  try:
+    path = tfsdn.export_saved_model(compact, tmp_path / "sdn")
+    tflite = tfsdn.export_tflite(compact, tmp_path / "model.tflite")
+  finally:
+    os.umask(previous)
+  assert os.stat(path).st_mode & 0o777 == dir_mode
+  for root, dirs, files in os.walk(path):
+    for name in dirs:
+      assert os.stat(os.path.join(root, name)).st_mode & 0o777 == dir_mode
+    for name in files:
+      assert os.stat(os.path.join(root, name)).st_mode & 0o777 == file_mode
+  assert os.stat(tflite).st_mode & 0o777 == file_mode
+
+
+def test_a_version_taken_by_a_concurrent_export_is_skipped(compact, tmp_path,
+                                                          monkeypatch):
+  base = tmp_path / "sdn"
+  (base / "1").mkdir(parents=True)
+  (base / "1" / "saved_model.pb").write_bytes(b"another export's")
+  real = tfsdn.export._next_version
+  calls = []
+
+  def stale_then_real(export_base):
+    calls.append(export_base)
+    return 1 if len(calls) == 1 else real(export_base)
+
+  # The other export renamed its version 1 in after we looked.
+  monkeypatch.setattr(tfsdn.export, "_next_version", stale_then_real)
+  path = tfsdn.export_saved_model(compact, base)
+  assert path.endswith("2") and len(calls) == 2
+  assert (base / "1" / "saved_model.pb").read_bytes() == b"another export's"
+  assert sorted(os.listdir(base)) == ["1", "2"]
+
+
+def test_overwrite_swaps_the_version_in_without_a_gap(compact, tmp_path,
+                                                      monkeypatch):
+  base = tmp_path / "sdn"
+  tfsdn.export_saved_model(compact, base, version=1)
+  seen = []
+  real_rmtree = tfsdn.files.shutil.rmtree
+
+  def rmtree(path, *args, **kwargs):
+    seen.append(os.path.exists(base / "1" / "saved_model.pb"))
+    return real_rmtree(path, *args, **kwargs)
+
+  # Fail on the two-rename fallback: on Linux the swap must be atomic.
+  monkeypatch.setattr(tfsdn.files.os, "rename", None)
+  monkeypatch.setattr(tfsdn.files.shutil, "rmtree", rmtree)
+  tfsdn.export_saved_model(compact, base, version=1, overwrite=True)
+  assert seen and all(seen)
+  assert sorted(os.listdir(base)) == ["1"]

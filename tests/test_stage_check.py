@@ -1,0 +1,88 @@
+"""StageCheck: every stage is read back, and a shortfall stops training."""
+
+import glob
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+import tfsdn
+from tfsdn import criteria
+from tfsdn import schedule as schedule_lib
+from tfsdn.compat import keras
+from tests import helpers
+
+
+def test_records_every_stage_with_exact_counts(tmp_path):
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.3), (4, 0.5)])))
+  check = tfsdn.StageCheck(log_dir=str(tmp_path / "logs"))
+  helpers.fit_steps(pruned, 5, callbacks=[check])
+  assert [h["step"] for h in check.history] == [2, 4]
+  for entry, sparsity in zip(check.history, [0.3, 0.5]):
+    assert len(entry["layers"]) == 8
+    for pruned_count, scheduled, channels in entry["layers"].values():
+      assert scheduled == schedule_lib.pruned_count(channels, sparsity)
+      assert pruned_count == scheduled
+  assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+
+
+def test_steps_per_execution_still_checks_stages_inside_an_execution():
+  pruned = tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.5)]))
+  pruned.compile(keras.optimizers.SGD(0.01),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                 steps_per_execution=3)
+  check = tfsdn.StageCheck()
+  helpers.fit_steps(pruned, 6, callbacks=[check])
+  assert [h["step"] for h in check.history] == [2]
+
+
+def _zero_channel_model():
+  """One PrunableConcatConv whose inputs 3..7 are zero after its ReLU."""
+  inputs = [keras.Input((4, 4, 3)), keras.Input((4, 4, 5))]
+  layer = tfsdn.PrunableConcatConv(2, 1, batch_norm_trainable=False,
+                                   name="pcc")
+  model = keras.Model(inputs, layer(inputs))
+  layer.batch_norm.beta.assign([0, 0, 0, -100, -100, -100, -100, -100])
+  return model
+
+
+def _fit_zero_channel_model(callbacks, sparsity=0.25):
+  pruned = tfsdn.prune_dense_connections(
+      _zero_channel_model(), tfsdn.StagedSparsity([(3, sparsity)]))
+  pruned.compile(keras.optimizers.SGD(0.01), "mse")
+  rng = np.random.default_rng(0)
+  x = [rng.uniform(size=(16, 4, 4, c)).astype("float32") for c in (3, 5)]
+  pruned.fit(x, np.zeros((16, 4, 4, 2), "float32"), batch_size=4, verbose=0,
+             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks])
+  return tfsdn.prunable_layers(pruned)[0]
+
+
+def test_tied_zero_channels_are_pruned_exactly_lowest_index_first():
+  check = tfsdn.StageCheck()
+  layer = _fit_zero_channel_model([check])
+  # 8 * 0.75 = 6 kept: 2 of the 5 tied dead channels go, by index.
+  assert layer.pruned_channels().tolist() == [3, 4]
+  assert check.history[0]["layers"]["pcc"] == (2, 2, 8)
+
+
+def test_a_shortfall_raises_and_names_the_layer(monkeypatch):
+  # Without tie breaking (the old behaviour), tfmot keeps all tied channels.
+  monkeypatch.setattr(criteria, "break_ties",
+                      lambda scores, live: scores * _as_float(live))
+  with pytest.raises(tfsdn.StageShortfallError, match=r"pcc 0/2/8"):
+    _fit_zero_channel_model([tfsdn.StageCheck()])
+  layer = _fit_zero_channel_model([tfsdn.StageCheck(raise_on_shortfall=False)])
+  assert len(layer.pruned_channels()) == 0
+
+
+def _as_float(live):
+  return tf.cast(live, tf.float32)
+
+
+def test_refuses_a_model_without_wrapped_layers():
+  model = helpers.compile_sgd(helpers.tiny_densenet())
+  with pytest.raises(ValueError, match="prune_dense_connections"):
+    helpers.fit_steps(model, 1, callbacks=[tfsdn.StageCheck()])
