@@ -8,6 +8,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 import tfsdn
+from tfsdn import schedule as schedule_lib
 from tfsdn.compat import keras
 from tests import helpers
 
@@ -19,7 +20,8 @@ def _schedule():
 def _check_half_pruned(model):
   for layer in tfsdn.prunable_layers(model):
     zeros = int(np.sum(layer.contribution_scores() == 0))
-    assert abs(zeros - round(0.5 * layer.input_channels)) <= 1, layer.name
+    assert zeros == schedule_lib.pruned_count(layer.input_channels, 0.5), (
+        layer.name)
 
 
 def _perturb_pruned_inputs_leaves_output(model, images):
@@ -176,6 +178,16 @@ def test_rejects_models_without_prunable_layers_and_bad_schedules():
     tfsdn.prune_dense_connections(plain, _schedule())
   with pytest.raises(TypeError, match="schedule=0.5"):
     tfsdn.prune_dense_connections(helpers.tiny_densenet(), 0.5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(block_size=(1, 2)),
+                                    dict(sparsity_m_by_n=(2, 4)),
+                                    dict(block_pooling_type="MAX")])
+def test_rejects_tfmot_options_meaningless_for_channel_scores(kwargs):
+  name = next(iter(kwargs))
+  with pytest.raises(TypeError, match=f"'{name}'"):
+    tfsdn.prune_dense_connections(helpers.tiny_densenet(), _schedule(),
+                                  **kwargs)
 
 
 def test_rejects_subclassed_models():

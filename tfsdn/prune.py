@@ -9,6 +9,13 @@ from tfsdn import graph
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.schedule import pruned_count
+
+
+# tfmot options that mean nothing for a vector of per-channel scores.
+_MEANINGLESS_WRAPPER_KWARGS = ("block_size", "block_pooling_type",
+                               "sparsity_m_by_n", "pruning_policy",
+                               "pruning_schedule")
 
 
 def prunable_layers(model):
@@ -47,7 +54,8 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
   pruned = tfsdn.prune_dense_connections(
       model, tfsdn.StagedSparsity([(2000, 0.25), (4000, 0.5)]))
   pruned.compile(...)
-  pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+  pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(),
+                              tfsdn.StageCheck()])
   ```
 
   Args:
@@ -55,7 +63,9 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
       `PrunableConcatConv`.
     schedule: A `tfmot.sparsity.keras.PruningSchedule`, usually a
       `tfsdn.StagedSparsity`.
-    **wrapper_kwargs: Passed on to `prune_low_magnitude`.
+    **wrapper_kwargs: Passed on to `prune_low_magnitude` (layer keyword
+      arguments such as `dtype`); its block, m-by-n and policy options are
+      refused.
 
   Returns:
     A new tf_keras model.
@@ -66,6 +76,14 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
     ValueError: if the model has no `PrunableConcatConv`.
   """
   require_functional(model)
+  meaningless = sorted(set(wrapper_kwargs) & set(_MEANINGLESS_WRAPPER_KWARGS))
+  if meaningless:
+    raise TypeError(
+        f"prune_dense_connections does not take {meaningless}: a "
+        "PrunableConcatConv's prunable weight is one score per input channel, "
+        "so block sparsity, m-by-n sparsity and pruning policies do not apply "
+        "(the schedule is the second argument). Received: "
+        f"{ {k: wrapper_kwargs[k] for k in meaningless} }")
   if not isinstance(schedule, pruning_sched.PruningSchedule):
     raise TypeError(
         "schedule must be a tfmot.sparsity.keras.PruningSchedule such as "
@@ -115,7 +133,9 @@ def _copy_weights(source, target):
 
 
 def prune_at_random(model, sparsity, seed=0):
-  """Prunes `round(sparsity * C)` random input channels of every layer.
+  """Prunes `pruned_count(C, sparsity)` random input channels of every layer.
+
+  The count follows the same rounding rule as a stage of that sparsity.
 
   Sets the contribution scores of every `PrunableConcatConv` directly, with
   no training: for speed benchmarks and tests of the strip step, where which
@@ -136,5 +156,5 @@ def prune_at_random(model, sparsity, seed=0):
   for layer in prunable_layers(model):
     scores = rng.uniform(0.1, 1.0, layer.input_channels)
     scores[rng.permutation(layer.input_channels)[
-        :int(round(sparsity * layer.input_channels))]] = 0
+        :pruned_count(layer.input_channels, sparsity)]] = 0
     layer.contribution_score.assign(scores)
