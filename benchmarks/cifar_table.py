@@ -294,12 +294,14 @@ def train_arm(arm, config, data):
   model = tfmot.sparsity.keras.strip_pruning(model)
   if arm == "tfmot_unstructured":
     final = model
+    report = tfsdn.model_report(final)
   else:
     if arm in _TFSDN_ARMS:
       result["mean_sparsity"] = float(np.mean(
           [layer.sparsity() for layer in tfsdn.prunable_layers(model)]))
-    final = tfsdn.strip_to_compact(model)
-  report = tfsdn.model_report(final)
+    stripped = tfsdn.strip(model)
+    final = stripped.model
+    report = tfsdn.model_report(stripped)
   nonzero, zeros, zero_macs = conv_weight_counts(final)
   result.update(
       params=report.total_params - zeros,

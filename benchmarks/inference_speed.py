@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfsdn
+from tfsdn import testing
 from tfsdn.files import atomic_path
 from serving_timing import memory_mb
 from serving_timing import time_rounds
@@ -40,17 +41,19 @@ flags.DEFINE_integer("seed", 0, "Seed of the random scores.")
 def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-  dense = tfsdn.strip_to_compact(
+  dense_stripped = tfsdn.strip(
       tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate))
+  dense = dense_stripped.model
   pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
-  tfsdn.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
-  compact = tfsdn.strip_to_compact(pruned)
+  testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
+  stripped = tfsdn.strip(pruned)
+  compact = stripped.model
   images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
       "float32")
   max_diff = float(np.abs(pruned(images, training=False) -
                           compact(images, training=False)).max())
-  reports = {"dense": tfsdn.model_report(dense),
-             "compact": tfsdn.model_report(compact)}
+  reports = {"dense": tfsdn.model_report(dense_stripped),
+             "compact": tfsdn.model_report(stripped)}
   workdir = tempfile.mkdtemp(prefix="tfsdn-speed-")
   functions, paths = {}, {}
   for name, model in (("dense", dense), ("compact", compact)):

@@ -51,11 +51,10 @@ def main(argv):
     sdn_data.check_tfrecord_dir(name)
   model = load_keras_model(FLAGS.model)
   has_prunable = bool(tfsdn.prunable_layers(model))
-  compact = tfsdn.strip_to_compact(model) if has_prunable else model
-  report = tfsdn.model_report(model)
+  stripped = tfsdn.strip(model) if has_prunable else None
+  compact = stripped.model if has_prunable else model
+  report = tfsdn.model_report(stripped if has_prunable else model)
   print(report.to_markdown())
-  if has_prunable:
-    print(tfsdn.comparison_markdown(report, tfsdn.model_report(compact)))
   images, _ = next(iter(sdn_data.make_dataset(
       FLAGS.dataset, "test", FLAGS.verify_images, data_dir=FLAGS.data_dir)))
   expected = compact(images, training=False).numpy()

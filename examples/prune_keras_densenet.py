@@ -153,8 +153,9 @@ def main(argv):
   stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(
       from_logits=True), metrics=["accuracy"])
   _, accuracy = stripped.evaluate(test, verbose=0)
-  compact = tfsdn.strip_to_compact(stripped)
-  after = tfsdn.model_report(compact)
+  strip_record = tfsdn.strip(stripped)
+  compact = strip_record.model
+  after = tfsdn.model_report(strip_record)
   with atomic_path(os.path.join(FLAGS.model_dir, "report.md"),
                    suffix=".md") as tmp:
     with open(tmp, "w") as f:

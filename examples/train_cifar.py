@@ -206,15 +206,16 @@ def main(argv):
       from_logits=True), metrics=["accuracy"])
   _, accuracy = model.evaluate(test, verbose=0)
   _save_model(model, os.path.join(model_dir, "final_model.keras"))
-  compact = tfsdn.strip_to_compact(model)
+  stripped = tfsdn.strip(model)  # The only strip: report and plot read it.
+  compact = stripped.model
   _save_model(compact, os.path.join(model_dir, "compact_model.keras"))
-  after = tfsdn.model_report(compact)
+  after = tfsdn.model_report(stripped)
   with atomic_path(os.path.join(model_dir, "report.md")) as tmp:
     with open(tmp, "w") as f:
       f.write("## Before vs after\n\n" +
               tfsdn.comparison_markdown(before, after) + "\n\n" +
               before.to_markdown() + "\n\n" + after.to_markdown() + "\n")
-  tfsdn.plot_connectivity(model, os.path.join(model_dir, "connectivity.png"))
+  tfsdn.plot_connectivity(after, os.path.join(model_dir, "connectivity.png"))
   export_base = values["export_dir"] or os.path.join(model_dir, "export")
   export_path = tfsdn.export_saved_model(compact, export_base,
                                          xla=values["xla_export"])

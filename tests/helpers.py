@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 
 import tfsdn
+from tfsdn import testing
 from tfsdn.compat import keras
 
 
@@ -52,7 +53,7 @@ def randomize_batch_norm(model, seed=0):
 
 def prune_randomly(model, sparsity, seed=0):
   """Zeroes round(sparsity * C) random scores in every PrunableConcatConv."""
-  tfsdn.prune_at_random(model, sparsity, seed)
+  testing.prune_at_random(model, sparsity, seed)
 
 
 def applications_style_densenet(blocks=(2, 3), growth_rate=4, stem=8,

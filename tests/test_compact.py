@@ -28,7 +28,7 @@ def test_compact_matches_pruned_and_uses_only_stock_layers(tmp_path, images):
   assert compact.count_params() < 0.7 * model.count_params()
   conv = compact.get_layer("block2_layer2")
   assert isinstance(conv, keras.layers.Conv2D)
-  kept = model.get_layer("block2_layer2").kept_channels()
+  kept = model.get_layer("block2_layer2").live_channels()
   assert conv.kernel.shape[2] == len(kept)
   assert compact.get_layer("block2_layer2_bn").gamma.shape[0] == len(kept)
   path = str(tmp_path / "compact.keras")
@@ -127,7 +127,7 @@ def test_dead_producers_cascade_to_what_only_they_read(images):
   consumers = ["block1_layer2_bottleneck", "transition1"]
   for name in consumers:  # nobody reads block1_layer1's 4 maps (32..35)
     layer = model.get_layer(name)
-    scores = layer.contribution_scores()
+    scores = layer.contribution_score.numpy()
     scores[8:12] = 0
     layer.contribution_score.assign(scores)
   compact = tfsdn.strip_to_compact(model)

@@ -8,6 +8,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras
 
 import tfsdn
+from tfsdn import testing
 from tests import helpers
 from tfsdn.compat import keras
 
@@ -50,7 +51,7 @@ def test_applications_densenet_keeps_its_function(name, shape):
   assert len(plan.converted) == count
   assert [s.batch_norm for s in plan.skipped] == ["bn"]  # Feeds avg_pool.
   if shape[0] == 64:  # Prune half of every layer's inputs, strip, compare.
-    tfsdn.prune_at_random(converted, 0.5, seed=1)
+    testing.prune_at_random(converted, 0.5, seed=1)
     compact = tfsdn.strip_to_compact(converted)
     assert _max_diff(converted, compact, _images(shape, seed=2)) <= 1e-4
     assert compact.count_params() < original.count_params()

@@ -80,16 +80,16 @@ def test_a_non_finite_batch_changes_no_score_and_no_mask(
   hypothesis.assume((scores > 0).any())
   layer.contribution_score.assign(scores)
   layer(features, training=True)
-  before = layer.contribution_scores().copy()
+  before = layer.contribution_score.numpy().copy()
   abs_mean = layer.input_abs_mean.numpy().copy()
   poisoned = [f.copy() for f in features]
   flat = poisoned[where % len(poisoned)].reshape(-1)
   flat[where % flat.size] = bad
   layer(poisoned, training=True)
-  np.testing.assert_array_equal(layer.contribution_scores(), before)
+  np.testing.assert_array_equal(layer.contribution_score.numpy(), before)
   np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
   layer(features, training=True)
-  after = layer.contribution_scores()
+  after = layer.contribution_score.numpy()
   assert np.isfinite(after).all()
   np.testing.assert_array_equal(after > 0, scores > 0)
 
@@ -150,15 +150,15 @@ def test_small_densenets_reach_the_schedule_and_strip_keeps_the_function(
   for layer in tfsdn.prunable_layers(pruned):
     assert len(layer.pruned_channels()) == schedule_lib.pruned_count(
         layer.input_channels, final), layer.name
-    assert np.isfinite(layer.contribution_scores()).all()
+    assert np.isfinite(layer.contribution_score.numpy()).all()
   # A non-finite batch in training mode changes no score.
-  before = [l.contribution_scores().copy()
+  before = [l.contribution_score.numpy().copy()
             for l in tfsdn.prunable_layers(pruned)]
   bad = helpers.random_data(4, seed)[0]
   bad[0, 0, 0, 0] = np.inf
   pruned(bad, training=True)
   for layer, scores in zip(tfsdn.prunable_layers(pruned), before):
-    np.testing.assert_array_equal(layer.contribution_scores(), scores)
+    np.testing.assert_array_equal(layer.contribution_score.numpy(), scores)
   stripped = tfmot.sparsity.keras.strip_pruning(pruned)
   compact = tfsdn.strip_to_compact(stripped)
   images = helpers.random_data(4, seed + 1)[0]

@@ -32,7 +32,7 @@ def test_concatenates_list_inputs_and_masks_pruned_channels():
   np.testing.assert_array_equal(layer(perturbed, training=False), base)
   perturbed[1][..., 0] += 1.0  # a live channel
   assert np.abs(layer(perturbed, training=False) - base).max() > 1e-3
-  np.testing.assert_array_equal(layer.kept_channels(), [0, 2, 3, 4, 5, 7])
+  np.testing.assert_array_equal(layer.live_channels(), [0, 2, 3, 4, 5, 7])
   np.testing.assert_array_equal(layer.pruned_channels(), [1, 6])
   assert layer.sparsity() == pytest.approx(0.25)
 
@@ -53,7 +53,7 @@ def test_training_updates_scores_normalised_and_pruned_stay_zero(criterion):
   layer.contribution_score.assign(scores)
   for seed in range(3):
     layer(_features(seed), training=True)
-  updated = layer.contribution_scores()
+  updated = layer.contribution_score.numpy()
   assert updated[0] == 0 and updated[5] == 0
   live = np.delete(updated, [0, 5])
   assert (live > 0).all()
@@ -70,15 +70,15 @@ def test_expected_l1_scores_follow_the_definition():
       axis=(0, 1, 3))
   np.testing.assert_allclose(layer.input_abs_mean.numpy(),
                              x.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(layer.contribution_scores(), raw / raw.mean(),
+  np.testing.assert_allclose(layer.contribution_score.numpy(), raw / raw.mean(),
                              rtol=1e-3)
 
 
 def test_inference_does_not_change_scores():
   layer = _layer()
-  before = layer.contribution_scores().copy()
+  before = layer.contribution_score.numpy().copy()
   layer(_features(2), training=False)
-  np.testing.assert_array_equal(layer.contribution_scores(), before)
+  np.testing.assert_array_equal(layer.contribution_score.numpy(), before)
 
 
 def test_get_prunable_weights_is_exactly_the_score_variable():
@@ -119,7 +119,7 @@ def test_model_saves_and_loads_without_custom_objects(tmp_path):
   model.save(path)
   loaded = keras.models.load_model(path)
   np.testing.assert_array_equal(
-      loaded.get_layer("pcc").contribution_scores(), scores)
+      loaded.get_layer("pcc").contribution_score.numpy(), scores)
   np.testing.assert_allclose(loaded(_features()), model(_features()),
                              atol=1e-6)
 
@@ -157,17 +157,17 @@ def test_a_non_finite_batch_changes_no_score_and_kills_no_layer(bad,
   scores[2] = 0
   layer.contribution_score.assign(scores)
   layer(_features(0), training=True)
-  before = layer.contribution_scores().copy()
+  before = layer.contribution_score.numpy().copy()
   abs_mean = layer.input_abs_mean.numpy().copy()
   features = _features(1)
   features[0][0, 0, 0, 1] = bad
   layer(features, training=True)
-  np.testing.assert_array_equal(layer.contribution_scores(), before)
+  np.testing.assert_array_equal(layer.contribution_score.numpy(), before)
   np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
   layer.conv.kernel.assign(layer.conv.kernel * np.linspace(
       0.5, 2.0, 8).reshape(1, 1, 8, 1))
   layer(_features(2), training=True)  # The next finite batch updates again.
-  after = layer.contribution_scores()
+  after = layer.contribution_score.numpy()
   assert np.isfinite(after).all() and not np.array_equal(after, before)
   assert layer.pruned_channels().tolist() == [2]
   assert layer.sparsity() == pytest.approx(1 / 8)
@@ -179,7 +179,7 @@ def test_live_scores_are_pairwise_distinct_after_training_even_when_tied():
   layer = _layer(batch_norm_trainable=False)
   layer.batch_norm.beta.assign([0, 0, 0, -100, -100, -100, -100, -100])
   layer(_features(0), training=True)
-  scores = layer.contribution_scores()
+  scores = layer.contribution_score.numpy()
   assert (scores > 0).all() and len(set(scores.tolist())) == 8
   assert np.argsort(scores)[:5].tolist() == [3, 4, 5, 6, 7]
 

@@ -26,10 +26,10 @@ def test_totals_agree_across_forms_and_with_compact_weights(images):
   assert after.total_macs < 0.7 * before.total_macs
   row = {r.name: r for r in on_pruned.rows}["block2_layer2"]
   layer = pruned.get_layer("block2_layer2")
-  assert (row.input_kept, row.input_total) == (
-      len(layer.kept_channels()), layer.input_channels)
+  assert (row.input_live, row.input_offered) == (
+      len(layer.live_channels()), layer.input_channels)
   # 3x3 conv, kept inputs x filters x 16x16 positions.
-  assert row.macs == 9 * row.input_kept * row.filters * 16 * 16
+  assert row.macs == 9 * row.input_live * row.filters * 16 * 16
   assert "block2_layer2" in after.to_markdown()
   assert "MACs" in tfsdn.comparison_markdown(before, after)
 
@@ -70,5 +70,39 @@ def test_plot_connectivity_writes_a_png(tmp_path):
   helpers.prune_randomly(model, 0.5)
   path = tmp_path / "connectivity.png"
   tfsdn.plot_connectivity(model, path)
+  tfsdn.plot_connectivity(tfsdn.model_report(model), path)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert [p.name for p in tmp_path.iterdir()] == ["connectivity.png"]
+
+
+def test_report_reads_the_strip_record_without_stripping_again(monkeypatch):
+  pruned = helpers.tiny_densenet()
+  helpers.prune_randomly(pruned, 0.5)
+  stripped = tfsdn.strip(pruned)
+  layer = pruned.get_layer("block2_layer2")
+  record = stripped.layers["block2_layer2"]
+  np.testing.assert_array_equal(record.live, layer.live_mask())
+  assert len(record.offered) == layer.input_channels
+  assert record.offered[0] == ("transition1", 0)
+  assert record.compact_layers == ("block2_layer2_bn", "block2_layer2")
+  assert stripped.pruned
+  expected = tfsdn.model_report(pruned)
+
+  def no_second_strip(model):
+    raise AssertionError("model_report stripped the model again")
+
+  monkeypatch.setattr(tfsdn.report, "strip", no_second_strip)
+  report = tfsdn.model_report(stripped)
+  assert report.to_dict() == expected.to_dict()
+  assert report.form == "pruned"
+  assert report.prunable_params > 0
+
+
+def test_a_stock_model_is_counted_without_prunable_rows(images):
+  pruned = helpers.tiny_densenet()
+  helpers.prune_randomly(pruned, 0.5)
+  compact = tfsdn.strip_to_compact(pruned)
+  report = tfsdn.model_report(compact)
+  assert report.form == "compact" and report.blocks == []
+  assert {r.kind for r in report.rows} == {"conv", "dense"}
+  assert report.total_macs == tfsdn.model_report(pruned).total_macs

@@ -1,19 +1,38 @@
-"""tfsdn: sparse DenseNets, pruned in stages by tensorflow-model-optimization."""
+"""tfsdn: sparse DenseNets, pruned in stages by tensorflow-model-optimization.
 
+The public API is what this module exports (`__all__`), plus the modules
+`tfsdn.densenet` (builders), `tfsdn.criteria` (contribution criteria and the
+definition of live/pruned), `tfsdn.schedule` (`epoch_step`, `pruned_count`)
+and `tfsdn.data` (CIFAR input pipelines). The data flows one way:
+
+  layer (PrunableConcatConv, make_prunable) -> prune (prune_dense_connections,
+  StagedSparsity, StageCheck) -> strip (strip: compact model + what it kept)
+  -> report (model_report, plot_connectivity) / export (export_saved_model,
+  export_tflite).
+
+Everything else (`tfsdn.graph`, `tfsdn.internals`, `tfsdn.recipe`,
+`tfsdn.testing`, ...) serves the library, its scripts and its tests and may
+change without notice.
+"""
+
+from tfsdn import criteria
+from tfsdn import data
 from tfsdn import densenet
+from tfsdn import schedule
+from tfsdn.compact import Stripped
+from tfsdn.compact import strip
 from tfsdn.compact import strip_to_compact
-from tfsdn.compat import KERAS3_HELP
 from tfsdn.convert import conversion_plan
 from tfsdn.convert import make_prunable
 from tfsdn.export import export_saved_model
 from tfsdn.export import export_tflite
+from tfsdn.plot import plot_connectivity
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.prune import prunable_layers
-from tfsdn.prune import prune_at_random
 from tfsdn.prune import prune_dense_connections
+from tfsdn.report import ModelReport
 from tfsdn.report import comparison_markdown
 from tfsdn.report import model_report
-from tfsdn.report import plot_connectivity
 from tfsdn.schedule import StagedSparsity
 from tfsdn.stage_check import StageCheck
 from tfsdn.stage_check import StageShortfallError
@@ -21,13 +40,16 @@ from tfsdn.stage_check import StageShortfallError
 __version__ = "0.1.0"
 
 __all__ = [
-    "KERAS3_HELP",
+    "ModelReport",
     "PrunableConcatConv",
     "StageCheck",
     "StageShortfallError",
     "StagedSparsity",
+    "Stripped",
     "comparison_markdown",
     "conversion_plan",
+    "criteria",
+    "data",
     "densenet",
     "export_saved_model",
     "export_tflite",
@@ -35,7 +57,8 @@ __all__ = [
     "model_report",
     "plot_connectivity",
     "prunable_layers",
-    "prune_at_random",
     "prune_dense_connections",
+    "schedule",
+    "strip",
     "strip_to_compact",
 ]

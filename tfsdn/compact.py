@@ -1,4 +1,12 @@
-"""`strip_to_compact`: rebuild a pruned DenseNet without its pruned channels."""
+"""The strip step: rebuild a pruned DenseNet without its pruned channels.
+
+`strip(model)` returns the compact model together with what it kept of every
+`PrunableConcatConv` (a `Stripped`); the report and the connectivity plot
+read that record instead of reverse-engineering the compact model.
+`strip_to_compact(model)` is `strip(model).model`.
+"""
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -7,15 +15,52 @@ from tfsdn import graph
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.prune import strip_wrappers
 
-_ELEMENTWISE_EXCLUDED = ("softmax", "log_softmax")
+
+@dataclasses.dataclass
+class StrippedLayer:
+  """What the strip step kept of one `PrunableConcatConv`.
+
+  Attributes:
+    name: The layer's name; its compact Conv2D has the same name.
+    offered: One `(source layer name, channel)` per input channel the layer
+      is offered (its concatenated input, in order).
+    live: Boolean vector over those channels: True where the layer reads it.
+    filters: Output channels before the strip.
+    filters_computed: Output channels the compact conv computes (fewer when
+      no consumer reads some of them).
+    compact_layers: Names of the compact layers holding its parameters (the
+      BatchNormalization and the Conv2D).
+  """
+  name: str
+  offered: list
+  live: np.ndarray
+  filters: int
+  filters_computed: int
+  compact_layers: tuple
 
 
-def _passes_channels(layer, node):
-  if isinstance(layer, keras.layers.Activation):
-    activation = keras.activations.serialize(layer.activation)
-    return activation not in _ELEMENTWISE_EXCLUDED
-  return graph.is_channel_wise(layer) and len(graph.node_inputs(node)) == 1
+@dataclasses.dataclass
+class Stripped:
+  """The result of the strip step.
+
+  Attributes:
+    model: The compact model (stock tf_keras layers and TF ops only).
+    source_name: Name of the model that was stripped.
+    layers: `StrippedLayer` per `PrunableConcatConv` name, in model order.
+    source_channels: Output channels of every layer of the stripped
+      (flattened) model before the strip: the feature maps each offers.
+  """
+  model: keras.Model
+  source_name: str
+  layers: dict
+  source_channels: dict
+
+  @property
+  def pruned(self):
+    """True if some layer reads fewer channels than it is offered."""
+    return any(not layer.live.all() for layer in self.layers.values())
 
 
 def _is_filter_prunable_conv(layer):
@@ -51,13 +96,13 @@ def channel_liveness(model):
       continue  # Nothing reads this layer: it is not built at all.
     inputs = graph.node_inputs(node)
     if isinstance(layer, PrunableConcatConv):
-      kept = graph.kept_mask(layer)
-      for tensor, part in zip(inputs, _split(kept, inputs)):
+      live = layer.live_mask()
+      for tensor, part in zip(inputs, _split(live, inputs)):
         need(tensor, part)
     elif graph.is_channel_concat(layer):
       for tensor, part in zip(inputs, _split(out_need, inputs)):
         need(tensor, part)
-    elif output.shape.rank == 4 and _passes_channels(layer, node):
+    elif graph.passes_channels(layer, node):
       need(inputs[0], out_need)
     else:
       for tensor in inputs:
@@ -73,15 +118,7 @@ def _split(mask, tensors):
 def strip_to_compact(model):
   """Returns a compact stock-Keras model without the pruned channels.
 
-  Every `PrunableConcatConv` becomes [Concatenate ->] [channel gather ->]
-  BatchNormalization -> ReLU -> Conv2D, reading only its kept input channels,
-  with its BatchNormalization parameters and kernel sliced. A feature map that
-  no consumer reads any more is not computed at all: its producer loses that
-  filter and every consumer's channel indices are remapped, repeatedly, until
-  nothing more can be removed. The result uses only tf_keras layers and TF
-  ops, loads with `tf_keras.models.load_model` without custom objects and
-  serves without tfsdn. In inference mode it computes the same function as
-  the pruned model.
+  Same as `strip(model).model`; see `strip`.
 
   Example:
 
@@ -91,19 +128,52 @@ def strip_to_compact(model):
   ```
 
   Args:
+    model: A model pruned by tfsdn (see `strip`).
+
+  Returns:
+    A new, flat functional tf_keras model.
+  """
+  return strip(model).model
+
+
+def strip(model):
+  """Rebuilds a pruned model from stock layers and records what it kept.
+
+  Every `PrunableConcatConv` becomes [Concatenate ->] [channel gather ->]
+  BatchNormalization -> ReLU -> Conv2D, reading only its live input
+  channels, with its BatchNormalization parameters and kernel sliced. A
+  feature map that no consumer reads any more is not computed at all: its
+  producer loses that filter and every consumer's channel indices are
+  remapped, repeatedly, until nothing more can be removed. The compact model
+  uses only tf_keras layers and TF ops, loads with
+  `tf_keras.models.load_model` without custom objects and serves without
+  tfsdn. In inference mode it computes the same function as the pruned
+  model.
+
+  Example:
+
+  ```python
+  stripped = tfsdn.strip(pruned_model)
+  stripped.model.save("compact.keras")
+  print(tfsdn.model_report(stripped))   # reads the record, builds nothing
+  ```
+
+  Args:
     model: A model pruned by tfsdn, still wrapped by tfmot or already passed
       through `tfmot.sparsity.keras.strip_pruning`. Nested functional models
       are inlined (`graph.flatten`).
 
   Returns:
-    A new, flat functional tf_keras model.
+    A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
+    kept.
 
   Raises:
     TypeError: for Keras 3 objects and subclassed models.
-    ValueError: if the model has no `PrunableConcatConv`.
+    ValueError: if the model has no `PrunableConcatConv`, or a layer has an
+      invalid score or no live input channel.
   """
   require_functional(model)
-  model = graph.flatten(graph.strip_wrappers(model))
+  model = graph.flatten(strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
     raise ValueError(
@@ -111,6 +181,8 @@ def strip_to_compact(model):
         "nothing to strip. Build it with tfsdn.densenet or convert it with "
         "tfsdn.make_prunable, then prune it.")
   needed = channel_liveness(model)
+  sources = graph.channel_sources(model)
+  record = {}
   new = {}      # id(original tensor) -> new tensor
   present = {}  # id(original tensor) -> original channel indices it carries
   new_inputs = []
@@ -127,11 +199,15 @@ def strip_to_compact(model):
       continue
     inputs = graph.node_inputs(node)
     if isinstance(layer, PrunableConcatConv):
+      keep_filters = np.flatnonzero(out_need)
       new[id(output)] = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
-          [present.get(id(t)) for t in inputs],
-          np.flatnonzero(out_need))
-      present[id(output)] = np.flatnonzero(out_need)
+          [present.get(id(t)) for t in inputs], keep_filters)
+      present[id(output)] = keep_filters
+      record[layer.name] = StrippedLayer(
+          layer.name, [s for t in inputs for s in sources[id(t)]],
+          layer.live_mask(), layer.filters, len(keep_filters),
+          (f"{layer.name}_bn", layer.name))
     elif _is_filter_prunable_conv(layer) and not out_need.all():
       _require_full(inputs, present, layer)
       keep = np.flatnonzero(out_need)
@@ -152,12 +228,12 @@ def strip_to_compact(model):
           layer)(parts)
       present[id(output)] = np.concatenate(
           [present[id(inputs[i])] + offsets[i] for i in built])
-    elif output.shape.rank == 4 and _passes_channels(layer, node):
-      kept_in = present[id(inputs[0])]
+    elif graph.passes_channels(layer, node):
+      carried = present[id(inputs[0])]
       copy = graph.copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
-      copy.set_weights([w[kept_in] for w in layer.get_weights()])
-      present[id(output)] = kept_in
+      copy.set_weights([w[carried] for w in layer.get_weights()])
+      present[id(output)] = carried
     else:
       _require_full(inputs, present, layer)
       copy = graph.copy_layer(layer)
@@ -165,7 +241,12 @@ def strip_to_compact(model):
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
           output.shape[-1] if output.shape.rank else 1)
-  return graph.model_like(model, new_inputs, new)
+  source_channels = {
+      layer.name: (graph.channels(graph.node_output(node))
+                   if graph.node_output(node).shape.rank else 1)
+      for node, layer in nodes}
+  return Stripped(graph.model_like(model, new_inputs, new), model.name, record,
+                  source_channels)
 
 
 def _require_full(inputs, present, layer):
@@ -182,19 +263,19 @@ def select_channels(x, indices):
 
 
 def _compact_concat_conv(layer, inputs, present_inputs, keep_filters):
-  """Stock layers computing `layer` on its kept inputs and kept filters."""
-  kept = np.flatnonzero(graph.kept_mask(layer))
-  if not len(kept):
+  """Stock layers computing `layer` on its live inputs and computed filters."""
+  live = layer.live_channels()
+  if not len(live):
     raise ValueError(f"{layer.name} has no live input channel left.")
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
-  positions, start, live_inputs = [], 0, []
+  positions, start, read_inputs = [], 0, []
   for j, carried in enumerate(present_inputs):
-    local = kept[(kept >= offsets[j]) & (kept < offsets[j + 1])] - offsets[j]
+    local = live[(live >= offsets[j]) & (live < offsets[j + 1])] - offsets[j]
     if carried is None:  # An input nobody reads any more is not computed.
       if len(local):
         raise AssertionError(f"{layer.name} reads a removed feature map")
       continue
-    live_inputs.append(inputs[j])
+    read_inputs.append(inputs[j])
     where = np.searchsorted(carried, local)
     if len(local) and (where.max() >= len(carried) or
                        (carried[where] != local).any()):
@@ -203,20 +284,20 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters):
     start += len(carried)
   positions = np.concatenate(positions)
   dtype = layer.dtype_policy.name
-  x = live_inputs[0] if len(live_inputs) == 1 else keras.layers.Concatenate(
-      name=f"{layer.name}_concat", dtype=dtype)(live_inputs)
+  x = read_inputs[0] if len(read_inputs) == 1 else keras.layers.Concatenate(
+      name=f"{layer.name}_concat", dtype=dtype)(read_inputs)
   if not np.array_equal(positions, np.arange(start)):
     x = select_channels(x, positions)
   batch_norm = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
       name=f"{layer.name}_bn", dtype=dtype)
   x = batch_norm(x)
-  batch_norm.set_weights([w[kept] for w in layer.batch_norm.get_weights()])
+  batch_norm.set_weights([w[live] for w in layer.batch_norm.get_weights()])
   x = keras.layers.ReLU(name=f"{layer.name}_relu", dtype=dtype)(x)
   conv = keras.layers.Conv2D(
       len(keep_filters), layer.kernel_size, strides=layer.strides,
       padding=layer.padding, use_bias=False, name=layer.name, dtype=dtype)
   x = conv(x)
   kernel = layer.conv.get_weights()[0]
-  conv.set_weights([kernel[:, :, kept, :][..., keep_filters]])
+  conv.set_weights([kernel[:, :, live, :][..., keep_filters]])
   return x

@@ -8,6 +8,8 @@ fix it.
 
 import tf_keras as keras
 
+from tfsdn import internals
+
 KERAS3_HELP = (
     "tfsdn needs tf_keras (Keras 2) models and layers, because "
     "tensorflow-model-optimization does not support Keras 3. Build the model "
@@ -64,7 +66,7 @@ def require_functional(model, argument="model"):
     raise TypeError(
         f"{argument} must be a tf_keras Model. Received: a layer of type "
         f"{type(model).__name__} ({model.name!r}).")
-  if not getattr(model, "_is_graph_network", False):
+  if not internals.is_graph_network(model):
     raise TypeError(
         "Only functional and Sequential tf_keras models can be rewritten; "
         f"{argument}={model.name!r} is a subclassed model of type "

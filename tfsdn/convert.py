@@ -15,6 +15,7 @@ from tfsdn import graph
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.prune import strip_wrappers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _batch_norm_problem(batch_norm):
 
 def _flat(model):
   """`model` with nested functional models inlined; wrapped ones refused."""
-  if graph.strip_wrappers(model) is not model:
+  if strip_wrappers(model) is not model:
     raise ValueError(
         f"Model {model.name!r} is wrapped for pruning; make_prunable takes the "
         "model before prune_dense_connections.")

@@ -1,24 +1,20 @@
-"""Walking a functional tf_keras model: nodes, tensors and channel origins.
+"""Walking and rebuilding functional tf_keras models: nodes and channels.
 
-Used by the strip step and by the report. Only single-output layers with one
-call in the model are supported, which covers DenseNets built by tfsdn and by
-`tf_keras.applications`.
+Generic: nothing here knows about pruning. Used by the converter, the strip
+step and the report. Only single-output layers with one call in the model
+are supported, which covers DenseNets built by tfsdn and by
+`tf_keras.applications`. The private tf_keras API this needs is reached
+through `tfsdn.internals` only.
 """
 
-import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
-from tf_keras.src.engine.keras_tensor import KerasTensor
-from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
 
-from tfsdn import criteria
+from tfsdn import internals
 from tfsdn.compat import keras
-from tfsdn.prunable_concat_conv import PrunableConcatConv
 
-# Layers that map channel c of their input to channel c of their output and
-# work on any subset of channels (BatchNormalization after slicing its
-# parameters).
+# Layers that map channel c of their only input to channel c of their
+# output and work on any subset of channels (BatchNormalization after its
+# parameters are sliced). Activation counts unless it mixes channels.
 CHANNEL_WISE = (
     keras.layers.Dropout,
     keras.layers.SpatialDropout2D,
@@ -30,30 +26,9 @@ CHANNEL_WISE = (
     keras.layers.BatchNormalization,
 )
 
+_CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+
 GATHER_SYMBOLS = ("gather", "compat.v1.gather")
-
-
-def unwrap(layer):
-  """The layer inside a tfmot pruning wrapper, or the layer itself."""
-  if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-    return layer.layer
-  return layer
-
-
-def _has_wrappers(model):
-  return any(isinstance(layer, pruning_wrapper.PruneLowMagnitude) or (
-      isinstance(layer, keras.Model) and _has_wrappers(layer))
-             for layer in model.layers)
-
-
-def strip_wrappers(model):
-  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`.
-
-  Wrappers inside nested models count too.
-  """
-  if _has_wrappers(model):
-    return tfmot.sparsity.keras.strip_pruning(model)
-  return model
 
 
 def flatten(model):
@@ -89,7 +64,7 @@ def flatten(model):
           new[id(output)] = tensor
         continue
       if isinstance(layer, keras.Model):
-        if not getattr(layer, "_is_graph_network", False):
+        if not internals.is_graph_network(layer):
           raise TypeError(
               f"Nested model {layer.name!r} in {model.name!r} is subclassed; "
               "only functional and Sequential models can be inlined.")
@@ -115,10 +90,23 @@ def flatten(model):
   return model_like(model, new_inputs, new)
 
 
-def is_channel_wise(layer):
+def passes_channels(layer, node):
+  """True if `layer`, as called at `node`, maps channel c to channel c.
+
+  The one definition used by the strip step, the report and channel
+  tracking: a single-input, 4-D layer of `CHANNEL_WISE` type, with
+  BatchNormalization on the channel axis and an Activation that does not mix
+  channels (not softmax).
+  """
+  if len(node_inputs(node)) != 1 or node_output(node).shape.rank != 4:
+    return False
   if isinstance(layer, keras.layers.BatchNormalization):
-    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    axis = layer.axis if isinstance(layer.axis, int) else (
+        layer.axis[0] if len(layer.axis) == 1 else None)
     return axis in (-1, 3)
+  if isinstance(layer, keras.layers.Activation):
+    return (keras.activations.serialize(layer.activation)
+            not in _CHANNEL_MIXING_ACTIVATIONS)
   return isinstance(layer, CHANNEL_WISE)
 
 
@@ -128,14 +116,14 @@ def is_channel_concat(layer):
 
 def is_channel_gather(layer, node):
   """True for a `tf.gather(x, indices, axis=-1)` op layer."""
-  if not isinstance(layer, TFOpLambda) or layer.symbol not in GATHER_SYMBOLS:
+  if internals.tf_op_symbol(layer) not in GATHER_SYMBOLS:
     return False
-  return node.call_kwargs.get("axis") in (-1, 3)
+  return internals.call_arguments(node)[1].get("axis") in (-1, 3)
 
 
 def gather_indices(node):
-  args = node.call_args
-  return list(args[1]) if len(args) > 1 else list(node.call_kwargs["indices"])
+  args, kwargs = internals.call_arguments(node)
+  return list(args[1]) if len(args) > 1 else list(kwargs["indices"])
 
 
 def topological_nodes(model):
@@ -149,8 +137,9 @@ def topological_nodes(model):
   """
   pairs = []
   seen = set()
-  for depth in sorted(model._nodes_by_depth.keys(), reverse=True):  # pylint: disable=protected-access
-    for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+  by_depth = internals.nodes_by_depth(model)
+  for depth in sorted(by_depth.keys(), reverse=True):
+    for node in by_depth[depth]:
       layer = node.layer
       if id(layer) in seen:
         raise ValueError(
@@ -168,8 +157,8 @@ def node_inputs(node):
   """The KerasTensors a node reads, flattened, in call order."""
   if node.is_input:
     return []
-  return [t for t in tf.nest.flatten((node.call_args, node.call_kwargs))
-          if isinstance(t, KerasTensor)]
+  return [t for t in tf.nest.flatten(internals.call_arguments(node))
+          if internals.is_keras_tensor(t)]
 
 
 def node_output(node):
@@ -193,9 +182,8 @@ def call_like(node, layer, new):
     The output of the call.
   """
   def remap(value):
-    return new[id(value)] if isinstance(value, KerasTensor) else value
-  args = tf.nest.map_structure(remap, node.call_args)
-  kwargs = tf.nest.map_structure(remap, node.call_kwargs)
+    return new[id(value)] if internals.is_keras_tensor(value) else value
+  args, kwargs = tf.nest.map_structure(remap, internals.call_arguments(node))
   return layer(*args, **kwargs)
 
 
@@ -244,25 +232,8 @@ def channel_sources(model):
     elif inputs and is_channel_gather(layer, node):
       source = sources[id(inputs[0])]
       sources[id(output)] = [source[i] for i in gather_indices(node)]
-    elif len(inputs) == 1 and is_channel_wise(layer):
+    elif passes_channels(layer, node):
       sources[id(output)] = sources[id(inputs[0])]
     else:
       sources[id(output)] = [(layer.name, c) for c in range(channels(output))]
   return sources
-
-
-def kept_mask(layer):
-  """Boolean vector of a PrunableConcatConv's live input channels.
-
-  Raises:
-    ValueError: if a score is negative or not finite (set by hand: training
-      never writes one), since such a score means neither live nor pruned.
-  """
-  scores = layer.contribution_scores()
-  bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
-  if len(bad):
-    raise ValueError(
-        f"Layer {layer.name!r} has invalid contribution scores at input "
-        f"channels {bad[:8].tolist()}: {scores[bad[:8]].tolist()}. Scores "
-        "must be finite and >= 0 (0 marks a pruned channel).")
-  return criteria.is_live(scores)

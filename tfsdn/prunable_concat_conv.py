@@ -2,7 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer
+import tensorflow_model_optimization as tfmot
 
 from tfsdn import criteria
 from tfsdn.compat import keras
@@ -15,14 +15,15 @@ def _as_list(inputs):
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
-class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
+class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
   """A DenseNet conv whose concatenated input channels can be pruned.
 
   The layer concatenates its inputs on the channel axis, applies
   BatchNormalization and ReLU, multiplies every input channel by its mask
   (1 if live, 0 if pruned) and convolves without bias. It keeps one float32
-  contribution score per input channel; a score of exactly 0 means the
-  channel is pruned. `get_prunable_weights()` returns that score variable, so
+  contribution score per input channel (the variable
+  `contribution_score`); a channel is live iff its score is > 0 and pruned
+  iff it is exactly 0. `get_prunable_weights()` returns that score variable, so
   `tfmot.sparsity.keras.prune_low_magnitude` prunes the lowest-scoring input
   channels, and a pruned channel stays pruned: the layer only ever rewrites
   live scores.
@@ -162,24 +163,33 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
     return [self.contribution_score]
 
   def live_mask(self):
-    """A float32 vector: 1 for live input channels, 0 for pruned ones."""
-    return tf.cast(criteria.is_live(self.contribution_score), tf.float32)
+    """A boolean numpy vector: True for live input channels, False for pruned.
 
-  def contribution_scores(self):
-    """The current scores as a numpy array (0 marks a pruned channel)."""
-    return self.contribution_score.numpy()
+    Raises:
+      ValueError: if a score is negative or not finite (only a hand-set
+        score can be: training never writes one), since such a channel is
+        neither live nor pruned.
+    """
+    scores = self.contribution_score.numpy()
+    bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
+    if len(bad):
+      raise ValueError(
+          f"Layer {self.name!r} has invalid contribution scores at input "
+          f"channels {bad[:8].tolist()}: {scores[bad[:8]].tolist()}. Scores "
+          "must be finite and >= 0 (0 marks a pruned channel).")
+    return criteria.is_live(scores)
 
-  def kept_channels(self):
+  def live_channels(self):
     """Indices of the live input channels, ascending, as a numpy array."""
-    return np.flatnonzero(criteria.is_live(self.contribution_scores()))
+    return np.flatnonzero(self.live_mask())
 
   def pruned_channels(self):
     """Indices of the pruned input channels, ascending, as a numpy array."""
-    return np.flatnonzero(~criteria.is_live(self.contribution_scores()))
+    return np.flatnonzero(~self.live_mask())
 
   def sparsity(self):
     """The fraction of input channels that are pruned."""
-    return float(np.mean(~criteria.is_live(self.contribution_scores())))
+    return float(np.mean(~self.live_mask()))
 
   def raw_scores(self, input_abs_mean=None):
     """The criterion's raw (unnormalised) score per input channel."""
@@ -198,7 +208,7 @@ class PrunableConcatConv(keras.layers.Layer, prunable_layer.PrunableLayer):
     x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
     x = self.batch_norm(x, training=training)
     x = tf.nn.relu(x)
-    live = self.live_mask()
+    live = tf.cast(criteria.is_live(self.contribution_score), tf.float32)
 
     if training is None:
       training = keras.backend.learning_phase()

@@ -1,21 +1,40 @@
 """`prune_dense_connections`: wrap every PrunableConcatConv for tfmot."""
 
-import numpy as np
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as pruning_sched
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfsdn import graph
+from tfsdn import internals
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
-from tfsdn.schedule import pruned_count
 
 
 # tfmot options that mean nothing for a vector of per-channel scores.
 _MEANINGLESS_WRAPPER_KWARGS = ("block_size", "block_pooling_type",
                                "sparsity_m_by_n", "pruning_policy",
                                "pruning_schedule")
+
+
+def unwrap(layer):
+  """The layer inside a tfmot pruning wrapper, or the layer itself."""
+  if isinstance(layer, internals.PruneLowMagnitude):
+    return layer.layer
+  return layer
+
+
+def _has_wrappers(model):
+  return any(isinstance(layer, internals.PruneLowMagnitude) or (
+      isinstance(layer, keras.Model) and _has_wrappers(layer))
+             for layer in model.layers)
+
+
+def strip_wrappers(model):
+  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`.
+
+  Wrappers inside nested models count too.
+  """
+  if _has_wrappers(model):
+    return tfmot.sparsity.keras.strip_pruning(model)
+  return model
 
 
 def prunable_layers(model):
@@ -28,7 +47,7 @@ def prunable_layers(model):
     A list of `PrunableConcatConv` layers in model order.
   """
   found = []
-  for layer in map(graph.unwrap, model.layers):
+  for layer in map(unwrap, model.layers):
     if isinstance(layer, PrunableConcatConv):
       found.append(layer)
     elif isinstance(layer, keras.Model):
@@ -84,12 +103,12 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
         "so block sparsity, m-by-n sparsity and pruning policies do not apply "
         "(the schedule is the second argument). Received: "
         f"{ {k: wrapper_kwargs[k] for k in meaningless} }")
-  if not isinstance(schedule, pruning_sched.PruningSchedule):
+  if not isinstance(schedule, tfmot.sparsity.keras.PruningSchedule):
     raise TypeError(
         "schedule must be a tfmot.sparsity.keras.PruningSchedule such as "
         f"tfsdn.StagedSparsity. Received: schedule={schedule!r}")
   wrapped = [layer.name for layer in model.layers
-             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+             if isinstance(layer, internals.PruneLowMagnitude)]
   if wrapped:
     raise ValueError(
         f"Model {model.name!r} is already wrapped for pruning (layers "
@@ -130,31 +149,3 @@ def _copy_weights(source, target):
       _copy_weights(src, dst)
     else:
       dst.set_weights(src.get_weights())
-
-
-def prune_at_random(model, sparsity, seed=0):
-  """Prunes `pruned_count(C, sparsity)` random input channels of every layer.
-
-  The count follows the same rounding rule as a stage of that sparsity.
-
-  Sets the contribution scores of every `PrunableConcatConv` directly, with
-  no training: for speed benchmarks and tests of the strip step, where which
-  channels go does not matter.
-
-  Args:
-    model: A model with `PrunableConcatConv` layers (wrapped or not).
-    sparsity: Fraction of input channels to prune per layer, in [0, 1).
-    seed: Seed of the random choice.
-
-  Raises:
-    ValueError: if `sparsity` is outside [0, 1).
-  """
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f"sparsity must be in [0, 1). Received: "
-                     f"sparsity={sparsity!r}")
-  rng = np.random.default_rng(seed)
-  for layer in prunable_layers(model):
-    scores = rng.uniform(0.1, 1.0, layer.input_channels)
-    scores[rng.permutation(layer.input_channels)[
-        :pruned_count(layer.input_channels, sparsity)]] = 0
-    layer.contribution_score.assign(scores)

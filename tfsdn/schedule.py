@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
+import tensorflow_model_optimization as tfmot
 
 from tfsdn.compat import keras
 
@@ -15,7 +15,7 @@ FIRST_STAGE_STEP = 2
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
-class StagedSparsity(pruning_schedule.PruningSchedule):
+class StagedSparsity(tfmot.sparsity.keras.PruningSchedule):
   """Prunes exactly at each listed step, to that stage's sparsity.
 
   Between stages nothing is pruned, so the network adapts to what is left

@@ -11,9 +11,7 @@ a results table.
 
 from absl import logging
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
-
-from tfsdn import graph
+from tfsdn import internals
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.schedule import pruned_count
@@ -27,7 +25,7 @@ def pruning_wrappers(model):
   """The tfmot wrappers around `PrunableConcatConv`s, nested models included."""
   found = []
   for layer in model.layers:
-    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+    if isinstance(layer, internals.PruneLowMagnitude):
       if isinstance(layer.layer, PrunableConcatConv):
         found.append(layer)
     elif isinstance(layer, keras.Model):
@@ -111,7 +109,7 @@ class StageCheck(keras.callbacks.Callback):
         continue
       # The masks now hold the latest stage up to `current_step`.
       _, sparsity = _schedule_at(wrapper.pruning_schedule, current_step)
-      layer = graph.unwrap(wrapper)
+      layer = wrapper.layer
       channels = layer.input_channels
       scheduled = pruned_count(channels, sparsity)
       pruned = len(layer.pruned_channels())

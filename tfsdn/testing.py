@@ -1,0 +1,34 @@
+"""Helpers for tfsdn's tests and benchmarks; not part of the public API."""
+
+import numpy as np
+
+from tfsdn.prune import prunable_layers
+from tfsdn.schedule import pruned_count
+
+
+def prune_at_random(model, sparsity, seed=0):
+  """Prunes `pruned_count(C, sparsity)` random input channels of every layer.
+
+  The count follows the same rounding rule as a stage of that sparsity.
+
+  Sets the contribution scores of every `PrunableConcatConv` directly, with
+  no training: for speed benchmarks and tests of the strip step, where which
+  channels go does not matter.
+
+  Args:
+    model: A model with `PrunableConcatConv` layers (wrapped or not).
+    sparsity: Fraction of input channels to prune per layer, in [0, 1).
+    seed: Seed of the random choice.
+
+  Raises:
+    ValueError: if `sparsity` is outside [0, 1).
+  """
+  if not 0.0 <= sparsity < 1.0:
+    raise ValueError(f"sparsity must be in [0, 1). Received: "
+                     f"sparsity={sparsity!r}")
+  rng = np.random.default_rng(seed)
+  for layer in prunable_layers(model):
+    scores = rng.uniform(0.1, 1.0, layer.input_channels)
+    scores[rng.permutation(layer.input_channels)[
+        :pruned_count(layer.input_channels, sparsity)]] = 0
+    layer.contribution_score.assign(scores)
