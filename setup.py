@@ -16,11 +16,13 @@ setuptools.setup(
         "tensorflow-datasets>=4.9",
         "tensorboard>=2.20",  # tfmot's PruningSummaries writes summaries.
         "absl-py>=1.0",
-        "psutil",  # memory figures of benchmarks/inference_speed.py
         "numpy",
     ],
     extras_require={
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib>=3.5", "pillow"],
+        # benchmarks/: memory figures of inference_speed.py, plots.
+        "bench": ["psutil", "matplotlib>=3.5"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
+                 "matplotlib>=3.5", "pillow"],
     },
 )

@@ -46,78 +46,26 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import tfsdn
-from tfsdn import data as sdn_data
 from tfsdn import recipe
 from tfsdn import schedule as schedule_lib
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
+from tfsdn.files import write_json
+import experiment
 from serving_timing import time_rounds
 
 ARMS = ("dense", "expected_l1", "weight_l1", "bn_gamma", "random",
         "tfmot_unstructured")
-_TFSDN_ARMS = ("expected_l1", "weight_l1", "bn_gamma", "random")
-
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "cifar10",
-                    "cifar10 | cifar100 (tensorflow_datasets) | tfrecord:DIR.")
-flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
-flags.DEFINE_string("output_dir", "benchmarks/results/cifar_table",
-                    "Where per-arm JSON, exports, the table and plot go.")
 flags.DEFINE_list("arms", list(ARMS), "Arms to train (any of " +
                   ", ".join(ARMS) + ").")
-flags.DEFINE_integer("depth", 16, "DenseNet depth L.")
-flags.DEFINE_integer("growth_rate", 12, "Growth rate k.")
-flags.DEFINE_bool("bottleneck", False, "DenseNet-B bottleneck layers.")
-flags.DEFINE_float("compression", 1.0, "Transition compression (0.5 for BC).")
-flags.DEFINE_integer("epochs", 8, "Training epochs of every arm.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.")
-flags.DEFINE_float("weight_decay", 1e-4, "SGD weight decay.")
-flags.DEFINE_integer("train_size", 5000,
-                     "Training images (after the validation images); "
-                     "0 = the rest of the train split.")
-flags.DEFINE_integer("validation_size", 1000,
-                     "Images held out from the start of the train split for "
-                     "any choice made on the results; 0 = none.")
-flags.DEFINE_integer("test_size", 0, "Test images; 0 = the whole test split.")
-flags.DEFINE_float("final_sparsity", 0.5,
-                   "Per-layer input-channel sparsity of the pruned arms.")
-flags.DEFINE_integer("num_stages", 3, "Pruning stages.")
-flags.DEFINE_integer("prune_begin_epoch", None,
-                     "Epoch of the first stage (default epochs // 8).")
-flags.DEFINE_integer("prune_end_epoch", None,
-                     "Epoch of the last stage (default epochs // 4).")
-flags.DEFINE_float("score_momentum", 0.9,
-                   "Momentum of expected_l1's moving average of E|x|.")
-flags.DEFINE_float("group_lasso", 0.0,
-                   "Group-lasso strength of the tfsdn arms (0 = off).")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
-flags.DEFINE_bool("jit_compile", False, "Train with XLA.")
 flags.DEFINE_integer("speed_batch_size", 64, "Batch size of the timing pass.")
 flags.DEFINE_integer("speed_rounds", 3, "Interleaved timing rounds.")
 flags.DEFINE_float("speed_seconds", 2.0, "Seconds per model per round.")
 
-# Flags that do not change what an arm learns; a restart may change them.
-_NOT_TRAINING = ("data_dir", "output_dir", "arms", "speed_batch_size",
-                 "speed_rounds", "speed_seconds")
-
-
-def _write_json(path, value):
-  with atomic_path(path, suffix=".json") as tmp:
-    with open(tmp, "w") as f:
-      json.dump(value, f, indent=2, sort_keys=True)
-
-
 def _read_json(path):
   with open(path) as f:
     return json.load(f)
-
-
-def training_config():
-  """The flags that determine what every arm learns."""
-  module = FLAGS.find_module_defining_flag("output_dir")
-  return {f.name: f.value for f in FLAGS.flags_by_module_dict()[module]
-          if f.name not in _NOT_TRAINING}
 
 
 def check_flags(config):
@@ -127,31 +75,7 @@ def check_flags(config):
     raise app.UsageError(
         f"--arms must name some of {', '.join(ARMS)}. Received: "
         f"{','.join(FLAGS.arms)!r}")
-  kind, directory = sdn_data.parse_dataset_name(config["dataset"])
-  if kind == "tfrecord":
-    sdn_data.check_tfrecord_dir(directory)
-  if not 0.0 < config["final_sparsity"] < 1.0:
-    raise app.UsageError("--final_sparsity must be in (0, 1). Received: "
-                         f"{config['final_sparsity']}")
-  for name in ("epochs", "num_stages", "batch_size"):
-    if config[name] < 1:
-      raise app.UsageError(f"--{name} must be >= 1. Received: {config[name]}")
-  for name in ("train_size", "validation_size", "test_size"):
-    if config[name] < 0:
-      raise app.UsageError(f"--{name} must be >= 0. Received: {config[name]}")
-  if not 0.0 <= config["score_momentum"] < 1.0:
-    raise app.UsageError("--score_momentum must be in [0, 1). Received: "
-                         f"{config['score_momentum']}")
-  if config["group_lasso"] < 0:
-    raise app.UsageError(
-        f"--group_lasso must be >= 0. Received: {config['group_lasso']}")
-  begin, end = recipe.default_pruning_epochs(
-      config["epochs"], config["prune_begin_epoch"], config["prune_end_epoch"])
-  if begin < 0 or end >= config["epochs"]:
-    raise app.UsageError(
-        f"Pruning epochs {begin}..{end} must lie in 0..{config['epochs'] - 1} "
-        f"(--prune_begin_epoch={config['prune_begin_epoch']}, "
-        f"--prune_end_epoch={config['prune_end_epoch']}).")
+  experiment.check_training_flags(config)
 
 
 def prepare_output_dir(config):
@@ -170,43 +94,7 @@ def prepare_output_dir(config):
           f"--output_dir={output_dir!r} holds arms trained with other flags "
           f"(previous, now): {changed}. Use a new --output_dir.")
   else:
-    _write_json(path, config)
-
-
-class Data:
-  """The three pipelines every arm sees: train, held-out validation, test."""
-
-  def __init__(self, config):
-    dataset, data_dir = config["dataset"], FLAGS.data_dir
-    held_out = config["validation_size"] or 0
-    self.train = sdn_data.make_dataset(
-        dataset, "train", config["batch_size"], training=True,
-        size=config["train_size"] or None, offset=held_out,
-        data_dir=data_dir, seed=config["seed"])
-    self.train_examples = sdn_data.count_examples(
-        dataset, "train", config["train_size"] or None, data_dir, held_out)
-    self.validation = (sdn_data.make_dataset(
-        dataset, "train", 256, size=held_out, data_dir=data_dir)
-                       if held_out else None)
-    self.validation_examples = held_out
-    self.test = sdn_data.make_dataset(dataset, "test", 256,
-                                      size=config["test_size"] or None,
-                                      data_dir=data_dir)
-    self.test_examples = sdn_data.count_examples(
-        dataset, "test", config["test_size"] or None, data_dir)
-    self.steps_per_epoch = math.ceil(self.train_examples /
-                                     config["batch_size"])
-
-
-def build_densenet(config, criterion):
-  keras.utils.set_random_seed(config["seed"])  # The same init for all arms.
-  return tfsdn.densenet.DenseNet(
-      depth=config["depth"], growth_rate=config["growth_rate"],
-      bottleneck=config["bottleneck"], compression=config["compression"],
-      num_classes=sdn_data.num_classes(config["dataset"]),
-      weight_decay=config["weight_decay"], criterion=criterion,
-      score_momentum=config["score_momentum"],
-      group_lasso=config["group_lasso"] if criterion in _TFSDN_ARMS else 0.0)
+    write_json(path, config)
 
 
 def unstructured_pruning(model, config, steps_per_epoch):
@@ -255,22 +143,14 @@ def conv_weight_counts(model):
   return nonzero, zeros, zero_macs
 
 
-def _accuracy(model, data):
-  if data is None:
-    return None
-  model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True), metrics=["accuracy"])
-  return float(model.evaluate(data, verbose=0)[1])
-
-
 def train_arm(arm, config, data):
   """Trains, evaluates and exports one arm; returns its result dict."""
-  criterion = arm if arm in _TFSDN_ARMS else "expected_l1"
-  model = build_densenet(config, criterion)
+  criterion = arm if arm in experiment.TFSDN_ARMS else "expected_l1"
+  model = experiment.build_densenet(config, criterion)
   callbacks = [keras.callbacks.LearningRateScheduler(
       recipe.step_decay(config["learning_rate"], config["epochs"]))]
   result = {"arm": arm}
-  if arm in _TFSDN_ARMS:
+  if arm in experiment.TFSDN_ARMS:
     schedule = recipe.staged_schedule(
         config["final_sparsity"], config["num_stages"], config["epochs"],
         data.steps_per_epoch, config["prune_begin_epoch"],
@@ -296,7 +176,7 @@ def train_arm(arm, config, data):
     final = model
     report = tfsdn.model_report(final)
   else:
-    if arm in _TFSDN_ARMS:
+    if arm in experiment.TFSDN_ARMS:
       result["mean_sparsity"] = float(np.mean(
           [layer.sparsity() for layer in tfsdn.prunable_layers(model)]))
     stripped = tfsdn.strip(model)
@@ -309,9 +189,9 @@ def train_arm(arm, config, data):
       params_stored=report.total_params,
       macs_computed=report.total_macs,
       conv_weights_nonzero=nonzero,
-      validation_accuracy=_accuracy(final, data.validation),
+      validation_accuracy=experiment.accuracy(final, data.validation),
       validation_examples=data.validation_examples,
-      test_accuracy=_accuracy(final, data.test),
+      test_accuracy=experiment.accuracy(final, data.test),
       test_examples=data.test_examples,
       train_examples=data.train_examples)
   export_base = os.path.join(FLAGS.output_dir, arm, "export")
@@ -431,10 +311,10 @@ def plot(results, path):
 
 def main(argv):
   del argv
-  config = training_config()
+  config = experiment.training_config()
   check_flags(config)
   prepare_output_dir(config)
-  data = Data(config)
+  data = experiment.Data(config)
   logging.info("%d training images (%d steps per epoch), %d held out, %d test",
                data.train_examples, data.steps_per_epoch,
                data.validation_examples, data.test_examples)
@@ -445,7 +325,7 @@ def main(argv):
       continue
     logging.info("Training arm %s", arm)
     result = train_arm(arm, config, data)
-    _write_json(path, result)
+    write_json(path, result)
     logging.info("Arm %s: test accuracy %.4f, %d parameters, %d MACs",
                  arm, result["test_accuracy"], result["params"],
                  result["macs"])
@@ -455,7 +335,7 @@ def main(argv):
              if os.path.exists(os.path.join(FLAGS.output_dir, f"{arm}.json"))}
   time_arms(results)
   for arm, result in results.items():
-    _write_json(os.path.join(FLAGS.output_dir, f"{arm}.json"), result)
+    write_json(os.path.join(FLAGS.output_dir, f"{arm}.json"), result)
   table = table_markdown(results, config)
   with atomic_path(os.path.join(FLAGS.output_dir, "table.md"),
                    suffix=".md") as tmp:

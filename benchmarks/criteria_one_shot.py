@@ -24,7 +24,6 @@ dense weights are kept in OUTPUT_DIR/dense.weights.h5, so a re-run with the
 same flags skips the training.
 """
 
-import json
 import os
 
 from absl import app
@@ -33,12 +32,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import cifar_table
+import experiment
 import tfsdn
 from tfsdn import criteria
 from tfsdn import recipe
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
+from tfsdn.files import write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sparsities", ["0.1667", "0.3333", "0.5"],
@@ -55,7 +55,7 @@ CRITERIA = ("expected_l1", "centered_l1", "weight_l1", "bn_gamma", "random")
 
 def trained_dense(config, data):
   """The dense arm, trained once and cached in OUTPUT_DIR."""
-  model = cifar_table.build_densenet(config, "expected_l1")
+  model = experiment.build_densenet(config, "expected_l1")
   path = os.path.join(FLAGS.output_dir, "dense.weights.h5")
   if os.path.exists(path):
     logging.info("Loading the trained dense model from %s", path)
@@ -134,12 +134,6 @@ def recalibrate_batch_norm(model, data, batches):
     norm.momentum = momentum
 
 
-def accuracy(model, data):
-  model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True), metrics=["accuracy"])
-  return float(model.evaluate(data, verbose=0)[1])
-
-
 def source_shares(layers, masks):
   """Pruned fraction of the block input vs. the newest layer's output."""
   oldest, newest = [], []
@@ -154,7 +148,7 @@ def source_shares(layers, masks):
 
 def main(argv):
   del argv
-  config = cifar_table.training_config()
+  config = experiment.training_config()
   try:
     sparsities = [float(s) for s in FLAGS.sparsities]
   except ValueError:
@@ -163,7 +157,7 @@ def main(argv):
     raise app.UsageError("--sparsities must be numbers in (0, 1). Received: "
                          f"{','.join(FLAGS.sparsities)!r}")
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  data = cifar_table.Data(config)
+  data = experiment.Data(config)
   if data.validation is None:
     raise app.UsageError("Needs --validation_size > 0: criteria are compared "
                          "on held-out training images, never on the test set.")
@@ -171,7 +165,8 @@ def main(argv):
   layers = tfsdn.prunable_layers(model)
   centered = centered_abs_means(model, layers, data)
   trained = model.get_weights()
-  results = {"dense_validation_accuracy": accuracy(model, data.validation),
+  results = {"dense_validation_accuracy": experiment.accuracy(
+      model, data.validation),
              "recalibration_batches": FLAGS.recalibration_batches,
              "config": config, "criteria": {}}
   for criterion in CRITERIA:
@@ -188,7 +183,7 @@ def main(argv):
           layer.contribution_score.assign(mask.astype(np.float32))
         recalibrate_batch_norm(model, data.train,
                                FLAGS.recalibration_batches)
-        accs.append(accuracy(model, data.validation))
+        accs.append(experiment.accuracy(model, data.validation))
         shares.append(source_shares(layers, masks))
       rows[str(sparsity)] = {
           "validation_accuracy": float(np.mean(accs)),
@@ -200,10 +195,7 @@ def main(argv):
     results["criteria"][criterion] = rows
   model.set_weights(trained)
 
-  with atomic_path(os.path.join(FLAGS.output_dir, "one_shot.json"),
-                   suffix=".json") as tmp:
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+  write_json(os.path.join(FLAGS.output_dir, "one_shot.json"), results)
   lines = [f"Dense: {results['dense_validation_accuracy']:.2%} validation "
            f"accuracy ({data.validation_examples} held-out images); "
            f"BatchNorm statistics re-estimated on "

@@ -11,7 +11,6 @@ export. Prints a table and writes JSON.
   python benchmarks/inference_speed.py --output=benchmarks/results/speed.json
 """
 
-import json
 import os
 import tempfile
 
@@ -23,7 +22,7 @@ import tensorflow as tf
 
 import tfsdn
 from tfsdn import testing
-from tfsdn.files import atomic_path
+from tfsdn.files import write_json
 from serving_timing import memory_mb
 from serving_timing import time_rounds
 
@@ -117,9 +116,7 @@ def main(argv):
       f"{results['prunable_params_ratio']:.3f}; MACs "
       f"{reports['dense'].total_macs:,} -> {reports['compact'].total_macs:,}")
   print("\n".join(lines))
-  with atomic_path(FLAGS.output, suffix=".json") as tmp:
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2)
+  write_json(FLAGS.output, results)
   logging.info("Wrote %s", FLAGS.output)
 
 

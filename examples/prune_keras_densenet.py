@@ -17,7 +17,6 @@ Offline, on the CIFAR-10 TFRecords of this workplace (a short run):
 With internet: `--dataset=cifar10 --weights=imagenet --image_size=64`.
 """
 
-import json
 import math
 import os
 
@@ -31,6 +30,7 @@ from tfsdn import data as sdn_data
 from tfsdn import recipe
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
+from tfsdn.files import write_json
 
 MODELS = {
     "DenseNet121": keras.applications.DenseNet121,
@@ -173,10 +173,7 @@ def main(argv):
       "macs_before": before.total_macs, "macs_after": after.total_macs,
       "export_path": export_path,
   }
-  with atomic_path(os.path.join(FLAGS.model_dir, "results.json"),
-                   suffix=".json") as tmp:
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+  write_json(os.path.join(FLAGS.model_dir, "results.json"), results)
   logging.info("Test accuracy %.4f (SavedModel %.4f); parameters %d -> %d; "
                "MACs %d -> %d; exported to %s", results["test_accuracy"],
                results["export_test_accuracy"], before.total_params,

@@ -31,6 +31,7 @@ from tfsdn import data as sdn_data
 from tfsdn import recipe
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
+from tfsdn.files import write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "cifar10",
@@ -69,12 +70,6 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 
 # Flags that may differ when a run is resumed: they do not change training.
 _RESUME_INDEPENDENT = ("data_dir", "export_dir", "xla_export")
-
-
-def _write_json(path, value):
-  with atomic_path(path, suffix=".json") as tmp:
-    with open(tmp, "w") as f:
-      json.dump(value, f, indent=2, sort_keys=True)
 
 
 def _save_model(model, path):
@@ -139,7 +134,7 @@ def prepare_model_dir(values):
     logging.info("Resuming the run in %s", model_dir)
   else:
     os.makedirs(model_dir, exist_ok=True)
-    _write_json(flags_path, values)
+    write_json(flags_path, values)
 
 
 def main(argv):
@@ -234,7 +229,7 @@ def main(argv):
           [l.sparsity() for l in tfsdn.prunable_layers(model)])),
       "export_path": export_path,
   }
-  _write_json(os.path.join(model_dir, "results.json"), results)
+  write_json(os.path.join(model_dir, "results.json"), results)
   shutil.rmtree(backup_dir, ignore_errors=True)  # The run is finished.
   logging.info("Test accuracy %.4f (exported SavedModel: %.4f); parameters "
                "%d -> %d; MACs %d -> %d; exported to %s", accuracy,

@@ -130,6 +130,16 @@ def test_batch_norm_with_a_second_reader_is_skipped():
     tfsdn.make_prunable(model)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(criterion="l3"), "criterion='l3'"),
+    (dict(score_momentum=1.5), "score_momentum=1.5"),
+    (dict(group_lasso=float("nan")), "group_lasso=nan"),
+])
+def test_bad_layer_arguments_are_refused_before_rebuilding(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    tfsdn.make_prunable(_hand_built(), **kwargs)
+
+
 def test_nothing_to_convert_subclassed_and_keras3_models_are_refused():
   inputs = keras.Input((4,))
   with pytest.raises(ValueError, match="'plain' has no Concatenate"):
@@ -248,3 +258,34 @@ def test_nested_models_are_inlined_and_converted():
                             keras.layers.Dense(3, name="predictions")])
   with pytest.raises(ValueError, match="named 'predictions'"):
     tfsdn.make_prunable(clash)
+
+
+def test_a_base_called_with_training_false_keeps_its_batch_norms_frozen():
+  base = helpers.applications_style_densenet(blocks=(2,),
+                                             classifier_activation=None)
+  helpers.randomize_batch_norm(base)
+  inputs = keras.Input((32, 32, 3))
+  outer = keras.Model(inputs, keras.layers.Dense(10, name="head")(
+      base(inputs, training=False)))
+  converted = tfsdn.make_prunable(outer)
+  x, y = helpers.random_data(8)
+  models = {"original": outer, "converted": converted}
+  moving = {}
+  for name, model in models.items():
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.numpy().copy() for w in model.weights
+              if "moving_mean" in w.name]
+    model.train_on_batch(x, y)
+    after = [w.numpy() for w in model.weights if "moving_mean" in w.name]
+    moving[name] = sum(not np.array_equal(a, b)
+                       for a, b in zip(before, after))
+    assert len(before) > 0
+  assert moving == {"original": 0, "converted": 0}
+  layer = tfsdn.prunable_layers(converted)[0]
+  assert not layer.batch_norm.trainable
+  # The layer still measures its scores in training.
+  pruned = tfsdn.prune_dense_connections(converted,
+                                         tfsdn.StagedSparsity([(2, 0.5)]))
+  helpers.compile_sgd(pruned)
+  helpers.fit_steps(pruned, 3, callbacks=[tfsdn.StageCheck()])

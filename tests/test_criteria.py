@@ -88,3 +88,15 @@ def test_all_finite():
   assert bool(criteria.all_finite([1.0, 2.0], [0.0]))
   assert not bool(criteria.all_finite([1.0, np.inf]))
   assert not bool(criteria.all_finite([1.0], [np.nan]))
+
+
+def test_order_follows_raw_scores_where_normalised_ones_floor_or_overflow():
+  live = np.ones(5, "float32")
+  for raw in ([1e13, 1.0, 0.1, 1e-3, 5.0], [3e38, 3e38, 1.0, 2.0, 5.0]):
+    raw = np.asarray(raw, "float32")
+    scores = criteria.break_ties(criteria.normalize_scores(raw, live), live,
+                                 order=raw).numpy()
+    assert np.isfinite(scores).all() and (scores > 0).all()
+    # Ascending by raw score, equal raw scores by index.
+    assert np.argsort(scores).tolist() == np.lexsort(
+        (np.arange(5), raw)).tolist()

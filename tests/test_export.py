@@ -85,6 +85,11 @@ def test_versions_count_up_and_existing_versions_are_kept(compact, tmp_path):
   assert sorted(os.listdir(base)) == ["1", "2"]
 
 
+def test_numpy_integer_versions_are_accepted(compact, tmp_path):
+  path = tfsdn.export_saved_model(compact, tmp_path, version=np.int64(7))
+  assert path.endswith("7")
+
+
 @pytest.mark.parametrize("version", [0, -1, "3", 1.5, True])
 def test_bad_versions_are_rejected(compact, tmp_path, version):
   with pytest.raises(ValueError, match="version="):

@@ -131,6 +131,12 @@ def test_model_saves_and_loads_without_custom_objects(tmp_path):
     (dict(filters=4, group_lasso=-1.0), "group_lasso=-1.0"),
     (dict(filters=4, kernel_size=0), "kernel_size=(0, 0)"),
     (dict(filters=4, padding="full"), "padding='full'"),
+    (dict(filters=True), "filters=True"),
+    (dict(filters=4, group_lasso=float("nan")), "group_lasso=nan"),
+    (dict(filters=4, group_lasso=float("inf")), "group_lasso=inf"),
+    (dict(filters=4, score_momentum="0.9"), "score_momentum='0.9'"),
+    (dict(filters=4, bn_epsilon=-1.0), "bn_epsilon=-1.0"),
+    (dict(filters=4, bn_momentum=5.0), "bn_momentum=5.0"),
 ])
 def test_bad_arguments_name_the_value(bad, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(

@@ -106,8 +106,15 @@ def test_densenet40_check_from_the_issue(images):
   _perturb_pruned_inputs_leaves_output(pruned, images[:2])
 
 
-def test_mirrored_strategy_prunes_alike_on_every_replica():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+@pytest.fixture(scope="module")
+def mirrored():
+  # One strategy per process: a second MirroredStrategy in the same process
+  # can mix up collective instance keys with the first.
+  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def test_mirrored_strategy_prunes_alike_on_every_replica(mirrored):
+  strategy = mirrored
   assert strategy.num_replicas_in_sync == 2
   with strategy.scope():
     pruned = helpers.compile_sgd(
@@ -117,8 +124,34 @@ def test_mirrored_strategy_prunes_alike_on_every_replica():
   for layer in tfsdn.prunable_layers(pruned):
     values = [v.numpy() for v in layer.contribution_score.values]
     assert len(values) == 2
-    np.testing.assert_array_equal(values[0] == 0, values[1] == 0)
-    np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+    np.testing.assert_array_equal(values[0], values[1])  # bit for bit
+
+
+def test_replicas_seeing_mirror_image_batches_still_prune_exactly(mirrored):
+  # Replica 1 sees channel 1 three times larger, replica 2 channel 0: the
+  # average of their own scores ties, so all replicas must share one.
+  with mirrored.scope():
+    inputs = keras.Input((2, 2, 2))
+    layer = tfsdn.PrunableConcatConv(
+        1, kernel_size=1, kernel_initializer="ones", score_momentum=0.0,
+        batch_norm_trainable=False, conv_trainable=False)
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(layer(inputs)))
+    pruned = tfsdn.prune_dense_connections(
+        keras.Model(inputs, outputs), tfsdn.StagedSparsity([(2, 0.5)]))
+    pruned.compile("sgd", "mse")
+  first = np.ones((1, 2, 2, 2), "float32")
+  first[..., 1] = 3
+  second = np.ones((1, 2, 2, 2), "float32")
+  second[..., 0] = 3
+  check = tfsdn.StageCheck()
+  pruned.fit(np.concatenate([first, second] * 2), np.zeros((4, 1)),
+             batch_size=2, shuffle=False, verbose=0,
+             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), check])
+  assert check.history[0]["layers"][layer.name] == (1, 1, 2)
+  # The statistics are the average over both replicas' batches.
+  trained = tfsdn.prunable_layers(pruned)[0]
+  np.testing.assert_allclose(trained.input_abs_mean.numpy(), [2.0, 2.0],
+                             rtol=1e-4)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -207,3 +240,5 @@ def test_prune_at_random_prunes_the_requested_fraction():
   _check_half_pruned(model)
   with pytest.raises(ValueError, match="sparsity=1.5"):
     testing.prune_at_random(model, 1.5)
+  with pytest.raises(ValueError, match="sparsity='0.5'"):
+    testing.prune_at_random(model, "0.5")

@@ -38,6 +38,9 @@ def test_works_inside_tf_function():
     ([(-1, 0.5)], "step=-1"),
     ([(1.5, 0.5)], "step=1.5"),
     ([(1, 0.5, 3)], r"\(1, 0.5, 3\)"),
+    ([2, 0.5], "Received: 2"),
+    ([(2**63, 0.5)], "step=9223372036854775808"),
+    ([(2, "0.5")], "sparsity='0.5'"),
 ])
 def test_invalid_stages_name_the_value(stages, message):
   with pytest.raises(ValueError, match=message):
@@ -99,6 +102,12 @@ def test_pruned_count_follows_tfmots_rounding(channels, sparsity, expected):
      "share steps"),
     (dict(final_sparsity=0.5, num_stages=2, begin_step=0, end_step=1,
           steps_per_epoch=1), "share steps"),
+    (dict(final_sparsity="0.5", num_stages=2, begin_step=2, end_step=4),
+     "final_sparsity='0.5'"),
+    (dict(final_sparsity=0.5, num_stages=True, begin_step=2, end_step=4),
+     "num_stages=True"),
+    (dict(final_sparsity=0.5, num_stages=2, begin_step="2", end_step=4),
+     "begin_step='2'"),
 ])
 def test_evenly_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -70,8 +70,9 @@ def test_tied_zero_channels_are_pruned_exactly_lowest_index_first():
 
 def test_a_shortfall_raises_and_names_the_layer(monkeypatch):
   # Without tie breaking (the old behaviour), tfmot keeps all tied channels.
-  monkeypatch.setattr(criteria, "break_ties",
-                      lambda scores, live: scores * _as_float(live))
+  monkeypatch.setattr(
+      criteria, "break_ties",
+      lambda scores, live, order=None: scores * _as_float(live))
   with pytest.raises(tfsdn.StageShortfallError, match=r"pcc 0/2/8"):
     _fit_zero_channel_model([tfsdn.StageCheck()])
   layer = _fit_zero_channel_model([tfsdn.StageCheck(raise_on_shortfall=False)])
@@ -86,3 +87,8 @@ def test_refuses_a_model_without_wrapped_layers():
   model = helpers.compile_sgd(helpers.tiny_densenet())
   with pytest.raises(ValueError, match="prune_dense_connections"):
     helpers.fit_steps(model, 1, callbacks=[tfsdn.StageCheck()])
+
+
+def test_arguments_are_checked_where_they_enter():
+  with pytest.raises(TypeError, match="raise_on_shortfall='no'"):
+    tfsdn.StageCheck(raise_on_shortfall="no")

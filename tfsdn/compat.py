@@ -25,17 +25,9 @@ def _is_keras3(obj):
 
 
 def require_tf_keras_layer(obj, argument="model"):
-  """Raises `TypeError` unless `obj` is a tf_keras layer or model.
+  """Returns `obj` if it is a tf_keras layer or model, else raises `TypeError`.
 
-  Args:
-    obj: The object a caller handed to tfsdn.
-    argument: The name of the argument, quoted in the error.
-
-  Returns:
-    `obj`, unchanged.
-
-  Raises:
-    TypeError: if `obj` is a Keras 3 object or not a Keras layer at all.
+  The error names `argument`; for a Keras 3 object it says how to fix it.
   """
   if isinstance(obj, keras.layers.Layer):
     return obj
@@ -49,17 +41,11 @@ def require_tf_keras_layer(obj, argument="model"):
 
 
 def require_functional(model, argument="model"):
-  """Raises unless `model` is a functional or Sequential tf_keras model.
-
-  Args:
-    model: The model a caller handed to tfsdn.
-    argument: The name of the argument, quoted in the error.
-
-  Returns:
-    `model`, unchanged.
+  """Returns `model` if it is a functional or Sequential tf_keras model.
 
   Raises:
-    TypeError: for Keras 3 objects, non-models and subclassed models.
+    TypeError: naming `argument`, for Keras 3 objects, non-models and
+      subclassed models.
   """
   require_tf_keras_layer(model, argument)
   if not isinstance(model, keras.Model):

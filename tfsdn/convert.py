@@ -233,6 +233,9 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
     ValueError: if no chain can be converted.
   """
   require_functional(model)
+  # The new layers' arguments are checked before anything is rebuilt.
+  PrunableConcatConv(1, criterion=criterion, score_momentum=score_momentum,
+                     group_lasso=group_lasso)
   model = _flat(model)
   plan, chains = _find_chains(model)
   if not chains:
@@ -244,6 +247,12 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
   absorbed = set()
   for _, batch_norm, relu, _ in chains.values():
     absorbed.update((id(batch_norm), id(relu)))
+  # A BN called with training=False (as in `base(x, training=False)`) runs
+  # in inference mode; frozen, the new layer's BN does so too, while the
+  # layer itself still measures its scores in training.
+  inference_mode = {id(layer) for node, layer in graph.topological_nodes(model)
+                    if id(layer) in absorbed and
+                    graph.training_argument(node) is False}
   new, new_inputs = {}, []
   for node, layer in graph.topological_nodes(model):
     output = graph.node_output(node)
@@ -255,8 +264,9 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
       continue
     elif id(layer) in chains:
       concatenated, batch_norm, _, conv = chains[id(layer)]
-      new[id(output)] = _prunable_layer(batch_norm, conv, new[id(concatenated)],
-                                        criterion, score_momentum, group_lasso)
+      new[id(output)] = _prunable_layer(
+          batch_norm, conv, new[id(concatenated)], criterion, score_momentum,
+          group_lasso, frozen_batch_norm=id(batch_norm) in inference_mode)
     else:
       copy = graph.copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
@@ -266,7 +276,7 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
 
 
 def _prunable_layer(batch_norm, conv, inputs, criterion, score_momentum,
-                    group_lasso):
+                    group_lasso, frozen_batch_norm=False):
   """A PrunableConcatConv with `batch_norm`'s and `conv`'s weights."""
   layer = PrunableConcatConv(
       conv.filters, conv.kernel_size, strides=conv.strides,
@@ -277,7 +287,7 @@ def _prunable_layer(batch_norm, conv, inputs, criterion, score_momentum,
       score_momentum=score_momentum, group_lasso=group_lasso,
       bn_momentum=batch_norm.momentum, bn_epsilon=batch_norm.epsilon,
       bn_synchronized=batch_norm.synchronized,
-      batch_norm_trainable=batch_norm.trainable,
+      batch_norm_trainable=batch_norm.trainable and not frozen_batch_norm,
       conv_trainable=conv.trainable, name=conv.name, dtype=conv.dtype_policy)
   output = layer(inputs)
   layer.batch_norm.set_weights(batch_norm.get_weights())

@@ -81,39 +81,49 @@ def bn_gamma_scores(gamma):
 def normalize_scores(raw_scores, live):
   """Scales scores to mean 1 over live channels; pruned channels stay 0.
 
+  The scaling goes through the largest live score first, so finite raw
+  scores whose sum would overflow float32 are still scaled. Scores that
+  would fall below `MIN_LIVE_SCORE` are raised to it (a live channel never
+  reads as pruned); `break_ties` then orders them by their raw scores.
+
   Args:
-    raw_scores: Non-negative raw scores, shape (channels,).
+    raw_scores: Non-negative, finite raw scores, shape (channels,).
     live: 1.0 for live channels, 0.0 for pruned ones, shape (channels,).
 
   Returns:
     float32 scores: live ones positive with mean 1, pruned ones exactly 0.
   """
   live = tf.cast(live, tf.float32)
-  raw = tf.maximum(tf.cast(raw_scores, tf.float32), MIN_LIVE_SCORE) * live
-  num_live = tf.reduce_sum(live)
-  mean = tf.math.divide_no_nan(tf.reduce_sum(raw), num_live)
-  scaled = tf.math.divide_no_nan(raw, mean)
-  # Tiny raw scores can underflow to 0 after scaling; keep them alive.
+  raw = tf.maximum(tf.cast(raw_scores, tf.float32), 0.0) * live
+  relative = tf.math.divide_no_nan(raw, tf.reduce_max(raw))  # in [0, 1]
+  mean = tf.math.divide_no_nan(tf.reduce_sum(relative), tf.reduce_sum(live))
+  scaled = tf.math.divide_no_nan(relative, mean)
   return tf.maximum(scaled, MIN_LIVE_SCORE) * live
 
 
-def break_ties(scores, live):
-  """Makes live scores pairwise distinct without changing their order.
+def break_ties(scores, live, order=None):
+  """Makes live scores pairwise distinct, ordered as `order` ranks them.
 
   tfmot keeps every weight whose magnitude is >= the k-th largest, so tied
   scores at the threshold would all survive and a stage would prune less
-  than scheduled. Here, among exactly equal live scores, the channel with
-  the higher index gets the larger value (it is the more recent feature map
-  in a DenseNet concatenation); distinct scores keep their order. Each value
-  moves up by at most a few float32 ulps per tied channel.
+  than scheduled. Here live channels are ranked by `order` (default: the
+  scores themselves), exact ties in it by index, the higher index ranking
+  higher (it is the more recent feature map in a DenseNet concatenation),
+  and the result is strictly increasing in that rank. Passing the raw
+  scores as `order` keeps their order even where the normalised scores
+  rounded or were floored to the same value. Each value moves up by at most
+  one float32 ulp per channel ranked below it with an equal or larger score.
 
   The float32 bit pattern of a positive float is monotone in its value, so
-  ties are broken in integer space: in ascending order (ties by index),
+  ties are broken in integer space: in ranked order,
   bits[j] = max(bits[j], bits[j - 1] + 1).
 
   Args:
     scores: Non-negative float32 scores, shape (channels,); pruned ones 0.
+      Must be non-decreasing in `order`'s ranking (normalised raw scores
+      are).
     live: Boolean or 0/1 vector, True for live channels.
+    order: Optional ranking key per channel (e.g. the raw scores).
 
   Returns:
     float32 scores: live ones positive and pairwise distinct, pruned ones 0.
@@ -124,9 +134,10 @@ def break_ties(scores, live):
   if count is None or count < 2:
     return tf.where(live, scores, 0.0)
   # Pruned channels sort first (below every live one) and are zeroed again.
-  keys = tf.where(live, scores, -1.0)
-  order = tf.argsort(keys, stable=True)
-  sorted_bits = tf.bitcast(tf.gather(tf.maximum(keys, 0.0), order), tf.int32)
+  key = scores if order is None else tf.cast(order, tf.float32)
+  order = tf.argsort(tf.where(live, key, -1.0), stable=True)
+  values = tf.where(live, scores, 0.0)
+  sorted_bits = tf.bitcast(tf.gather(values, order), tf.int32)
   position = tf.range(count, dtype=tf.int32)
   # bits[j] = j + max_{i <= j}(bits[i] - i): a running max by doubling.
   running = sorted_bits - position

@@ -218,14 +218,8 @@ def DenseNetImageNet(blocks,  # pylint: disable=invalid-name
                      compression=0.5,
                      num_classes=1000,
                      input_shape=(224, 224, 3),
-                     dropout_rate=0.0,
-                     weight_decay=1e-4,
-                     criterion="expected_l1",
-                     score_momentum=0.9,
-                     group_lasso=0.0,
-                     mean=IMAGENET_MEAN,
-                     std=IMAGENET_STD,
-                     name="densenet"):
+                     name="densenet",
+                     **kwargs):
   """An ImageNet-style DenseNet-BC (7x7 stem, 4 blocks), made prunable.
 
   Args:
@@ -234,28 +228,33 @@ def DenseNetImageNet(blocks,  # pylint: disable=invalid-name
     compression: Transition compression (0.5 in the paper).
     num_classes: Number of classes of the logits.
     input_shape: Image shape (H, W, C), raw pixels 0-255.
-    dropout_rate: Dropout after every conv.
-    weight_decay: SGD weight decay of conv and dense kernels.
-    criterion: Contribution criterion of every `PrunableConcatConv`.
-    score_momentum: Momentum of the `"expected_l1"` statistics.
-    group_lasso: Group-lasso strength of every `PrunableConcatConv`.
-    mean: Per-channel pixel mean used by the input normalisation.
-    std: Per-channel pixel standard deviation used by it.
     name: Model name.
+    **kwargs: `dropout_rate`, `weight_decay`, `criterion`, `score_momentum`,
+      `group_lasso`, `mean` (default ImageNet's) and `std`, as in `DenseNet`.
 
   Returns:
     A functional tf_keras model returning logits.
   """
+  options = dict(dropout_rate=0.0, weight_decay=1e-4, criterion="expected_l1",
+                 score_momentum=0.9, group_lasso=0.0, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD)
+  unknown = sorted(set(kwargs) - set(options))
+  if unknown:
+    raise TypeError(f"DenseNetImageNet got unexpected arguments {unknown}.")
+  options.update(kwargs)
+  dropout_rate, weight_decay = options["dropout_rate"], options["weight_decay"]
   _check_common(growth_rate, compression, num_classes, dropout_rate,
                 weight_decay)
   if not blocks or any(
       not isinstance(b, numbers.Integral) or b < 1 for b in blocks):
     raise ValueError(
         f"blocks must be positive layer counts. Received: blocks={blocks!r}")
-  conv_kwargs = dict(kernel_regularizer=_l2(weight_decay), criterion=criterion,
-                     score_momentum=score_momentum, group_lasso=group_lasso)
+  conv_kwargs = dict(kernel_regularizer=_l2(weight_decay),
+                     criterion=options["criterion"],
+                     score_momentum=options["score_momentum"],
+                     group_lasso=options["group_lasso"])
   inputs = keras.Input(shape=input_shape, name="image")
-  x = _normalize(inputs, mean, std)
+  x = _normalize(inputs, options["mean"], options["std"])
   x = keras.layers.Conv2D(
       2 * growth_rate, 7, strides=2, padding="same", use_bias=False,
       kernel_initializer="he_normal", kernel_regularizer=_l2(weight_decay),

@@ -7,7 +7,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tfsdn.compat import keras
+from tfsdn import checks
 from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
@@ -111,10 +111,13 @@ def export_saved_model(model, export_base, version=None, xla=False,
     FileExistsError: if the version exists and `overwrite` is False.
   """
   require_functional(model)
-  if version is not None and (isinstance(version, bool) or
-                              not isinstance(version, int) or version < 1):
-    raise ValueError(
-        f"version must be a positive integer. Received: version={version!r}")
+  if version is not None:
+    try:
+      version = checks.integer("version", version, low=1)
+    except ValueError as e:
+      raise ValueError(
+          f"version must be a positive integer. Received: version={version!r}"
+      ) from e
   serve = serving_function(model, xla=xla)
   export_base = os.fspath(export_base)
   os.makedirs(export_base, exist_ok=True)

@@ -10,6 +10,7 @@ another user (a TF Serving process) can read what tfsdn writes.
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -78,6 +79,14 @@ def atomic_path(path, suffix=""):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_json(path, value, indent=2):
+  """Writes `value` as JSON (sorted keys) through `atomic_path`."""
+  with atomic_path(path, suffix=".json") as tmp:
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=indent, sort_keys=True)
+      f.write("\n")
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

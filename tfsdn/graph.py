@@ -7,6 +7,8 @@ are supported, which covers DenseNets built by tfsdn and by
 through `tfsdn.internals` only.
 """
 
+import inspect
+
 import tensorflow as tf
 
 from tfsdn import internals
@@ -54,7 +56,7 @@ def flatten(model):
     return model
   new, new_inputs, names = {}, [], set()
 
-  def inline(current, top):
+  def inline(current, top, training=None):
     for node, layer in topological_nodes(current):
       output = node_output(node)
       if node.is_input:
@@ -74,7 +76,10 @@ def flatten(model):
               f"{len(layer.outputs)} outputs; only one is supported.")
         for inner, outer in zip(layer.inputs, node_inputs(node)):
           new[id(inner)] = new[id(outer)]
-        inline(layer, top=False)
+        # `base(x, training=False)` (frozen BatchNormalization when
+        # fine-tuning) must stay so for every layer inlined from `base`.
+        outer = training_argument(node)
+        inline(layer, top=False, training=training if outer is None else outer)
         new[id(output)] = new[id(layer.outputs[0])]
         continue
       if layer.name in names:
@@ -83,7 +88,7 @@ def flatten(model):
             f"are named {layer.name!r}. Give nested layers unique names.")
       names.add(layer.name)
       copy = copy_layer(layer)
-      new[id(output)] = call_like(node, copy, new)
+      new[id(output)] = call_like(node, copy, new, training=training)
       copy.set_weights(layer.get_weights())
 
   inline(model, top=True)
@@ -170,13 +175,15 @@ def copy_layer(layer):
   return type(layer).from_config(layer.get_config())
 
 
-def call_like(node, layer, new):
+def call_like(node, layer, new, training=None):
   """Calls `layer` as `node` called its layer, on the new tensors.
 
   Args:
     node: A node of the original model.
     layer: The layer to call.
     new: A dict from `id(original KerasTensor)` to the tensor replacing it.
+    training: If not None, passed as `training=` to a layer that takes it
+      (overriding the node's own value).
 
   Returns:
     The output of the call.
@@ -184,7 +191,19 @@ def call_like(node, layer, new):
   def remap(value):
     return new[id(value)] if internals.is_keras_tensor(value) else value
   args, kwargs = tf.nest.map_structure(remap, internals.call_arguments(node))
+  if training is not None and takes_training(layer):
+    kwargs = {**kwargs, "training": training}
   return layer(*args, **kwargs)
+
+
+def takes_training(layer):
+  """True if `layer.call` has a `training` argument."""
+  return "training" in inspect.signature(layer.call).parameters
+
+
+def training_argument(node):
+  """The explicit `training=` of a node's call (True, False), else None."""
+  return internals.call_arguments(node)[1].get("training")
 
 
 def input_like(node, layer):

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfsdn import checks
 from tfsdn import criteria
 from tfsdn.compat import keras
 
@@ -78,20 +79,16 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
                conv_trainable=True,
                **kwargs):
     super().__init__(**kwargs)
-    if not isinstance(filters, (int, np.integer)) or filters <= 0:
-      raise ValueError(
-          f"filters must be a positive integer. Received: filters={filters!r}")
+    filters = checks.integer("filters", filters, low=1)
     if criterion not in criteria.CRITERIA:
       raise ValueError(
           f"criterion must be one of {criteria.CRITERIA}. "
           f"Received: criterion={criterion!r}")
-    if not 0.0 <= score_momentum < 1.0:
-      raise ValueError(
-          "score_momentum must be in [0, 1). "
-          f"Received: score_momentum={score_momentum!r}")
-    if group_lasso < 0:
-      raise ValueError(
-          f"group_lasso must be >= 0. Received: group_lasso={group_lasso!r}")
+    score_momentum = checks.real("score_momentum", score_momentum, 0.0, 1.0,
+                                 high_open=True)
+    group_lasso = checks.real("group_lasso", group_lasso, low=0.0)
+    bn_momentum = checks.real("bn_momentum", bn_momentum, 0.0, 1.0)
+    bn_epsilon = checks.real("bn_epsilon", bn_epsilon, 0.0, low_open=True)
     padding = str(padding).lower()
     if padding not in ("same", "valid"):
       raise ValueError(
@@ -139,12 +136,15 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     score_initializer = (
         keras.initializers.RandomUniform(0.05, 1.0)
         if self.criterion == "random" else "ones")
-    # Scores and statistics stay float32 under mixed precision (no autocast)
-    # and are averaged across replicas, so every replica prunes alike.
+    # Scores and statistics stay float32 under mixed precision (no
+    # autocast). Under a tf.distribute strategy the statistics are averaged
+    # across replicas and every replica computes the same scores from them
+    # (so the MEAN of the scores is each replica's own, tie-free).
     self.contribution_score = self.add_weight(
         "contribution_score", shape=(channels,), dtype=tf.float32,
         initializer=score_initializer, trainable=False,
-        aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+        aggregation=tf.VariableAggregation.MEAN,
+        experimental_autocast=False)
     self.input_abs_mean = self.add_weight(
         "input_abs_mean", shape=(channels,), dtype=tf.float32,
         initializer="zeros", trainable=False,
@@ -216,19 +216,23 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     def update_scores():
       batch_abs_mean = tf.reduce_mean(
           tf.cast(x, tf.float32), axis=[0, 1, 2])
-      new_abs_mean = (self.score_momentum * self.input_abs_mean +
-                      (1.0 - self.score_momentum) * batch_abs_mean)
-      raw = self.raw_scores(new_abs_mean)
       # A non-finite batch (an overflow, a NaN input) must not touch the
       # statistics or the scores: one NaN score would read as pruned and,
       # through the normalisation, spread to the whole layer.
-      finite = criteria.all_finite(batch_abs_mean, raw)
-      new_abs_mean = tf.where(finite, new_abs_mean, self.input_abs_mean)
-      scores = criteria.break_ties(
-          criteria.normalize_scores(raw, live), live)
-      scores = tf.where(finite, scores, self.contribution_score)
+      new_abs_mean = tf.where(
+          criteria.all_finite(batch_abs_mean),
+          self.score_momentum * self.input_abs_mean +
+          (1.0 - self.score_momentum) * batch_abs_mean, self.input_abs_mean)
       update_mean = self.input_abs_mean.assign(new_abs_mean)
       with tf.control_dependencies([update_mean]):
+        # Read back: under a tf.distribute strategy the assign averaged the
+        # replicas' statistics (MEAN aggregation), so every replica computes
+        # the same scores from every replica's batches.
+        raw = self.raw_scores(tf.identity(self.input_abs_mean))
+        scores = criteria.break_ties(
+            criteria.normalize_scores(raw, live), live, order=raw)
+        scores = tf.where(criteria.all_finite(raw), scores,
+                          self.contribution_score)
         return self.contribution_score.assign(scores)
 
     update = tf.__internal__.smart_cond.smart_cond(

@@ -1,12 +1,12 @@
 """`StagedSparsity`: a tfmot pruning schedule that prunes in a few stages."""
 
-import math
 import numbers
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfsdn import checks
 from tfsdn.compat import keras
 
 # tfmot's first training batch is step 1 and the scores are first measured in
@@ -50,22 +50,23 @@ class StagedSparsity(tfmot.sparsity.keras.PruningSchedule):
   """
 
   def __init__(self, stages):
-    stages = [tuple(stage) for stage in stages] if _is_sequence(
-        stages) else stages
+    stages = [tuple(stage) if _is_sequence(stage) else stage
+              for stage in stages] if _is_sequence(stages) else stages
     if not isinstance(stages, list) or not stages:
       raise ValueError(
           "stages must be a non-empty list of (step, sparsity) pairs. "
           f"Received: stages={stages!r}")
     normalized = []
     for stage in stages:
-      if len(stage) != 2:
+      if not _is_sequence(stage) or len(stage) != 2:
         raise ValueError(
             f"Each stage must be a (step, sparsity) pair. Received: {stage!r}")
       step, sparsity = stage
       if (isinstance(step, bool) or not isinstance(step, numbers.Integral) or
-          step < FIRST_STAGE_STEP):
+          not FIRST_STAGE_STEP <= step <= 2**62):
         raise ValueError(
-            f"Stage steps must be integers >= {FIRST_STAGE_STEP}: tfmot counts "
+            f"Stage steps must be integers in [{FIRST_STAGE_STEP}, 2**62]: "
+            "tfmot counts "
             "training batches from step 1, and the scores are first measured "
             "during step 1, so a stage at step 0 never runs and one at step 1 "
             f"would see untrained, equal scores. Received: step={step!r} in "
@@ -113,14 +114,11 @@ class StagedSparsity(tfmot.sparsity.keras.PruningSchedule):
     Raises:
       ValueError: if an argument is out of range.
     """
-    if not 0.0 < final_sparsity < 1.0:
-      raise ValueError(
-          "final_sparsity must be in (0, 1). "
-          f"Received: final_sparsity={final_sparsity!r}")
-    if not isinstance(num_stages, numbers.Integral) or num_stages < 1:
-      raise ValueError(
-          f"num_stages must be an integer >= 1. Received: "
-          f"num_stages={num_stages!r}")
+    checks.real("final_sparsity", final_sparsity, 0.0, 1.0, low_open=True,
+                high_open=True)
+    checks.integer("num_stages", num_stages, low=1)
+    checks.real("begin_step", begin_step)
+    checks.real("end_step", end_step)
     if begin_step < 0 or end_step < begin_step:
       raise ValueError(
           "Need 0 <= begin_step <= end_step. Received: "

@@ -11,6 +11,8 @@ a results table.
 
 from absl import logging
 import tensorflow as tf
+
+from tfsdn import checks
 from tfsdn import internals
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
@@ -69,7 +71,8 @@ class StageCheck(keras.callbacks.Callback):
   def __init__(self, log_dir=None, raise_on_shortfall=True):
     super().__init__()
     self.log_dir = log_dir
-    self.raise_on_shortfall = bool(raise_on_shortfall)
+    self.raise_on_shortfall = checks.boolean("raise_on_shortfall",
+                                             raise_on_shortfall)
     self.history = []
     self._wrappers = []
     self._last_step = None

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tfsdn import checks
 from tfsdn.prune import prunable_layers
 from tfsdn.schedule import pruned_count
 
@@ -23,9 +24,7 @@ def prune_at_random(model, sparsity, seed=0):
   Raises:
     ValueError: if `sparsity` is outside [0, 1).
   """
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f"sparsity must be in [0, 1). Received: "
-                     f"sparsity={sparsity!r}")
+  checks.real("sparsity", sparsity, 0.0, 1.0, high_open=True)
   rng = np.random.default_rng(seed)
   for layer in prunable_layers(model):
     scores = rng.uniform(0.1, 1.0, layer.input_channels)

@@ -1,0 +1,58 @@
+"""Argument checks that name the bad value, shared by the public entry points."""
+
+import math
+import numbers
+
+
+def real(name, value, low=None, high=None, low_open=False, high_open=False):
+  """Returns `value` as a float if it is a finite real number in range.
+
+  Args:
+    name: The argument's name, quoted in the error.
+    value: What the caller passed.
+    low: Lower bound, or None.
+    high: Upper bound, or None.
+    low_open: Exclude `low` itself.
+    high_open: Exclude `high` itself.
+
+  Returns:
+    `float(value)`.
+
+  Raises:
+    ValueError: naming `name` and `value`, for a non-number (bools
+      included), a non-finite number or one out of range.
+  """
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not math.isfinite(value)):
+    raise ValueError(
+        f"{name} must be a finite number. Received: {name}={value!r}")
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else
+                                   value > high)
+  if too_low or too_high:
+    interval = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+                f"{'inf' if high is None else high}{')' if high_open else ']'}")
+    raise ValueError(f"{name} must be in {interval}. Received: {name}={value!r}")
+  return float(value)
+
+
+def integer(name, value, low=None, high=2**62):
+  """Returns `value` as an int if it is an integer (not a bool) in range.
+
+  Raises:
+    ValueError: naming `name` and `value` otherwise.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer. Received: {name}={value!r}")
+  if (low is not None and value < low) or (high is not None and value > high):
+    raise ValueError(
+        f"{name} must be an integer in [{low}, {high}]. Received: "
+        f"{name}={value!r}")
+  return int(value)
+
+
+def boolean(name, value):
+  """Returns `value` if it is a bool, else raises `TypeError` naming it."""
+  if not isinstance(value, bool):
+    raise TypeError(f"{name} must be True or False. Received: {name}={value!r}")
+  return value
