@@ -151,14 +151,20 @@ def test_small_densenets_reach_the_schedule_and_strip_keeps_the_function(
     assert len(layer.pruned_channels()) == schedule_lib.pruned_count(
         layer.input_channels, final), layer.name
     assert np.isfinite(layer.contribution_score.numpy()).all()
-  # A non-finite batch in training mode changes no score.
-  before = [l.contribution_score.numpy().copy()
-            for l in tfsdn.prunable_layers(pruned)]
+  # A non-finite batch in training mode changes no statistic and no mask;
+  # with frozen weights (learning_rate=0) no score either, bit for bit.
+  layers = tfsdn.prunable_layers(pruned)
+  before = [(l.contribution_score.numpy().copy(),
+             l.input_abs_mean.numpy().copy()) for l in layers]
   bad = helpers.random_data(4, seed)[0]
   bad[0, 0, 0, 0] = np.inf
   pruned(bad, training=True)
-  for layer, scores in zip(tfsdn.prunable_layers(pruned), before):
-    np.testing.assert_array_equal(layer.contribution_score.numpy(), scores)
+  for layer, (scores, abs_mean) in zip(layers, before):
+    np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
+    np.testing.assert_array_equal(layer.live_mask(), scores > 0)
+    assert np.isfinite(layer.contribution_score.numpy()).all()
+    if learning_rate == 0.0:
+      np.testing.assert_array_equal(layer.contribution_score.numpy(), scores)
   stripped = tfmot.sparsity.keras.strip_pruning(pruned)
   compact = tfsdn.strip_to_compact(stripped)
   images = helpers.random_data(4, seed + 1)[0]

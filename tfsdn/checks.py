@@ -1,4 +1,4 @@
-"""Argument checks that name the bad value, shared by the public entry points."""
+"""Argument checks that name the bad value, shared by the entry points."""
 
 import math
 import numbers
@@ -32,7 +32,8 @@ def real(name, value, low=None, high=None, low_open=False, high_open=False):
   if too_low or too_high:
     interval = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
                 f"{'inf' if high is None else high}{')' if high_open else ']'}")
-    raise ValueError(f"{name} must be in {interval}. Received: {name}={value!r}")
+    raise ValueError(
+        f"{name} must be in {interval}. Received: {name}={value!r}")
   return float(value)
 
 

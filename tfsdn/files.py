@@ -93,7 +93,11 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 def _exchange(a, b):
-  """Atomically swaps two existing paths (Linux renameat2); False if unsupported."""
+  """Swaps two existing paths atomically (Linux renameat2).
+
+  Returns:
+    True on success, False where the system does not support it.
+  """
   try:
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = libc.renameat2

@@ -216,9 +216,10 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     def update_scores():
       batch_abs_mean = tf.reduce_mean(
           tf.cast(x, tf.float32), axis=[0, 1, 2])
-      # A non-finite batch (an overflow, a NaN input) must not touch the
-      # statistics or the scores: one NaN score would read as pruned and,
-      # through the normalisation, spread to the whole layer.
+      # A non-finite batch (an overflow, a NaN input) must not reach the
+      # statistics: one NaN score would read as pruned and, through the
+      # normalisation, spread to the whole layer. Non-finite raw scores
+      # (diverged weights) leave the scores as they were.
       new_abs_mean = tf.where(
           criteria.all_finite(batch_abs_mean),
           self.score_momentum * self.input_abs_mean +
@@ -229,8 +230,13 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
         # replicas' statistics (MEAN aggregation), so every replica computes
         # the same scores from every replica's batches.
         raw = self.raw_scores(tf.identity(self.input_abs_mean))
-        scores = criteria.break_ties(
-            criteria.normalize_scores(raw, live), live, order=raw)
+        if self.criterion == "random":
+          # Fixed scores: not renormalised (which would drift by ulps every
+          # step); break_ties leaves distinct scores bit for bit as they are.
+          scores = criteria.break_ties(raw, live)
+        else:
+          scores = criteria.break_ties(
+              criteria.normalize_scores(raw, live), live, order=raw)
         scores = tf.where(criteria.all_finite(raw), scores,
                           self.contribution_score)
         return self.contribution_score.assign(scores)
