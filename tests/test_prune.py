@@ -165,6 +165,14 @@ def test_mixed_precision_keeps_scores_float32(policy, images):
     assert layer.compute_dtype == policy.split("_")[1]
   _check_half_pruned(pruned)
   assert np.isfinite(pruned(images, training=False).numpy()).all()
+  # The concatenations (a DenseNet's largest tensors) run in 16 bits.
+  graph = tf.function(lambda x: pruned(x, training=True)).get_concrete_function(
+      tf.TensorSpec([2, 32, 32, 3], tf.float32)).graph
+  concats = [op for op in graph.get_operations()
+             if op.type == "ConcatV2" and op.get_attr("T").is_floating]
+  assert concats
+  assert {op.get_attr("T") for op in concats} == {
+      tf.as_dtype(policy.split("_")[1])}
 
 
 @pytest.mark.parametrize("save_format", ["keras", "tf"])

@@ -204,7 +204,9 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     return tf.identity(self.contribution_score)  # "random": fixed scores.
 
   def call(self, inputs, training=None):
-    inputs = _as_list(inputs)
+    # In the compute dtype (bfloat16/float16 under a mixed policy), also
+    # when a float32 tfmot wrapper calls this method directly.
+    inputs = [tf.cast(t, self.compute_dtype) for t in _as_list(inputs)]
     x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
     x = self.batch_norm(x, training=training)
     x = tf.nn.relu(x)

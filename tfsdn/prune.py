@@ -129,8 +129,11 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
         # tfmot multiplies the score by its mask inside the wrapper; under a
         # mixed policy the wrapper's mask would be autocast to 16 bits while
         # the score stays float32. A float32 wrapper keeps both in float32;
-        # the BN and conv inside keep the mixed policy.
+        # the BN and conv inside keep the mixed policy. Without autocast the
+        # wrapper hands the 16-bit features on as they are, so the
+        # concatenation (a DenseNet's largest tensor) stays 16-bit too.
         kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("autocast", False)
       return tfmot.sparsity.keras.prune_low_magnitude(
           copy, pruning_schedule=schedule, **kwargs)
     return copy
