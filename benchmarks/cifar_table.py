@@ -57,6 +57,7 @@ from serving_timing import time_rounds
 ARMS = ("dense", "expected_l1", "weight_l1", "bn_gamma", "random",
         "tfmot_unstructured")
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment)  # --help lists the training flags.
 flags.DEFINE_list("arms", list(ARMS), "Arms to train (any of " +
                   ", ".join(ARMS) + ").")
 flags.DEFINE_integer("speed_batch_size", 64, "Batch size of the timing pass.")

@@ -41,6 +41,7 @@ from tfsdn.files import atomic_path
 from tfsdn.files import write_json
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment)  # --help lists the training flags.
 flags.DEFINE_list("sparsities", ["0.1667", "0.3333", "0.5"],
                   "Per-layer input-channel sparsities to evaluate.")
 flags.DEFINE_integer("random_repeats", 3, "Random draws averaged.")

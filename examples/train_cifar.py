@@ -14,6 +14,7 @@ again with the same flags and `--model_dir` (scores, masks and the pruning
 step included). A finished run is never overwritten.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import tensorflow_model_optimization as tfmot
 
 import tfsdn
 from tfsdn import data as sdn_data
+from tfsdn import distribution
 from tfsdn import recipe
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
@@ -44,7 +46,8 @@ flags.DEFINE_bool("bottleneck", False, "DenseNet-B bottleneck layers.")
 flags.DEFINE_float("compression", 1.0, "Transition compression (0.5 for BC).")
 flags.DEFINE_float("dropout_rate", 0.0, "Dropout after every conv.")
 flags.DEFINE_integer("epochs", 300, "Training epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("batch_size", 64,
+                     "Global batch size, summed over all replicas and workers.")
 flags.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.")
 flags.DEFINE_float("weight_decay", 1e-4, "SGD weight decay.")
 flags.DEFINE_integer("train_size", None, "Use only this many train images.")
@@ -67,6 +70,10 @@ flags.DEFINE_string("export_dir", None,
                     "SavedModel base directory (default MODEL_DIR/export).")
 flags.DEFINE_bool("xla_export", False, "Compile the served function with XLA.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_enum("distribution_strategy", "off", list(distribution.STRATEGIES),
+                  "tf.distribute strategy, as in tensorflow/models: off, "
+                  "one_device, mirrored, multi_worker_mirrored (cluster from "
+                  "the TF_CONFIG environment variable), tpu (untested).")
 
 # Flags that may differ when a run is resumed: they do not change training.
 _RESUME_INDEPENDENT = ("data_dir", "export_dir", "xla_export")
@@ -140,9 +147,13 @@ def prepare_model_dir(values):
 def main(argv):
   del argv
   values = resolved_flags()
+  # First: a MultiWorkerMirroredStrategy must exist before any TF op runs
+  # (check_flags reads a record). Creating it does not wait for the others.
+  strategy = distribution.get_strategy(values["distribution_strategy"])
   check_flags(values)
-  prepare_model_dir(values)
-  model_dir = values["model_dir"]
+  files = distribution.WorkerFiles(strategy, values["model_dir"])
+  if files.chief:
+    prepare_model_dir(values)
   keras.utils.set_random_seed(values["seed"])
   if values["mixed_precision"]:
     policy = ("mixed_float16" if tf.config.list_physical_devices("GPU")
@@ -153,24 +164,33 @@ def main(argv):
   train_examples = sdn_data.count_examples(dataset, "train",
                                            values["train_size"],
                                            values["data_dir"])
+  # --batch_size is the global batch: fit splits it over the replicas, and
+  # every worker reads its share of the batches (DATA sharding works for
+  # one TFRecord file as for many).
   steps_per_epoch = math.ceil(train_examples / values["batch_size"])
+  shard = tf.data.Options()
+  shard.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
   train = sdn_data.make_dataset(dataset, "train", values["batch_size"],
                                 training=True, size=values["train_size"],
                                 data_dir=values["data_dir"],
-                                seed=values["seed"])
+                                seed=values["seed"]).with_options(shard)
   test = sdn_data.make_dataset(dataset, "test", 256, size=values["eval_size"],
-                               data_dir=values["data_dir"])
+                               data_dir=values["data_dir"]).with_options(shard)
 
-  model = tfsdn.densenet.DenseNet(
-      depth=values["depth"], growth_rate=values["growth_rate"],
-      bottleneck=values["bottleneck"], compression=values["compression"],
-      num_classes=sdn_data.num_classes(dataset),
-      dropout_rate=values["dropout_rate"],
-      weight_decay=values["weight_decay"], criterion=values["criterion"],
-      score_momentum=values["score_momentum"],
-      group_lasso=values["group_lasso"])
+  with strategy.scope():
+    model = tfsdn.densenet.DenseNet(
+        depth=values["depth"], growth_rate=values["growth_rate"],
+        bottleneck=values["bottleneck"], compression=values["compression"],
+        num_classes=sdn_data.num_classes(dataset),
+        dropout_rate=values["dropout_rate"],
+        weight_decay=values["weight_decay"], criterion=values["criterion"],
+        score_momentum=values["score_momentum"],
+        group_lasso=values["group_lasso"])
   before = tfsdn.model_report(model)
-  backup_dir = os.path.join(model_dir, "backup")
+  # Every worker names the same backup folder: tf_keras keeps the chief's
+  # there and the others' in temporary folders of their own.
+  backup_dir = os.path.join(values["model_dir"], "backup")
   callbacks = [
       # The backup outlives fit(): if evaluation, strip or export fails
       # later, a rerun restores the trained model instead of training again.
@@ -178,42 +198,53 @@ def main(argv):
       keras.callbacks.LearningRateScheduler(
           recipe.step_decay(values["learning_rate"], values["epochs"])),
   ]
-  log_dir = os.path.join(model_dir, "logs")
-  if values["final_sparsity"] > 0:
-    schedule = recipe.staged_schedule(
-        values["final_sparsity"], values["num_stages"], values["epochs"],
-        steps_per_epoch, values["prune_begin_epoch"], values["prune_end_epoch"])
-    logging.info("Pruning schedule: %s (%d steps per epoch)", schedule,
-                 steps_per_epoch)
-    model = tfsdn.prune_dense_connections(model, schedule)
-    callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
-                  tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                  tfsdn.StageCheck(log_dir=log_dir)]
-  else:
-    callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
-  recipe.compile_for_training(model, values["learning_rate"],
-                              values["jit_compile"])
+  log_dir = files.path("logs")
+  with strategy.scope():
+    if values["final_sparsity"] > 0:
+      schedule = recipe.staged_schedule(
+          values["final_sparsity"], values["num_stages"], values["epochs"],
+          steps_per_epoch, values["prune_begin_epoch"],
+          values["prune_end_epoch"])
+      logging.info("Pruning schedule: %s (%d steps per epoch)", schedule,
+                   steps_per_epoch)
+      model = tfsdn.prune_dense_connections(model, schedule)
+      callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
+                    tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
+                    tfsdn.StageCheck(log_dir=log_dir)]
+    else:
+      callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
+    recipe.compile_for_training(model, values["learning_rate"],
+                                values["jit_compile"])
   model.fit(train, epochs=values["epochs"], validation_data=test,
             callbacks=callbacks, verbose=1 if logging.level_info() else 2)
 
-  model = tfmot.sparsity.keras.strip_pruning(model)
-  model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True), metrics=["accuracy"])
-  _, accuracy = model.evaluate(test, verbose=0)
-  _save_model(model, os.path.join(model_dir, "final_model.keras"))
+  with strategy.scope():
+    model = tfmot.sparsity.keras.strip_pruning(model)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+  _, accuracy = model.evaluate(test, verbose=0)  # On every worker.
+  layers = tfsdn.prunable_layers(model)
+  logging.info("Live input channels digest: %s",
+               _live_digest(layers))  # Equal on every worker and replica.
+  _save_model(model, files.path("final_model.keras"))
   stripped = tfsdn.strip(model)  # The only strip: report and plot read it.
   compact = stripped.model
-  _save_model(compact, os.path.join(model_dir, "compact_model.keras"))
+  _save_model(compact, files.path("compact_model.keras"))
   after = tfsdn.model_report(stripped)
-  with atomic_path(os.path.join(model_dir, "report.md")) as tmp:
+  with atomic_path(files.path("report.md")) as tmp:
     with open(tmp, "w") as f:
       f.write("## Before vs after\n\n" +
               tfsdn.comparison_markdown(before, after) + "\n\n" +
               before.to_markdown() + "\n\n" + after.to_markdown() + "\n")
-  tfsdn.plot_connectivity(after, os.path.join(model_dir, "connectivity.png"))
-  export_base = values["export_dir"] or os.path.join(model_dir, "export")
+  tfsdn.plot_connectivity(after, files.path("connectivity.png"))
+  export_base = (values["export_dir"] if files.chief and values["export_dir"]
+                 else files.path("export"))
   export_path = tfsdn.export_saved_model(compact, export_base,
                                          xla=values["xla_export"])
+  if not files.chief:
+    files.cleanup()
+    logging.info("Not the chief: wrote nothing into %s.", values["model_dir"])
+    return
   export_accuracy = recipe.saved_model_accuracy(export_path, test)
   results = {
       "test_accuracy": accuracy,
@@ -225,16 +256,25 @@ def main(argv):
       "params_after": after.total_params,
       "macs_before": before.total_macs,
       "macs_after": after.total_macs,
-      "mean_sparsity": float(np.mean(
-          [l.sparsity() for l in tfsdn.prunable_layers(model)])),
+      "mean_sparsity": float(np.mean([l.sparsity() for l in layers])),
       "export_path": export_path,
+      "replicas": strategy.num_replicas_in_sync,
   }
-  write_json(os.path.join(model_dir, "results.json"), results)
+  write_json(files.path("results.json"), results)
   shutil.rmtree(backup_dir, ignore_errors=True)  # The run is finished.
   logging.info("Test accuracy %.4f (exported SavedModel: %.4f); parameters "
                "%d -> %d; MACs %d -> %d; exported to %s", accuracy,
                export_accuracy, before.total_params, after.total_params,
                before.total_macs, after.total_macs, export_path)
+
+
+def _live_digest(layers):
+  """A short hash of every layer's live input channels."""
+  digest = hashlib.sha256()
+  for layer in layers:
+    digest.update(layer.name.encode())
+    digest.update(np.packbits(layer.live_mask()).tobytes())
+  return digest.hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -110,10 +110,14 @@ def test_feature_maps_nobody_reads_are_not_computed(images):
     scores[16:20] = 0
     scores[3] = 0
     layer.contribution_score.assign(scores)
-  compact = tfsdn.strip_to_compact(model)
+  stripped = tfsdn.strip(model)
+  compact = stripped.model
   _assert_same(model, compact, images)
   names = [l.name for l in compact.layers]
   assert "block1_layer1" not in names and "block1_layer1_bn" not in names
+  removed = stripped.layers["block1_layer1"]  # Recorded as removed.
+  assert (removed.filters_computed, removed.compact_layers) == (0, ())
+  assert not removed.live.any()
   # The stem lost filter 3: only 15 filters are computed.
   assert compact.get_layer("stem_conv").filters == 15
   # Transitively: block1_layer1 read the stem too, and is gone entirely.

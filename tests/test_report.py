@@ -1,6 +1,7 @@
 import numpy as np
 
 import tfsdn
+from tfsdn.compat import keras
 from tests import helpers
 
 
@@ -106,3 +107,7 @@ def test_a_stock_model_is_counted_without_prunable_rows(images):
   assert report.form == "compact" and report.blocks == []
   assert {r.kind for r in report.rows} == {"conv", "dense"}
   assert report.total_macs == tfsdn.model_report(pruned).total_macs
+  nested = keras.Sequential([keras.Input((32, 32, 3)), compact,
+                             keras.layers.Softmax()])
+  assert tfsdn.model_report(nested).to_dict()["rows"] == report.to_dict()[
+      "rows"]

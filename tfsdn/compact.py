@@ -29,7 +29,8 @@ class StrippedLayer:
     live: Boolean vector over those channels: True where the layer reads it.
     filters: Output channels before the strip.
     filters_computed: Output channels the compact conv computes (fewer when
-      no consumer reads some of them).
+      no consumer reads some of them). A layer whose output no one reads is
+      removed: 0 filters computed, no live input, no compact layers.
     compact_layers: Names of the compact layers holding its parameters (the
       BatchNormalization and the Conv2D).
   """
@@ -188,16 +189,20 @@ def strip(model):
   new_inputs = []
   for node, layer in nodes:
     output = graph.node_output(node)
-    if node.is_input:
+    if graph.is_input(node):
       tensor = graph.input_like(node, layer)
       new_inputs.append(tensor)
       new[id(output)] = tensor
       present[id(output)] = np.arange(output.shape[-1] or 0)
       continue
     out_need = needed.get(id(output))
-    if out_need is None or not out_need.any():
-      continue
     inputs = graph.node_inputs(node)
+    if out_need is None or not out_need.any():
+      if isinstance(layer, PrunableConcatConv):  # Removed: nobody reads it.
+        record[layer.name] = StrippedLayer(
+            layer.name, [s for t in inputs for s in sources[id(t)]],
+            np.zeros(layer.input_channels, bool), layer.filters, 0, ())
+      continue
     if isinstance(layer, PrunableConcatConv):
       keep_filters = np.flatnonzero(out_need)
       new[id(output)] = _compact_concat_conv(

@@ -256,7 +256,7 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
   new, new_inputs = {}, []
   for node, layer in graph.topological_nodes(model):
     output = graph.node_output(node)
-    if node.is_input:
+    if graph.is_input(node):
       tensor = graph.input_like(node, layer)
       new_inputs.append(tensor)
       new[id(output)] = tensor

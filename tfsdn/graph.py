@@ -59,7 +59,7 @@ def flatten(model):
   def inline(current, top, training=None):
     for node, layer in topological_nodes(current):
       output = node_output(node)
-      if node.is_input:
+      if is_input(node):
         if top:
           tensor = input_like(node, layer)
           new_inputs.append(tensor)
@@ -145,13 +145,13 @@ def topological_nodes(model):
   by_depth = internals.nodes_by_depth(model)
   for depth in sorted(by_depth.keys(), reverse=True):
     for node in by_depth[depth]:
-      layer = node.layer
+      layer = internals.node_layer(node)
       if id(layer) in seen:
         raise ValueError(
             f"Layer {layer.name!r} is called more than once in model "
             f"{model.name!r}; shared layers are not supported.")
       seen.add(id(layer))
-      if len(tf.nest.flatten(node.outputs)) != 1:
+      if len(internals.node_outputs(node)) != 1:
         raise ValueError(
             f"Layer {layer.name!r} has several outputs; not supported.")
       pairs.append((node, layer))
@@ -160,14 +160,19 @@ def topological_nodes(model):
 
 def node_inputs(node):
   """The KerasTensors a node reads, flattened, in call order."""
-  if node.is_input:
+  if is_input(node):
     return []
   return [t for t in tf.nest.flatten(internals.call_arguments(node))
           if internals.is_keras_tensor(t)]
 
 
 def node_output(node):
-  return tf.nest.flatten(node.outputs)[0]
+  return internals.node_outputs(node)[0]
+
+
+def is_input(node):
+  """True for the node of an `Input` layer."""
+  return internals.node_is_input(node)
 
 
 def copy_layer(layer):

@@ -18,6 +18,7 @@ TensorFlow and tf_keras to one minor version.
   wrapper `prune_low_magnitude` puts around each layer.
 """
 
+import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude  # pylint: disable=unused-import
 from tf_keras.src.engine.keras_tensor import KerasTensor
 from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
@@ -36,6 +37,21 @@ def nodes_by_depth(model):
 def call_arguments(node):
   """`(args, kwargs)` with which `node` called its layer."""
   return node.call_args, node.call_kwargs
+
+
+def node_layer(node):
+  """The layer a node called."""
+  return node.layer
+
+
+def node_is_input(node):
+  """True for the node of an `Input` layer."""
+  return node.is_input
+
+
+def node_outputs(node):
+  """The KerasTensors a node produced, flattened."""
+  return tf.nest.flatten(node.outputs)
 
 
 def is_keras_tensor(value):

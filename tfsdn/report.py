@@ -16,6 +16,7 @@ import dataclasses
 
 import numpy as np
 
+from tfsdn import graph
 from tfsdn.compact import Stripped
 from tfsdn.compact import strip
 from tfsdn.compat import keras
@@ -221,7 +222,8 @@ def model_report(model):
   """
   if not isinstance(model, Stripped):
     require_functional(model)
-    if not prunable_layers(strip_wrappers(model)):
+    if not prunable_layers(model):
+      model = graph.flatten(strip_wrappers(model))
       rows = _weight_rows(model, {})
       return ModelReport(model.name, "compact", list(rows.values()),
                          int(model.count_params()),

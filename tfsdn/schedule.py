@@ -129,6 +129,7 @@ class StagedSparsity(tfmot.sparsity.keras.PruningSchedule):
       raise ValueError(
           "steps_per_epoch must be a positive integer. Received: "
           f"steps_per_epoch={steps_per_epoch!r}")
+    epoch_range = (begin_step, end_step)
     if steps_per_epoch is not None:
       begin_step = epoch_step(begin_step, steps_per_epoch)
       end_step = epoch_step(end_step, steps_per_epoch)
@@ -143,9 +144,12 @@ class StagedSparsity(tfmot.sparsity.keras.PruningSchedule):
       times = [begin_step + i * span for i in range(num_stages)]
     steps = [int(round(t)) for t in times]
     if len(set(steps)) != len(steps):
+      epochs = (f" (epochs {epoch_range[0]} to {epoch_range[1]} at "
+                f"steps_per_epoch={steps_per_epoch})"
+                if steps_per_epoch is not None else "")
       raise ValueError(
-          f"{num_stages} stages do not fit between begin_step={begin_step} "
-          f"and end_step={end_step}: stages would share steps {steps}.")
+          f"{num_stages} stages do not fit between steps {begin_step} and "
+          f"{end_step}{epochs}: stages would share steps {steps}.")
     sparsities = [final_sparsity * (i + 1) / num_stages
                   for i in range(num_stages)]
     return cls(list(zip(steps, sparsities)))

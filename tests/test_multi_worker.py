@@ -1,0 +1,74 @@
+"""examples/train_cifar.py on two MultiWorkerMirroredStrategy workers.
+
+Two processes on 127.0.0.1 (ports chosen free by the test) train a tiny
+DenseNet from TFRecords through two pruning stages. Run on its own (`.ci/run`
+runs this file in a separate pytest invocation): the two workers need both
+cores.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from tests.test_data import write_tfrecords
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
+  records = write_tfrecords(tmp_path / "cifar", count=48)
+  model_dir = tmp_path / "run"
+  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+  args = [sys.executable, SCRIPT, f"--dataset=tfrecord:{records}",
+          f"--model_dir={model_dir}", "--distribution_strategy="
+          "multi_worker_mirrored", "--depth=10", "--growth_rate=4",
+          "--epochs=2", "--batch_size=16", "--train_size=48",
+          "--eval_size=16", "--num_stages=2", "--prune_begin_epoch=0",
+          "--prune_end_epoch=1"]
+  processes = []
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({
+        "cluster": {"worker": workers},
+        "task": {"type": "worker", "index": index}}))
+    processes.append(subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  logs = []
+  for process in processes:
+    out, _ = process.communicate(timeout=600)
+    logs.append(out)
+    assert process.returncode == 0, out[-4000:]
+  digests = [re.findall(r"Live input channels digest: (\w+)", log)
+             for log in logs]
+  assert len(digests[0]) == 1 and digests[0] == digests[1], digests
+  for log in logs:  # Both stages ran and were exact on each worker.
+    assert len(re.findall(r"Pruning stage at step \d+", log)) == 2
+  assert "Not the chief: wrote nothing" in logs[1]
+  results = json.loads((model_dir / "results.json").read_text())
+  assert results["replicas"] == 2
+  assert results["mean_sparsity"] == 0.5
+  served = tf.saved_model.load(results["export_path"]).signatures[
+      "serving_default"](images=tf.zeros([2, 32, 32, 3]))
+  assert served["probabilities"].shape == (2, 10)
+  # The chief's files only: nothing of worker 1 in the run directory.
+  names = sorted(os.listdir(model_dir))
+  assert names == ["compact_model.keras", "connectivity.png", "export",
+                   "final_model.keras", "flags.json", "logs", "report.md",
+                   "results.json"], names
+  assert not [p for p in model_dir.rglob("*") if "worker" in p.name]
