@@ -27,6 +27,7 @@ import tensorflow_model_optimization as tfmot
 
 import tfsdn
 from tfsdn import data as sdn_data
+from tfsdn import distribution
 from tfsdn import recipe
 from tfsdn.compat import keras
 from tfsdn.files import atomic_path
@@ -53,7 +54,8 @@ flags.DEFINE_string("dataset", "cifar10",
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
 flags.DEFINE_string("model_dir", None, "Where the run writes everything.")
 flags.DEFINE_integer("epochs", 4, "Fine-tuning epochs.")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
+flags.DEFINE_integer("batch_size", 32,
+                     "Global batch size, summed over all replicas and workers.")
 flags.DEFINE_float("learning_rate", 0.01, "Initial SGD learning rate.")
 flags.DEFINE_integer("train_size", None, "Use only this many train images.")
 flags.DEFINE_integer("eval_size", None, "Use only this many test images.")
@@ -66,6 +68,10 @@ flags.DEFINE_string("export_dir", None,
                     "SavedModel base directory (default MODEL_DIR/export).")
 flags.DEFINE_bool("xla_export", False, "Compile the served function with XLA.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_enum("distribution_strategy", "off", list(distribution.STRATEGIES),
+                  "tf.distribute strategy, as in tensorflow/models: off, "
+                  "one_device, mirrored, multi_worker_mirrored (cluster from "
+                  "the TF_CONFIG environment variable), tpu (untested).")
 
 
 def check_flags():
@@ -118,52 +124,63 @@ def build_model(num_classes):
 
 def main(argv):
   del argv
+  # First: a MultiWorkerMirroredStrategy must exist before any TF op runs.
+  strategy = distribution.get_strategy(FLAGS.distribution_strategy)
   check_flags()
-  os.makedirs(FLAGS.model_dir, exist_ok=True)
+  files = distribution.WorkerFiles(strategy, FLAGS.model_dir)
+  if files.chief:
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
   keras.utils.set_random_seed(FLAGS.seed)
   train_examples = sdn_data.count_examples(FLAGS.dataset, "train",
                                            FLAGS.train_size, FLAGS.data_dir)
+  # --batch_size is the global batch, split over replicas and workers.
   steps_per_epoch = math.ceil(train_examples / FLAGS.batch_size)
-  train = sdn_data.make_dataset(FLAGS.dataset, "train", FLAGS.batch_size,
-                                training=True, size=FLAGS.train_size,
-                                data_dir=FLAGS.data_dir, seed=FLAGS.seed)
-  test = sdn_data.make_dataset(FLAGS.dataset, "test", 128,
-                               size=FLAGS.eval_size, data_dir=FLAGS.data_dir)
+  train = distribution.shard_by_data(sdn_data.make_dataset(
+      FLAGS.dataset, "train", FLAGS.batch_size, training=True,
+      size=FLAGS.train_size, data_dir=FLAGS.data_dir, seed=FLAGS.seed))
+  test = distribution.shard_by_data(sdn_data.make_dataset(
+      FLAGS.dataset, "test", 128, size=FLAGS.eval_size,
+      data_dir=FLAGS.data_dir))
 
-  original = build_model(sdn_data.num_classes(FLAGS.dataset))
-  logging.info("%s", tfsdn.conversion_plan(original))
-  model = tfsdn.make_prunable(original, criterion=FLAGS.criterion)
+  with strategy.scope():
+    original = build_model(sdn_data.num_classes(FLAGS.dataset))
+    logging.info("%s", tfsdn.conversion_plan(original))
+    model = tfsdn.make_prunable(original, criterion=FLAGS.criterion)
   before = tfsdn.model_report(model)
   schedule = recipe.staged_schedule(FLAGS.final_sparsity, FLAGS.num_stages,
                                     FLAGS.epochs, steps_per_epoch)
   logging.info("Pruning schedule: %s", schedule)
-  pruned = tfsdn.prune_dense_connections(model, schedule)
-  recipe.compile_for_training(pruned, FLAGS.learning_rate)
+  with strategy.scope():
+    pruned = tfsdn.prune_dense_connections(model, schedule)
+    recipe.compile_for_training(pruned, FLAGS.learning_rate)
+  log_dir = files.path("logs")
   pruned.fit(train, epochs=FLAGS.epochs, validation_data=test, verbose=2,
              callbacks=[
                  tfmot.sparsity.keras.UpdatePruningStep(),
-                 tfmot.sparsity.keras.PruningSummaries(
-                     log_dir=os.path.join(FLAGS.model_dir, "logs")),
-                 tfsdn.StageCheck(
-                     log_dir=os.path.join(FLAGS.model_dir, "logs")),
+                 tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
+                 tfsdn.StageCheck(log_dir=log_dir),
                  keras.callbacks.LearningRateScheduler(
                      recipe.step_decay(FLAGS.learning_rate, FLAGS.epochs)),
              ])
-  stripped = tfmot.sparsity.keras.strip_pruning(pruned)
-  stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True), metrics=["accuracy"])
-  _, accuracy = stripped.evaluate(test, verbose=0)
+  with strategy.scope():
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+  _, accuracy = stripped.evaluate(test, verbose=0)  # On every worker.
   strip_record = tfsdn.strip(stripped)
   compact = strip_record.model
   after = tfsdn.model_report(strip_record)
-  with atomic_path(os.path.join(FLAGS.model_dir, "report.md"),
-                   suffix=".md") as tmp:
+  with atomic_path(files.path("report.md"), suffix=".md") as tmp:
     with open(tmp, "w") as f:
       f.write(tfsdn.comparison_markdown(before, after) + "\n\n" +
               after.to_markdown() + "\n")
   export_path = tfsdn.export_saved_model(
-      compact, FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export"),
-      xla=FLAGS.xla_export)
+      compact, (FLAGS.export_dir if files.chief and FLAGS.export_dir
+                else files.path("export")), xla=FLAGS.xla_export)
+  if not files.chief:
+    files.cleanup()
+    logging.info("Not the chief: wrote nothing into %s.", FLAGS.model_dir)
+    return
   results = {
       "model": FLAGS.model, "weights": FLAGS.weights,
       "prunable_layers": len(tfsdn.prunable_layers(stripped)),
@@ -172,8 +189,9 @@ def main(argv):
       "params_before": before.total_params, "params_after": after.total_params,
       "macs_before": before.total_macs, "macs_after": after.total_macs,
       "export_path": export_path,
+      "replicas": strategy.num_replicas_in_sync,
   }
-  write_json(os.path.join(FLAGS.model_dir, "results.json"), results)
+  write_json(files.path("results.json"), results)
   logging.info("Test accuracy %.4f (SavedModel %.4f); parameters %d -> %d; "
                "MACs %d -> %d; exported to %s", results["test_accuracy"],
                results["export_test_accuracy"], before.total_params,

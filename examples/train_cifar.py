@@ -168,15 +168,13 @@ def main(argv):
   # every worker reads its share of the batches (DATA sharding works for
   # one TFRecord file as for many).
   steps_per_epoch = math.ceil(train_examples / values["batch_size"])
-  shard = tf.data.Options()
-  shard.experimental_distribute.auto_shard_policy = (
-      tf.data.experimental.AutoShardPolicy.DATA)
-  train = sdn_data.make_dataset(dataset, "train", values["batch_size"],
-                                training=True, size=values["train_size"],
-                                data_dir=values["data_dir"],
-                                seed=values["seed"]).with_options(shard)
-  test = sdn_data.make_dataset(dataset, "test", 256, size=values["eval_size"],
-                               data_dir=values["data_dir"]).with_options(shard)
+  train = distribution.shard_by_data(sdn_data.make_dataset(
+      dataset, "train", values["batch_size"], training=True,
+      size=values["train_size"], data_dir=values["data_dir"],
+      seed=values["seed"]))
+  test = distribution.shard_by_data(sdn_data.make_dataset(
+      dataset, "test", 256, size=values["eval_size"],
+      data_dir=values["data_dir"]))
 
   with strategy.scope():
     model = tfsdn.densenet.DenseNet(

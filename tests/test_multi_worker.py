@@ -1,9 +1,9 @@
 """examples/train_cifar.py on two MultiWorkerMirroredStrategy workers.
 
 Two processes on 127.0.0.1 (ports chosen free by the test) train a tiny
-DenseNet from TFRecords through two pruning stages. Run on its own (`.ci/run`
-runs this file in a separate pytest invocation): the two workers need both
-cores.
+DenseNet from TFRecords through two pruning stages. Marked `multi_worker`:
+the README's test command runs it in a pytest invocation of its own, after
+the parallel ones, since the two workers need both cores.
 """
 
 import json
@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 from tests.test_data import write_tfrecords
@@ -31,6 +32,7 @@ def _free_ports(count):
   return ports
 
 
+@pytest.mark.multi_worker
 def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
   records = write_tfrecords(tmp_path / "cifar", count=48)
   model_dir = tmp_path / "run"

@@ -53,6 +53,18 @@ def get_strategy(name, tpu_address=None):
                    f"Received: distribution_strategy={name!r}")
 
 
+def shard_by_data(dataset):
+  """`dataset` with DATA auto-sharding: each worker keeps its share of it.
+
+  Works for one TFRecord file as for many (FILE sharding needs at least one
+  file per worker); a strategy with one worker ignores it.
+  """
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return dataset.with_options(options)
+
+
 def task(strategy):
   """`(task_type, task_id)` of this process, `(None, None)` on one worker."""
   resolver = getattr(strategy, "cluster_resolver", None)
