@@ -162,11 +162,7 @@ def main(argv):
                  keras.callbacks.LearningRateScheduler(
                      recipe.step_decay(FLAGS.learning_rate, FLAGS.epochs)),
              ])
-  with strategy.scope():
-    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
-    stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True), metrics=["accuracy"])
-  _, accuracy = stripped.evaluate(test, verbose=0)  # On every worker.
+  stripped, accuracy = recipe.strip_and_evaluate(pruned, test, strategy)
   strip_record = tfsdn.strip(stripped)
   compact = strip_record.model
   after = tfsdn.model_report(strip_record)

@@ -216,11 +216,7 @@ def main(argv):
   model.fit(train, epochs=values["epochs"], validation_data=test,
             callbacks=callbacks, verbose=1 if logging.level_info() else 2)
 
-  with strategy.scope():
-    model = tfmot.sparsity.keras.strip_pruning(model)
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True), metrics=["accuracy"])
-  _, accuracy = model.evaluate(test, verbose=0)  # On every worker.
+  model, accuracy = recipe.strip_and_evaluate(model, test, strategy)
   layers = tfsdn.prunable_layers(model)
   logging.info("Live input channels digest: %s",
                _live_digest(layers))  # Equal on every worker and replica.

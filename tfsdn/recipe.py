@@ -7,6 +7,7 @@ steps between the stage steps of `begin_epoch` and `end_epoch`
 """
 
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 
 from tfsdn.compat import keras
 from tfsdn.schedule import StagedSparsity
@@ -67,6 +68,27 @@ def compile_for_training(model, learning_rate, jit_compile=False):
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"], jit_compile=jit_compile)
   return model
+
+
+def strip_and_evaluate(model, data, strategy):
+  """Removes tfmot's wrappers and measures top-1 accuracy on `data`.
+
+  Under a multi-worker strategy every worker must call this (evaluation is
+  collective).
+
+  Args:
+    model: A trained model (logits out), wrapped for pruning or not.
+    data: Batches of `(images, labels)`.
+    strategy: The `tf.distribute.Strategy` the model was built under.
+
+  Returns:
+    `(stripped_model, accuracy)`.
+  """
+  with strategy.scope():
+    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    stripped.compile(loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+  return stripped, float(stripped.evaluate(data, verbose=0)[1])
 
 
 def saved_model_accuracy(path, data):

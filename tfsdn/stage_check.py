@@ -16,6 +16,7 @@ from tfsdn import checks
 from tfsdn import internals
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.schedule import StagedSparsity
 from tfsdn.schedule import pruned_count
 
 
@@ -36,6 +37,18 @@ def pruning_wrappers(model):
 
 
 def _schedule_at(schedule, step):
+  """`(should_prune, sparsity)` of `schedule` at `step`, as Python values.
+
+  Runs after every training batch, so a `StagedSparsity` is read from its
+  stage list without running TensorFlow; other schedules are called.
+  """
+  if isinstance(schedule, StagedSparsity):
+    sparsity = 0.0
+    for stage_step, stage_sparsity in schedule.stages:
+      if stage_step > step:
+        break
+      sparsity = stage_sparsity
+    return any(s == step for s, _ in schedule.stages), sparsity
   should_prune, sparsity = schedule(tf.constant(step, tf.int64))
   return bool(should_prune), float(sparsity)
 
