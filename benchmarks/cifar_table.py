@@ -159,7 +159,7 @@ def train_arm(arm, config, data):
     result["schedule"] = schedule.get_config()["config"]
     model = tfsdn.prune_dense_connections(model, schedule)
     callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
-                  tfsdn.StageCheck()]
+                  tfsdn.UpdateScores()]
   elif arm == "tfmot_unstructured":
     model = unstructured_pruning(model, config, data.steps_per_epoch)
     callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())

@@ -158,7 +158,7 @@ def main(argv):
              callbacks=[
                  tfmot.sparsity.keras.UpdatePruningStep(),
                  tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                 tfsdn.StageCheck(log_dir=log_dir),
+                 tfsdn.UpdateScores(log_dir=log_dir),
                  keras.callbacks.LearningRateScheduler(
                      recipe.step_decay(FLAGS.learning_rate, FLAGS.epochs)),
              ])

@@ -208,7 +208,7 @@ def main(argv):
       model = tfsdn.prune_dense_connections(model, schedule)
       callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
                     tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                    tfsdn.StageCheck(log_dir=log_dir)]
+                    tfsdn.UpdateScores(log_dir=log_dir)]
     else:
       callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     recipe.compile_for_training(model, values["learning_rate"],

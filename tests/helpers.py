@@ -31,7 +31,11 @@ def compile_sgd(model, learning_rate=0.05):
 
 
 def fit_steps(model, steps, batch_size=8, seed=0, epochs=1, callbacks=()):
+  """Fits on random data with tfmot's and tfsdn's pruning callbacks."""
   x, y = random_data(steps * batch_size, seed)
+  callbacks = list(callbacks)
+  if not any(isinstance(c, tfsdn.UpdateScores) for c in callbacks):
+    callbacks.append(tfsdn.UpdateScores())
   model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
             shuffle=False,
             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks])

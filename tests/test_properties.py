@@ -80,15 +80,18 @@ def test_a_non_finite_batch_changes_no_score_and_no_mask(
   hypothesis.assume((scores > 0).any())
   layer.contribution_score.assign(scores)
   layer(features, training=True)
+  layer.update_scores()
   before = layer.contribution_score.numpy().copy()
   abs_mean = layer.input_abs_mean.numpy().copy()
   poisoned = [f.copy() for f in features]
   flat = poisoned[where % len(poisoned)].reshape(-1)
   flat[where % flat.size] = bad
   layer(poisoned, training=True)
+  layer.update_scores()
   np.testing.assert_array_equal(layer.contribution_score.numpy(), before)
   np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
   layer(features, training=True)
+  layer.update_scores()
   after = layer.contribution_score.numpy()
   assert np.isfinite(after).all()
   np.testing.assert_array_equal(after > 0, scores > 0)
@@ -142,7 +145,7 @@ def test_small_densenets_reach_the_schedule_and_strip_keeps_the_function(
   stages = [(first + i * gap, s) for i, s in enumerate(sorted(sparsities))]
   pruned = tfsdn.prune_dense_connections(model, tfsdn.StagedSparsity(stages))
   helpers.compile_sgd(pruned, learning_rate)
-  check = tfsdn.StageCheck()
+  check = tfsdn.UpdateScores()
   helpers.fit_steps(pruned, stages[-1][0] + 1, batch_size=4, seed=seed,
                     callbacks=[check])
   assert [h["step"] for h in check.history] == [s for s, _ in stages]

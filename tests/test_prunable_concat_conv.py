@@ -53,6 +53,7 @@ def test_training_updates_scores_normalised_and_pruned_stay_zero(criterion):
   layer.contribution_score.assign(scores)
   for seed in range(3):
     layer(_features(seed), training=True)
+  assert layer.update_scores()
   updated = layer.contribution_score.numpy()
   assert updated[0] == 0 and updated[5] == 0
   live = np.delete(updated, [0, 5])
@@ -64,6 +65,7 @@ def test_expected_l1_scores_follow_the_definition():
   layer = _layer(score_momentum=0.0)
   features = _features(4)
   layer(features, training=True)
+  layer.update_scores()
   x = tf.nn.relu(layer.batch_norm(np.concatenate(features, -1),
                                   training=True)).numpy()
   raw = x.mean(axis=(0, 1, 2)) * np.abs(layer.conv.kernel.numpy()).sum(
@@ -74,11 +76,20 @@ def test_expected_l1_scores_follow_the_definition():
                              rtol=1e-3)
 
 
-def test_inference_does_not_change_scores():
+def test_training_measures_statistics_and_only_update_scores_scores():
   layer = _layer()
   before = layer.contribution_score.numpy().copy()
-  layer(_features(2), training=False)
+  layer(_features(2), training=False)  # Inference measures nothing.
+  assert not layer.input_abs_mean.numpy().any()
+  layer(_features(2), training=True)  # Training measures, scores nothing.
+  assert layer.input_abs_mean.numpy().any()
   np.testing.assert_array_equal(layer.contribution_score.numpy(), before)
+  layer.measuring.assign(0.0)  # After the last stage: no more measuring.
+  abs_mean = layer.input_abs_mean.numpy().copy()
+  layer(_features(3), training=True)
+  np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
+  assert layer.update_scores()
+  assert not np.array_equal(layer.contribution_score.numpy(), before)
 
 
 def test_get_prunable_weights_is_exactly_the_score_variable():
@@ -163,16 +174,19 @@ def test_a_non_finite_batch_changes_no_score_and_kills_no_layer(bad,
   scores[2] = 0
   layer.contribution_score.assign(scores)
   layer(_features(0), training=True)
+  layer.update_scores()
   before = layer.contribution_score.numpy().copy()
   abs_mean = layer.input_abs_mean.numpy().copy()
   features = _features(1)
   features[0][0, 0, 0, 1] = bad
   layer(features, training=True)
+  layer.update_scores()
   np.testing.assert_array_equal(layer.contribution_score.numpy(), before)
   np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
   layer.conv.kernel.assign(layer.conv.kernel * np.linspace(
       0.5, 2.0, 8).reshape(1, 1, 8, 1))
   layer(_features(2), training=True)  # The next finite batch updates again.
+  layer.update_scores()
   after = layer.contribution_score.numpy()
   assert np.isfinite(after).all() and not np.array_equal(after, before)
   assert layer.pruned_channels().tolist() == [2]
@@ -185,6 +199,7 @@ def test_live_scores_are_pairwise_distinct_after_training_even_when_tied():
   layer = _layer(batch_norm_trainable=False)
   layer.batch_norm.beta.assign([0, 0, 0, -100, -100, -100, -100, -100])
   layer(_features(0), training=True)
+  layer.update_scores()
   scores = layer.contribution_score.numpy()
   assert (scores > 0).all() and len(set(scores.tolist())) == 8
   assert np.argsort(scores)[:5].tolist() == [3, 4, 5, 6, 7]

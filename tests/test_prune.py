@@ -1,3 +1,4 @@
+import collections
 import os
 
 import keras as keras3
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow.python.distribute import distribute_lib
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 import tfsdn
@@ -143,7 +145,7 @@ def test_replicas_seeing_mirror_image_batches_still_prune_exactly(mirrored):
   first[..., 1] = 3
   second = np.ones((1, 2, 2, 2), "float32")
   second[..., 0] = 3
-  check = tfsdn.StageCheck()
+  check = tfsdn.UpdateScores()
   pruned.fit(np.concatenate([first, second] * 2), np.zeros((4, 1)),
              batch_size=2, shuffle=False, verbose=0,
              callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), check])
@@ -152,6 +154,45 @@ def test_replicas_seeing_mirror_image_batches_still_prune_exactly(mirrored):
   trained = tfsdn.prunable_layers(pruned)[0]
   np.testing.assert_allclose(trained.input_abs_mean.numpy(), [2.0, 2.0],
                              rtol=1e-4)
+
+
+def _merge_calls_per_step(strategy, model, monkeypatch):
+  """Cross-replica merges traced in one training step, by merge function."""
+  calls = []
+  original = distribute_lib.ReplicaContext.merge_call
+
+  def counting(self, merge_fn, args=(), kwargs=None):
+    calls.append(getattr(merge_fn, "__qualname__", repr(merge_fn)))
+    return original(self, merge_fn, args, kwargs)
+
+  monkeypatch.setattr(distribute_lib.ReplicaContext, "merge_call", counting)
+
+  @tf.function
+  def step(x, y):
+    return strategy.run(model.train_step, args=((x, y),))
+
+  step.get_concrete_function(tf.TensorSpec([4, 32, 32, 3]),
+                             tf.TensorSpec([4], tf.int64))
+  monkeypatch.undo()
+  return collections.Counter(calls)
+
+
+def test_scores_add_no_synchronisation_to_a_training_step(mirrored,
+                                                         monkeypatch):
+  # tfsdn's statistics are per replica (ON_READ) and its scores are computed
+  # by UpdateScores outside the step: a training step of a tfsdn DenseNet
+  # merges across replicas exactly as often as the same net of stock layers,
+  # and pruning adds only tfmot's own merges (mask update, mask multiply).
+  with mirrored.scope():
+    model = helpers.compile_sgd(helpers.tiny_densenet())
+    stock = helpers.compile_sgd(tfsdn.strip_to_compact(helpers.tiny_densenet()))
+    pruned = helpers.compile_sgd(
+        tfsdn.prune_dense_connections(helpers.tiny_densenet(), _schedule()))
+  stock_merges = _merge_calls_per_step(mirrored, stock, monkeypatch)
+  assert _merge_calls_per_step(mirrored, model, monkeypatch) == stock_merges
+  extra = _merge_calls_per_step(mirrored, pruned, monkeypatch) - stock_merges
+  assert extra and all("mask_update" in name or "weight_assign" in name
+                       for name in extra), extra
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

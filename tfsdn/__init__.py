@@ -6,7 +6,7 @@ definition of live/pruned), `tfsdn.schedule` (`epoch_step`, `pruned_count`)
 and `tfsdn.data` (CIFAR input pipelines). The data flows one way:
 
   layer (PrunableConcatConv, make_prunable) -> prune (prune_dense_connections,
-  StagedSparsity, StageCheck) -> strip (strip: compact model + what it kept)
+  StagedSparsity, UpdateScores) -> strip (strip: compact model + what it kept)
   -> report (model_report, plot_connectivity) / export (export_saved_model,
   export_tflite).
 
@@ -19,6 +19,8 @@ from tfsdn import criteria
 from tfsdn import data
 from tfsdn import densenet
 from tfsdn import schedule
+from tfsdn.callbacks import StageShortfallError
+from tfsdn.callbacks import UpdateScores
 from tfsdn.compact import Stripped
 from tfsdn.compact import strip
 from tfsdn.compact import strip_to_compact
@@ -34,18 +36,16 @@ from tfsdn.report import ModelReport
 from tfsdn.report import comparison_markdown
 from tfsdn.report import model_report
 from tfsdn.schedule import StagedSparsity
-from tfsdn.stage_check import StageCheck
-from tfsdn.stage_check import StageShortfallError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelReport",
     "PrunableConcatConv",
-    "StageCheck",
     "StageShortfallError",
     "StagedSparsity",
     "Stripped",
+    "UpdateScores",
     "comparison_markdown",
     "conversion_plan",
     "criteria",

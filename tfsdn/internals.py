@@ -14,6 +14,8 @@ TensorFlow and tf_keras to one minor version.
   functional model, and whether a model has one.
 - `Node.call_args`, `Node.call_kwargs`, `Node.is_input`, `Node.outputs`,
   `Node.layer`: how a node called its layer.
+- `Model._steps_per_execution`: how many steps one call of the compiled
+  training function runs.
 - tfmot's `PruneLowMagnitude` (sparsity/keras/pruning_wrapper.py): the
   wrapper `prune_low_magnitude` puts around each layer.
 """
@@ -37,6 +39,12 @@ def nodes_by_depth(model):
 def call_arguments(node):
   """`(args, kwargs)` with which `node` called its layer."""
   return node.call_args, node.call_kwargs
+
+
+def steps_per_execution(model):
+  """Training steps per call of the compiled train function (1 if unset)."""
+  variable = getattr(model, "_steps_per_execution", None)
+  return 1 if variable is None else int(variable.numpy())
 
 
 def node_layer(node):

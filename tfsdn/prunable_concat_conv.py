@@ -26,8 +26,10 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
   `contribution_score`); a channel is live iff its score is > 0 and pruned
   iff it is exactly 0. `get_prunable_weights()` returns that score variable, so
   `tfmot.sparsity.keras.prune_low_magnitude` prunes the lowest-scoring input
-  channels, and a pruned channel stays pruned: the layer only ever rewrites
-  live scores.
+  channels, and a pruned channel stays pruned: `update_scores` (called by
+  `tfsdn.UpdateScores` before each stage) only ever rewrites live scores.
+  In training the layer only measures the statistics its criterion needs,
+  per replica, without synchronising.
 
   Example:
 
@@ -137,9 +139,10 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
         keras.initializers.RandomUniform(0.05, 1.0)
         if self.criterion == "random" else "ones")
     # Scores and statistics stay float32 under mixed precision (no
-    # autocast). Under a tf.distribute strategy the statistics are averaged
-    # across replicas and every replica computes the same scores from them
-    # (so the MEAN of the scores is each replica's own, tie-free).
+    # autocast). The statistics are kept per replica and averaged when read
+    # (ON_READ, like BatchNormalization's moving statistics), so measuring
+    # them costs no synchronisation; the scores are computed from the
+    # averaged statistics by `update_scores`, once before each stage.
     self.contribution_score = self.add_weight(
         "contribution_score", shape=(channels,), dtype=tf.float32,
         initializer=score_initializer, trainable=False,
@@ -148,7 +151,14 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     self.input_abs_mean = self.add_weight(
         "input_abs_mean", shape=(channels,), dtype=tf.float32,
         initializer="zeros", trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
         aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
+    # 1.0 while later stages still need the statistics; set to 0 after the
+    # last stage, when measuring would be wasted work.
+    self.measuring = self.add_weight(
+        "measuring", shape=(), dtype=tf.float32, initializer="ones",
+        trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        experimental_autocast=False)
     if self.group_lasso > 0:
       self.add_loss(lambda: self.group_lasso * tf.reduce_sum(
           criteria.kernel_input_l2(self.conv.kernel)))
@@ -191,17 +201,47 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     """The fraction of input channels that are pruned."""
     return float(np.mean(~self.live_mask()))
 
-  def raw_scores(self, input_abs_mean=None):
+  def raw_scores(self):
     """The criterion's raw (unnormalised) score per input channel."""
     if self.criterion == "expected_l1":
-      if input_abs_mean is None:
-        input_abs_mean = self.input_abs_mean
-      return criteria.expected_l1_scores(input_abs_mean, self.conv.kernel)
+      return criteria.expected_l1_scores(self.input_abs_mean,
+                                         self.conv.kernel)
     if self.criterion == "weight_l1":
       return criteria.weight_l1_scores(self.conv.kernel)
     if self.criterion == "bn_gamma":
       return criteria.bn_gamma_scores(self.batch_norm.gamma)
     return tf.identity(self.contribution_score)  # "random": fixed scores.
+
+  def update_scores(self):
+    """Recomputes the contribution scores of the live input channels.
+
+    Called once before each pruning stage by the `tfsdn.UpdateScores`
+    callback (outside the training step; under a tf.distribute strategy, in
+    its scope), so a stage prunes by scores measured up to the step before
+    it. `expected_l1` scores come from the moving average of E[|x_i|]
+    (`score_momentum`), averaged over replicas and workers, and the kernel;
+    `weight_l1` and `bn_gamma` from the weights at that moment; `random`
+    scores stay as drawn. Live scores are normalised to mean 1 and made
+    pairwise distinct in the order of the raw scores (`criteria`), pruned
+    ones stay 0, and non-finite raw scores (diverged weights) leave the
+    scores as they were. Every replica computes the same scores.
+
+    Returns:
+      True if the scores were updated, False if they were left as they were.
+    """
+    live = criteria.is_live(self.contribution_score)
+    raw = self.raw_scores()
+    if self.criterion == "random":
+      # Fixed scores: not renormalised (which would drift by ulps); distinct
+      # scores go through break_ties bit for bit unchanged.
+      scores = criteria.break_ties(raw, live)
+    else:
+      scores = criteria.break_ties(
+          criteria.normalize_scores(raw, live), live, order=raw)
+    if not bool(criteria.all_finite(raw)):
+      return False
+    self.contribution_score.assign(scores)
+    return True
 
   def call(self, inputs, training=None):
     # In the compute dtype (bfloat16/float16 under a mixed policy), also
@@ -210,43 +250,33 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
     x = self.batch_norm(x, training=training)
     x = tf.nn.relu(x)
-    live = tf.cast(criteria.is_live(self.contribution_score), tf.float32)
+    live = tf.cast(criteria.is_live(self.contribution_score), x.dtype)
+    if self.criterion != "expected_l1":
+      return self.conv(x * live)  # Scores need no statistics.
 
     if training is None:
       training = keras.backend.learning_phase()
 
-    def update_scores():
-      batch_abs_mean = tf.reduce_mean(
-          tf.cast(x, tf.float32), axis=[0, 1, 2])
+    def measure():
+      batch_abs_mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[0, 1, 2])
       # A non-finite batch (an overflow, a NaN input) must not reach the
       # statistics: one NaN score would read as pruned and, through the
-      # normalisation, spread to the whole layer. Non-finite raw scores
-      # (diverged weights) leave the scores as they were.
+      # normalisation, spread to the whole layer.
       new_abs_mean = tf.where(
           criteria.all_finite(batch_abs_mean),
           self.score_momentum * self.input_abs_mean +
           (1.0 - self.score_momentum) * batch_abs_mean, self.input_abs_mean)
-      update_mean = self.input_abs_mean.assign(new_abs_mean)
-      with tf.control_dependencies([update_mean]):
-        # Read back: under a tf.distribute strategy the assign averaged the
-        # replicas' statistics (MEAN aggregation), so every replica computes
-        # the same scores from every replica's batches.
-        raw = self.raw_scores(tf.identity(self.input_abs_mean))
-        if self.criterion == "random":
-          # Fixed scores: not renormalised (which would drift by ulps every
-          # step); break_ties leaves distinct scores bit for bit as they are.
-          scores = criteria.break_ties(raw, live)
-        else:
-          scores = criteria.break_ties(
-              criteria.normalize_scores(raw, live), live, order=raw)
-        scores = tf.where(criteria.all_finite(raw), scores,
-                          self.contribution_score)
-        return self.contribution_score.assign(scores)
+      with tf.control_dependencies([self.input_abs_mean.assign(new_abs_mean)]):
+        return tf.constant(True)
 
+    def skip():
+      return tf.constant(False)
+
+    # Local to each replica: no synchronisation in the training step.
     update = tf.__internal__.smart_cond.smart_cond(
-        training, update_scores, lambda: tf.identity(self.contribution_score))
+        training, lambda: tf.cond(self.measuring > 0, measure, skip), skip)
     with tf.control_dependencies([update]):
-      x = x * tf.cast(live, x.dtype)
+      x = x * live
     return self.conv(x)
 
   def compute_output_shape(self, input_shape):

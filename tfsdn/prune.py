@@ -62,9 +62,10 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
   wrapped by `tfmot.sparsity.keras.prune_low_magnitude` with `schedule`;
   every other layer is copied unchanged. Weights are copied, so the original
   model is left as it was. Train the result with
-  `tfmot.sparsity.keras.UpdatePruningStep()` among the callbacks, and remove
-  the wrappers afterwards with `tfmot.sparsity.keras.strip_pruning` or
-  `tfsdn.strip_to_compact`.
+  `tfmot.sparsity.keras.UpdatePruningStep()` and `tfsdn.UpdateScores()`
+  (which computes the scores before each stage) among the callbacks, and
+  remove the wrappers afterwards with `tfmot.sparsity.keras.strip_pruning`
+  or `tfsdn.strip_to_compact`.
 
   Example:
 
@@ -74,7 +75,7 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
       model, tfsdn.StagedSparsity([(2000, 0.25), (4000, 0.5)]))
   pruned.compile(...)
   pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(),
-                              tfsdn.StageCheck()])
+                              tfsdn.UpdateScores()])
   ```
 
   Args:

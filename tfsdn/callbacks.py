@@ -1,8 +1,10 @@
-"""`StageCheck`: a callback that checks every pruning stage did what it said.
+"""`UpdateScores`: the callback that runs tfsdn's side of every stage.
 
 tfmot's `UpdatePruningStep` drives the masks; this callback, added beside it,
-reads back what each stage achieved. After every step at which a layer's
-schedule prunes, it logs each layer's pruned input channels against the
+computes the contribution scores right before each stage (outside the
+training step, so the step itself synchronises nothing for tfsdn), stops
+the statistics after the last stage, and afterwards reads back what each
+stage achieved: it logs each layer's pruned input channels against the
 count the schedule asks for (`tfsdn.schedule.pruned_count`), writes both to
 TensorBoard when given a `log_dir`, and raises `StageShortfallError` when a
 layer was pruned less than scheduled, so a silent under-pruning cannot reach
@@ -53,20 +55,26 @@ def _schedule_at(schedule, step):
   return bool(should_prune), float(sparsity)
 
 
-class StageCheck(keras.callbacks.Callback):
-  """Checks, after every pruning stage, that each layer reached its sparsity.
+class UpdateScores(keras.callbacks.Callback):
+  """Computes the scores before every pruning stage and checks it after.
 
-  Add it beside `tfmot.sparsity.keras.UpdatePruningStep()`:
+  Add it beside `tfmot.sparsity.keras.UpdatePruningStep()`; without it the
+  scores are never computed and a stage has nothing to go by:
 
   ```python
   pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(),
-                              tfsdn.StageCheck(log_dir="logs")])
+                              tfsdn.UpdateScores(log_dir="logs")])
   ```
 
-  After every training step at which a layer's schedule prunes (also with
-  `steps_per_execution > 1`: every step since the last batch is checked), it
-  logs, per layer, the pruned input channels and the scheduled count. A
-  layer with fewer pruned channels than scheduled raises
+  Before each training call that contains a step at which a layer's
+  schedule prunes, it calls that layer's `update_scores()` (in the model's
+  distribution strategy scope: the statistics are averaged over replicas
+  and workers once, there), so the stage at step s prunes by scores
+  measured up to the step before the call (step s - 1 with
+  `steps_per_execution=1`). After a layer's last stage its statistics stop.
+  After every stage step (with `steps_per_execution > 1`, every step since
+  the last batch) it logs, per layer, the pruned input channels and the
+  scheduled count. A layer with fewer pruned channels than scheduled raises
   `StageShortfallError` (training stops); one with more (pruned earlier by
   other means) is logged as a warning.
 
@@ -95,12 +103,27 @@ class StageCheck(keras.callbacks.Callback):
     self._wrappers = pruning_wrappers(self.model)
     if not self._wrappers:
       raise ValueError(
-          f"StageCheck: model {self.model.name!r} has no PrunableConcatConv "
+          f"UpdateScores: model {self.model.name!r} has no PrunableConcatConv "
           "wrapped for pruning; use it with a model returned by "
           "tfsdn.prune_dense_connections.")
     self._last_step = self._step()
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
+    self._set_measuring(self._last_step)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    step = max(self._step(), 0)
+    coming = range(step + 1,
+                   step + 1 + internals.steps_per_execution(self.model))
+    due = [wrapper for wrapper in self._wrappers
+           if any(_schedule_at(wrapper.pruning_schedule, s)[0]
+                  for s in coming)]
+    if due:
+      with self.model.distribute_strategy.scope():
+        for wrapper in due:
+          if not wrapper.layer.update_scores():
+            logging.warning("%s: non-finite raw scores; the stage prunes by "
+                            "the scores of before.", wrapper.layer.name)
 
   def on_train_batch_end(self, batch, logs=None):
     step = self._step()
@@ -108,6 +131,18 @@ class StageCheck(keras.callbacks.Callback):
     self._last_step = step
     for checked in range(first, step + 1):
       self._check(checked, step)
+    if step >= first:
+      self._set_measuring(step)
+
+  def _set_measuring(self, step):
+    """Stops the statistics of layers whose schedule has no stage left."""
+    for wrapper in self._wrappers:
+      layer = wrapper.layer
+      stages = getattr(wrapper.pruning_schedule, "stages", None)
+      done = stages is not None and step >= stages[-1][0]
+      if float(keras.backend.get_value(layer.measuring)) != float(not done):
+        with self.model.distribute_strategy.scope():
+          layer.measuring.assign(float(not done))
 
   def on_train_end(self, logs=None):
     if self._writer is not None:

@@ -1,4 +1,4 @@
-"""StageCheck: every stage is read back, and a shortfall stops training."""
+"""UpdateScores: every stage is read back, and a shortfall stops training."""
 
 import glob
 
@@ -17,7 +17,7 @@ from tests import helpers
 def test_records_every_stage_with_exact_counts(tmp_path):
   pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
       helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.3), (4, 0.5)])))
-  check = tfsdn.StageCheck(log_dir=str(tmp_path / "logs"))
+  check = tfsdn.UpdateScores(log_dir=str(tmp_path / "logs"))
   helpers.fit_steps(pruned, 5, callbacks=[check])
   assert [h["step"] for h in check.history] == [2, 4]
   for entry, sparsity in zip(check.history, [0.3, 0.5]):
@@ -34,7 +34,7 @@ def test_steps_per_execution_still_checks_stages_inside_an_execution():
   pruned.compile(keras.optimizers.SGD(0.01),
                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  steps_per_execution=3)
-  check = tfsdn.StageCheck()
+  check = tfsdn.UpdateScores()
   helpers.fit_steps(pruned, 6, callbacks=[check])
   assert [h["step"] for h in check.history] == [2]
 
@@ -61,7 +61,7 @@ def _fit_zero_channel_model(callbacks, sparsity=0.25):
 
 
 def test_tied_zero_channels_are_pruned_exactly_lowest_index_first():
-  check = tfsdn.StageCheck()
+  check = tfsdn.UpdateScores()
   layer = _fit_zero_channel_model([check])
   # 8 * 0.75 = 6 kept: 2 of the 5 tied dead channels go, by index.
   assert layer.pruned_channels().tolist() == [3, 4]
@@ -74,8 +74,8 @@ def test_a_shortfall_raises_and_names_the_layer(monkeypatch):
       criteria, "break_ties",
       lambda scores, live, order=None: scores * _as_float(live))
   with pytest.raises(tfsdn.StageShortfallError, match=r"pcc 0/2/8"):
-    _fit_zero_channel_model([tfsdn.StageCheck()])
-  layer = _fit_zero_channel_model([tfsdn.StageCheck(raise_on_shortfall=False)])
+    _fit_zero_channel_model([tfsdn.UpdateScores()])
+  layer = _fit_zero_channel_model([tfsdn.UpdateScores(raise_on_shortfall=False)])
   assert len(layer.pruned_channels()) == 0
 
 
@@ -86,9 +86,9 @@ def _as_float(live):
 def test_refuses_a_model_without_wrapped_layers():
   model = helpers.compile_sgd(helpers.tiny_densenet())
   with pytest.raises(ValueError, match="prune_dense_connections"):
-    helpers.fit_steps(model, 1, callbacks=[tfsdn.StageCheck()])
+    helpers.fit_steps(model, 1, callbacks=[tfsdn.UpdateScores()])
 
 
 def test_arguments_are_checked_where_they_enter():
   with pytest.raises(TypeError, match="raise_on_shortfall='no'"):
-    tfsdn.StageCheck(raise_on_shortfall="no")
+    tfsdn.UpdateScores(raise_on_shortfall="no")
