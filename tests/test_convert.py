@@ -44,7 +44,8 @@ def test_applications_densenet_keeps_its_function(name, shape):
   converted = tfsdn.make_prunable(original)
   assert _count_prunable(converted) == count
   assert converted.count_params() == original.count_params() + sum(
-      2 * l.input_channels for l in tfsdn.prunable_layers(converted))
+      2 * l.input_channels + 1  # scores, statistics, the measuring flag
+      for l in tfsdn.prunable_layers(converted))
   # Logits (no softmax), so a difference cannot hide in a saturated output.
   assert _max_diff(original, converted, _images(shape)) <= 1e-5
   plan = tfsdn.conversion_plan(original)

@@ -10,8 +10,10 @@ import json
 import os
 import re
 import socket
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -20,6 +22,29 @@ from tests.test_data import write_tfrecords
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
+
+
+def _start_workers(args, log_dir):
+  """Starts one process per worker with its TF_CONFIG; returns them."""
+  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+  processes = []
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({
+        "cluster": {"worker": workers},
+        "task": {"type": "worker", "index": index}}))
+    log = open(log_dir / f"worker{index}.log", "w")  # pylint: disable=consider-using-with
+    processes.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=log,
+                                      stderr=subprocess.STDOUT, text=True))
+  return processes
+
+
+def _wait(processes, log_dir):
+  logs = []
+  for index, process in enumerate(processes):
+    process.wait(timeout=600)
+    logs.append((log_dir / f"worker{index}.log").read_text())
+    assert process.returncode == 0, logs[-1][-4000:]
+  return logs
 
 
 def _free_ports(count):
@@ -36,26 +61,13 @@ def _free_ports(count):
 def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
   records = write_tfrecords(tmp_path / "cifar", count=48)
   model_dir = tmp_path / "run"
-  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
   args = [sys.executable, SCRIPT, f"--dataset=tfrecord:{records}",
           f"--model_dir={model_dir}", "--distribution_strategy="
           "multi_worker_mirrored", "--depth=10", "--growth_rate=4",
           "--epochs=2", "--batch_size=16", "--train_size=48",
           "--eval_size=16", "--num_stages=2", "--prune_begin_epoch=0",
           "--prune_end_epoch=1"]
-  processes = []
-  for index in range(2):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({
-        "cluster": {"worker": workers},
-        "task": {"type": "worker", "index": index}}))
-    processes.append(subprocess.Popen(
-        args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
-  logs = []
-  for process in processes:
-    out, _ = process.communicate(timeout=600)
-    logs.append(out)
-    assert process.returncode == 0, out[-4000:]
+  logs = _wait(_start_workers(args, tmp_path), tmp_path)
   digests = [re.findall(r"Live input channels digest: (\w+)", log)
              for log in logs]
   assert len(digests[0]) == 1 and digests[0] == digests[1], digests
@@ -74,3 +86,38 @@ def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
                    "final_model.keras", "flags.json", "logs", "report.md",
                    "results.json"], names
   assert not [p for p in model_dir.rglob("*") if "worker" in p.name]
+
+
+@pytest.mark.multi_worker
+def test_killed_workers_restarted_with_the_same_flags_resume(tmp_path):
+  records = write_tfrecords(tmp_path / "cifar", count=48)
+  model_dir = tmp_path / "run"
+  args = [sys.executable, SCRIPT, f"--dataset=tfrecord:{records}",
+          f"--model_dir={model_dir}", "--distribution_strategy="
+          "multi_worker_mirrored", "--depth=10", "--growth_rate=4",
+          "--epochs=3", "--batch_size=16", "--train_size=48",
+          "--eval_size=16", "--num_stages=2", "--prune_begin_epoch=0",
+          "--prune_end_epoch=1"]
+  processes = _start_workers(args, tmp_path)
+  # Kill both once the chief's backup of epoch 1 exists (during epoch 2).
+  deadline = time.time() + 300
+  backup = model_dir / "backup"
+  while time.time() < deadline and all(p.poll() is None for p in processes):
+    if backup.exists() and any(p.name == "checkpoint"
+                               for p in backup.rglob("*")):
+      break
+    time.sleep(0.2)
+  assert all(p.poll() is None for p in processes), (
+      tmp_path / "worker0.log").read_text()[-3000:]
+  for process in processes:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  assert not (model_dir / "results.json").exists()
+  logs = _wait(_start_workers(args, tmp_path), tmp_path)
+  for log in logs:
+    assert "Epoch 1/3" not in log, log[-3000:]  # resumed, not restarted
+  digests = [re.findall(r"Live input channels digest: (\w+)", log)
+             for log in logs]
+  assert len(digests[0]) == 1 and digests[0] == digests[1]
+  results = json.loads((model_dir / "results.json").read_text())
+  assert results["mean_sparsity"] == 0.5
