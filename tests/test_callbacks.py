@@ -26,6 +26,21 @@ def test_records_every_stage_with_exact_counts(tmp_path):
       assert scheduled == schedule_lib.pruned_count(channels, sparsity)
       assert pruned_count == scheduled
   assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+  # After the last stage no layer measures statistics any more.
+  layers = tfsdn.prunable_layers(pruned)
+  assert all(float(l.measuring.numpy()) == 0.0 for l in layers)
+  frozen = [l.input_abs_mean.numpy().copy() for l in layers]
+  helpers.fit_steps(pruned, 2, seed=1, callbacks=[check])
+  for layer, abs_mean in zip(layers, frozen):
+    np.testing.assert_array_equal(layer.input_abs_mean.numpy(), abs_mean)
+
+
+def test_layers_keep_measuring_while_a_stage_is_still_to_come():
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.3), (40, 0.5)])))
+  helpers.fit_steps(pruned, 4)
+  assert all(float(l.measuring.numpy()) == 1.0
+             for l in tfsdn.prunable_layers(pruned))
 
 
 def test_steps_per_execution_still_checks_stages_inside_an_execution():

@@ -129,9 +129,8 @@ class UpdateScores(keras.callbacks.Callback):
     step = self._step()
     first = max(self._last_step, 0) + 1
     self._last_step = step
-    for checked in range(first, step + 1):
-      self._check(checked, step)
-    if step >= first:
+    staged = [self._check(checked, step) for checked in range(first, step + 1)]
+    if any(staged):  # Only a stage can be a layer's last one.
       self._set_measuring(step)
 
   def _set_measuring(self, step):
@@ -152,7 +151,11 @@ class UpdateScores(keras.callbacks.Callback):
     return int(keras.backend.get_value(self._wrappers[0].pruning_step))
 
   def _check(self, stage_step, current_step):
-    """Checks the layers whose schedule pruned at `stage_step`."""
+    """Checks the layers whose schedule pruned at `stage_step`.
+
+    Returns:
+      True if some layer had a stage at `stage_step`.
+    """
     rows, short = {}, []
     for wrapper in self._wrappers:
       should_prune, _ = _schedule_at(wrapper.pruning_schedule, stage_step)
@@ -168,7 +171,7 @@ class UpdateScores(keras.callbacks.Callback):
       if pruned < scheduled:
         short.append(layer.name)
     if not rows:
-      return
+      return False
     self.history.append({"step": stage_step, "layers": rows})
     pruned_total = sum(r[0] for r in rows.values())
     scheduled_total = sum(r[1] for r in rows.values())
@@ -197,3 +200,4 @@ class UpdateScores(keras.callbacks.Callback):
       if self.raise_on_shortfall:
         raise StageShortfallError(message)
       logging.error(message)
+    return True
