@@ -24,6 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
 
 
+def _args(records, model_dir, epochs):
+  """train_cifar.py on two workers: a tiny DenseNet, two stages."""
+  return [sys.executable, SCRIPT, f"--dataset=tfrecord:{records}",
+          f"--model_dir={model_dir}",
+          "--distribution_strategy=multi_worker_mirrored", "--depth=10",
+          "--growth_rate=4", f"--epochs={epochs}", "--batch_size=16",
+          "--train_size=48", "--eval_size=16", "--num_stages=2",
+          "--prune_begin_epoch=0", "--prune_end_epoch=1"]
+
+
 def _start_workers(args, log_dir):
   """Starts one process per worker with its TF_CONFIG; returns them."""
   workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
@@ -32,9 +42,9 @@ def _start_workers(args, log_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({
         "cluster": {"worker": workers},
         "task": {"type": "worker", "index": index}}))
-    log = open(log_dir / f"worker{index}.log", "w")  # pylint: disable=consider-using-with
-    processes.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=log,
-                                      stderr=subprocess.STDOUT, text=True))
+    with open(log_dir / f"worker{index}.log", "w") as log:  # Popen dups it.
+      processes.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT, text=True))
   return processes
 
 
@@ -61,12 +71,7 @@ def _free_ports(count):
 def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
   records = write_tfrecords(tmp_path / "cifar", count=48)
   model_dir = tmp_path / "run"
-  args = [sys.executable, SCRIPT, f"--dataset=tfrecord:{records}",
-          f"--model_dir={model_dir}", "--distribution_strategy="
-          "multi_worker_mirrored", "--depth=10", "--growth_rate=4",
-          "--epochs=2", "--batch_size=16", "--train_size=48",
-          "--eval_size=16", "--num_stages=2", "--prune_begin_epoch=0",
-          "--prune_end_epoch=1"]
+  args = _args(records, model_dir, epochs=2)
   logs = _wait(_start_workers(args, tmp_path), tmp_path)
   digests = [re.findall(r"Live input channels digest: (\w+)", log)
              for log in logs]
@@ -92,12 +97,7 @@ def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
 def test_killed_workers_restarted_with_the_same_flags_resume(tmp_path):
   records = write_tfrecords(tmp_path / "cifar", count=48)
   model_dir = tmp_path / "run"
-  args = [sys.executable, SCRIPT, f"--dataset=tfrecord:{records}",
-          f"--model_dir={model_dir}", "--distribution_strategy="
-          "multi_worker_mirrored", "--depth=10", "--growth_rate=4",
-          "--epochs=3", "--batch_size=16", "--train_size=48",
-          "--eval_size=16", "--num_stages=2", "--prune_begin_epoch=0",
-          "--prune_end_epoch=1"]
+  args = _args(records, model_dir, epochs=3)
   processes = _start_workers(args, tmp_path)
   # Kill both once the chief's backup of epoch 1 exists (during epoch 2).
   deadline = time.time() + 300

@@ -97,6 +97,7 @@ class UpdateScores(keras.callbacks.Callback):
     self.history = []
     self._wrappers = []
     self._last_step = None
+    self._steps_per_execution = 1
     self._writer = None
 
   def on_train_begin(self, logs=None):
@@ -107,6 +108,8 @@ class UpdateScores(keras.callbacks.Callback):
           "wrapped for pruning; use it with a model returned by "
           "tfsdn.prune_dense_connections.")
     self._last_step = self._step()
+    # Fixed by compile(): read once, not before every batch.
+    self._steps_per_execution = internals.steps_per_execution(self.model)
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
     self._set_measuring(self._last_step)
@@ -114,7 +117,7 @@ class UpdateScores(keras.callbacks.Callback):
   def on_train_batch_begin(self, batch, logs=None):
     step = max(self._step(), 0)
     coming = range(step + 1,
-                   step + 1 + internals.steps_per_execution(self.model))
+                   step + 1 + self._steps_per_execution)
     due = [wrapper for wrapper in self._wrappers
            if any(_schedule_at(wrapper.pruning_schedule, s)[0]
                   for s in coming)]

@@ -229,8 +229,10 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     Returns:
       True if the scores were updated, False if they were left as they were.
     """
-    live = criteria.is_live(self.contribution_score)
     raw = self.raw_scores()
+    if not bool(criteria.all_finite(raw)):
+      return False
+    live = criteria.is_live(self.contribution_score)
     if self.criterion == "random":
       # Fixed scores: not renormalised (which would drift by ulps); distinct
       # scores go through break_ties bit for bit unchanged.
@@ -238,8 +240,6 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     else:
       scores = criteria.break_ties(
           criteria.normalize_scores(raw, live), live, order=raw)
-    if not bool(criteria.all_finite(raw)):
-      return False
     self.contribution_score.assign(scores)
     return True
 
