@@ -129,6 +129,23 @@ def test_mirrored_strategy_prunes_alike_on_every_replica(mirrored):
     np.testing.assert_array_equal(values[0], values[1])  # bit for bit
 
 
+def test_global_allocation_under_mirrored_strategy(mirrored):
+  plan = tfsdn.GlobalAllocation([(2, 0.8), (4, 0.5)], floor=0.1)
+  with mirrored.scope():
+    pruned = helpers.compile_sgd(
+        tfsdn.prune_dense_connections(helpers.tiny_densenet(), plan))
+  check = tfsdn.UpdateScores()
+  helpers.fit_steps(pruned, 6, batch_size=8, callbacks=[check])
+  assert [h["step"] for h in check.history] == [2, 4]
+  for stage in check.history:
+    assert all(p == s for p, s, _ in stage["layers"].values()), stage
+  for layer in tfsdn.prunable_layers(pruned):
+    values = [v.numpy() for v in layer.contribution_score.values]
+    np.testing.assert_array_equal(values[0], values[1])
+  report = tfsdn.model_report(tfsdn.strip(pruned))
+  assert report.total_macs <= 0.5 * tfsdn.allocation.dense_macs(pruned)
+
+
 def test_replicas_seeing_mirror_image_batches_still_prune_exactly(mirrored):
   # Replica 1 sees channel 1 three times larger, replica 2 channel 0: the
   # average of their own scores ties, so all replicas must share one.

@@ -1,13 +1,15 @@
 """tfsdn: sparse DenseNets, pruned in stages by tensorflow-model-optimization.
 
 The public API is what this module exports (`__all__`), plus the modules
-`tfsdn.densenet` (builders), `tfsdn.criteria` (contribution criteria and the
-definition of live/pruned), `tfsdn.schedule` (`epoch_step`, `pruned_count`)
-and `tfsdn.data` (CIFAR input pipelines). The data flows one way:
+`tfsdn.densenet` (builders), `tfsdn.allocation` (global allocation under a
+MAC budget: `GlobalAllocation`, `layerwise_sparsity`), `tfsdn.criteria`
+(contribution criteria and the definition of live/pruned), `tfsdn.schedule`
+(`epoch_step`, `pruned_count`, `sparsity_for_count`) and `tfsdn.data` (CIFAR
+input pipelines). The data flows one way:
 
   layer (PrunableConcatConv, make_prunable) -> prune (prune_dense_connections,
-  StagedSparsity, UpdateScores) -> strip (strip: compact model + what it kept)
-  -> report (model_report, plot_connectivity) / export (export_saved_model,
+  StagedSparsity or GlobalAllocation, UpdateScores) -> strip (strip: compact
+  model + what it kept) -> report (model_report, plot_connectivity) / export (export_saved_model,
   export_tflite).
 
 Everything else (`tfsdn.graph`, `tfsdn.internals`, `tfsdn.recipe`,
@@ -15,10 +17,12 @@ Everything else (`tfsdn.graph`, `tfsdn.internals`, `tfsdn.recipe`,
 change without notice.
 """
 
+from tfsdn import allocation
 from tfsdn import criteria
 from tfsdn import data
 from tfsdn import densenet
 from tfsdn import schedule
+from tfsdn.allocation import GlobalAllocation
 from tfsdn.callbacks import StageShortfallError
 from tfsdn.callbacks import UpdateScores
 from tfsdn.compact import Stripped
@@ -40,12 +44,14 @@ from tfsdn.schedule import StagedSparsity
 __version__ = "0.1.0"
 
 __all__ = [
+    "GlobalAllocation",
     "ModelReport",
     "PrunableConcatConv",
     "StageShortfallError",
     "StagedSparsity",
     "Stripped",
     "UpdateScores",
+    "allocation",
     "comparison_markdown",
     "conversion_plan",
     "criteria",

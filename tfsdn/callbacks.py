@@ -14,9 +14,11 @@ a results table.
 from absl import logging
 import tensorflow as tf
 
+from tfsdn import allocation
 from tfsdn import checks
 from tfsdn import internals
 from tfsdn.compat import keras
+from tfsdn.allocation import AllocatedSparsity
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.schedule import StagedSparsity
 from tfsdn.schedule import pruned_count
@@ -44,6 +46,9 @@ def _schedule_at(schedule, step):
   Runs after every training batch, so a `StagedSparsity` is read from its
   stage list without running TensorFlow; other schedules are called.
   """
+  if isinstance(schedule, AllocatedSparsity):
+    # The sparsity allocated for the latest stage (set before it).
+    return step in schedule.stage_steps, schedule.current_sparsity()
   if isinstance(schedule, StagedSparsity):
     sparsity = 0.0
     for stage_step, stage_sparsity in schedule.stages:
@@ -53,6 +58,15 @@ def _schedule_at(schedule, step):
     return any(s == step for s, _ in schedule.stages), sparsity
   should_prune, sparsity = schedule(tf.constant(step, tf.int64))
   return bool(should_prune), float(sparsity)
+
+
+def _stage_steps(schedule):
+  """The steps at which `schedule` prunes, or None if it does not say."""
+  if isinstance(schedule, AllocatedSparsity):
+    return schedule.stage_steps
+  if isinstance(schedule, StagedSparsity):
+    return [step for step, _ in schedule.stages]
+  return None
 
 
 class UpdateScores(keras.callbacks.Callback):
@@ -67,7 +81,9 @@ class UpdateScores(keras.callbacks.Callback):
   ```
 
   Before each training call that contains a step at which a layer's
-  schedule prunes, it calls that layer's `update_scores()` (in the model's
+  schedule prunes, it calls that layer's `update_scores()` and, for layers
+  under a `tfsdn.GlobalAllocation`, splits the stage's budget over them
+  (`tfsdn.allocation.allocate`) (in the model's
   distribution strategy scope: the statistics are averaged over replicas
   and workers once, there), so the stage at step s prunes by scores
   measured up to the step before the call (step s - 1 with
@@ -127,6 +143,27 @@ class UpdateScores(keras.callbacks.Callback):
           if not wrapper.layer.update_scores():
             logging.warning("%s: non-finite raw scores; the stage prunes by "
                             "the scores of before.", wrapper.layer.name)
+        self._allocate(due, coming)
+
+  def _allocate(self, due, coming):
+    """Splits each due `GlobalAllocation`'s budget over its layers."""
+    groups = []
+    for wrapper in due:
+      schedule = wrapper.pruning_schedule
+      if not isinstance(schedule, AllocatedSparsity):
+        continue
+      if not any(schedule.allocation == g[0].pruning_schedule.allocation
+                 for g in groups):
+        groups.append([w for w in self._wrappers if isinstance(
+            w.pruning_schedule, AllocatedSparsity) and
+                       w.pruning_schedule.allocation == schedule.allocation])
+    for group in groups:
+      steps = group[0].pruning_schedule.stage_steps
+      step = next(s for s in coming if s in steps)
+      kept = allocation.allocate(self.model, group, step)
+      logging.info("Global allocation for the stage at step %d: inputs kept "
+                   "per layer: %s", step,
+                   ", ".join(f"{n} {k}" for n, k in kept.items()))
 
   def on_train_batch_end(self, batch, logs=None):
     step = self._step()
@@ -140,8 +177,8 @@ class UpdateScores(keras.callbacks.Callback):
     """Stops the statistics of layers whose schedule has no stage left."""
     for wrapper in self._wrappers:
       layer = wrapper.layer
-      stages = getattr(wrapper.pruning_schedule, "stages", None)
-      done = stages is not None and step >= stages[-1][0]
+      steps = _stage_steps(wrapper.pruning_schedule)
+      done = steps is not None and step >= steps[-1]
       if float(keras.backend.get_value(layer.measuring)) != float(not done):
         with self.model.distribute_strategy.scope():
           layer.measuring.assign(float(not done))

@@ -133,6 +133,8 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     self.input_channel_counts = [int(s[-1]) for s in shapes]
     channels = sum(self.input_channel_counts)
     concat_shape = shapes[0][:-1].concatenate([channels])
+    self.conv_output_shape = tuple(
+        self.conv.compute_output_shape(concat_shape).as_list())
     self.batch_norm.build(concat_shape)
     self.conv.build(concat_shape)
     score_initializer = (

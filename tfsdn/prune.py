@@ -1,8 +1,12 @@
 """`prune_dense_connections`: wrap every PrunableConcatConv for tfmot."""
 
+import fnmatch
+
 import tensorflow_model_optimization as tfmot
 
+from tfsdn import allocation as allocation_lib
 from tfsdn import internals
+from tfsdn.allocation import GlobalAllocation
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
@@ -81,8 +85,12 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
   Args:
     model: A functional or Sequential tf_keras model with at least one
       `PrunableConcatConv`.
-    schedule: A `tfmot.sparsity.keras.PruningSchedule`, usually a
-      `tfsdn.StagedSparsity`.
+    schedule: What prunes each layer: a `tfmot.sparsity.keras.PruningSchedule`
+      (usually a `tfsdn.StagedSparsity`) for every layer alike; a
+      `tfsdn.GlobalAllocation` (one ranking across layers under a MAC
+      budget; its ignored layers are not wrapped); or a dict from layer
+      names or `fnmatch` patterns to schedules (first match wins, `None`
+      leaves a layer unpruned; every prunable layer must match a key).
     **wrapper_kwargs: Passed on to `prune_low_magnitude` (layer keyword
       arguments such as `dtype`); its block, m-by-n and policy options are
       refused.
@@ -93,7 +101,9 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
   Raises:
     TypeError: for Keras 3 objects, subclassed models, or a `schedule` that
       is not a tfmot `PruningSchedule`.
-    ValueError: if the model has no `PrunableConcatConv`.
+    ValueError: if the model has no `PrunableConcatConv`, a dict of
+      schedules misses a layer, or a `GlobalAllocation`'s last budget is
+      out of reach (its floor and overrides keep more).
   """
   require_functional(model)
   meaningless = sorted(set(wrapper_kwargs) & set(_MEANINGLESS_WRAPPER_KWARGS))
@@ -104,26 +114,28 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
         "so block sparsity, m-by-n sparsity and pruning policies do not apply "
         "(the schedule is the second argument). Received: "
         f"{ {k: wrapper_kwargs[k] for k in meaningless} }")
-  if not isinstance(schedule, tfmot.sparsity.keras.PruningSchedule):
-    raise TypeError(
-        "schedule must be a tfmot.sparsity.keras.PruningSchedule such as "
-        f"tfsdn.StagedSparsity. Received: schedule={schedule!r}")
+  schedule_of = _schedule_chooser(schedule)
   wrapped = [layer.name for layer in model.layers
              if isinstance(layer, internals.PruneLowMagnitude)]
   if wrapped:
     raise ValueError(
         f"Model {model.name!r} is already wrapped for pruning (layers "
         f"{wrapped[:3]}...); call tfmot.sparsity.keras.strip_pruning first.")
-  if not prunable_layers(model):
+  layers = prunable_layers(model)
+  if not layers:
     raise ValueError(
         f"Model {model.name!r} has no PrunableConcatConv layer to prune. Build "
         "it with tfsdn.densenet or convert it with tfsdn.make_prunable.")
+  chosen = {layer.name: schedule_of(layer) for layer in layers}
+  if isinstance(schedule, GlobalAllocation):
+    allocation_lib.check_reachable(
+        model, schedule, [l for l in layers if chosen[l.name] is not None])
 
   def clone(layer):
     if isinstance(layer, keras.Model):
       return keras.models.clone_model(layer, clone_function=clone)
     copy = layer.__class__.from_config(layer.get_config())
-    if isinstance(layer, PrunableConcatConv):
+    if isinstance(layer, PrunableConcatConv) and chosen[layer.name] is not None:
       kwargs = dict(wrapper_kwargs)
       policy = copy.dtype_policy
       if policy.compute_dtype != policy.variable_dtype:
@@ -136,12 +148,47 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
         kwargs.setdefault("dtype", "float32")
         kwargs.setdefault("autocast", False)
       return tfmot.sparsity.keras.prune_low_magnitude(
-          copy, pruning_schedule=schedule, **kwargs)
+          copy, pruning_schedule=chosen[layer.name], **kwargs)
     return copy
 
   pruned = keras.models.clone_model(model, clone_function=clone)
   _copy_weights(model, pruned)
+  for layer in prunable_layers(pruned):
+    if chosen[layer.name] is None:
+      layer.measuring.assign(0.0)  # Never pruned: no statistics needed.
   return pruned
+
+
+def _schedule_chooser(schedule):
+  """`layer -> PruningSchedule or None (not pruned)` for each schedule kind."""
+  if isinstance(schedule, GlobalAllocation):
+    return schedule.schedule_for
+  if isinstance(schedule, dict):
+    for pattern, value in schedule.items():
+      if not isinstance(pattern, str) or not (
+          value is None or
+          isinstance(value, tfmot.sparsity.keras.PruningSchedule)):
+        raise TypeError(
+            "A dict of schedules maps layer names or fnmatch patterns to "
+            "tfmot PruningSchedules (or None: not pruned). Received: "
+            f"{pattern!r}: {value!r}")
+
+    def choose(layer):
+      for pattern, value in schedule.items():
+        if fnmatch.fnmatchcase(layer.name, pattern):
+          return value
+      raise ValueError(
+          f"No schedule for prunable layer {layer.name!r}: the dict's keys "
+          f"{list(schedule)} match none of its names (add '*' for a default, "
+          "or map the layer to None to leave it unpruned).")
+
+    return choose
+  if not isinstance(schedule, tfmot.sparsity.keras.PruningSchedule):
+    raise TypeError(
+        "schedule must be a tfmot.sparsity.keras.PruningSchedule such as "
+        "tfsdn.StagedSparsity, a tfsdn.GlobalAllocation, or a dict from "
+        f"layer names to schedules. Received: schedule={schedule!r}")
+  return lambda layer: schedule
 
 
 def _copy_weights(source, target):

@@ -249,5 +249,35 @@ def pruned_count(channels, sparsity):
   return int(channels - max(int(kept), 1))
 
 
+def sparsity_for_count(channels, pruned):
+  """A float32 sparsity at which tfmot prunes exactly `pruned` of `channels`.
+
+  The inverse of `pruned_count`: `pruned_count(channels, s) == pruned`.
+
+  Args:
+    channels: Number of input channels, >= 1.
+    pruned: Channels to prune, in [0, channels - 1].
+
+  Returns:
+    The sparsity, a Python float (exactly representable in float32).
+
+  Raises:
+    ValueError: if `pruned` is out of range.
+  """
+  channels = checks.integer("channels", channels, low=1)
+  pruned = checks.integer("pruned", pruned, low=0)
+  if pruned > channels - 1:
+    raise ValueError(f"A layer keeps at least one of its {channels} channels."
+                     f" Received: pruned={pruned}")
+  sparsity = np.float32(pruned / channels)
+  for _ in range(64):
+    got = pruned_count(channels, sparsity)
+    if got == pruned:
+      return float(sparsity)
+    sparsity = np.nextafter(sparsity, np.float32(1 if got < pruned else 0),
+                            dtype=np.float32)
+  raise AssertionError(f"no float32 sparsity prunes {pruned} of {channels}")
+
+
 def _is_sequence(value):
   return isinstance(value, (list, tuple))

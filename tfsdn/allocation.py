@@ -1,0 +1,464 @@
+"""Global allocation: one ranking across layers, under a budget in MACs.
+
+`StagedSparsity` gives every layer the same fraction of pruned inputs. A
+`GlobalAllocation` instead decides at each stage how many inputs each layer
+keeps, from one ranking of all live input channels of all layers, so that
+the compact model fits a budget: a fraction of the dense model's MACs
+(`budget="macs"`, what a user pays for at inference) or of its prunable
+input channels (`budget="channels"`).
+
+What is ranked. A layer's scores are normalised to mean 1 over its live
+channels (`criteria.normalize_scores`), so a raw score is not comparable
+across layers: its scale depends on the layer's input statistics and kernel.
+What is comparable is the *share* of the layer's measured contribution a
+channel carries: `score / live_channels` (its normalised score divided by
+the sum of the layer's normalised live scores). A channel is then ranked by
+its share per unit of cost, `share / cost`, where cost is the MACs one input
+channel of that layer costs (`kh * kw * filters * out_h * out_w`; 1 with
+`budget="channels"`), and the channels with the lowest share per cost go
+first: the choice a fractional knapsack makes when each layer's output
+matters equally. A channel of a 32x32 layer costs 16 times one of an 8x8
+layer, so at equal shares the larger feature maps lose inputs first.
+
+The MACs are estimated as the dense model's MACs (every Conv2D, Dense and
+PrunableConcatConv, as `model_report` counts them) minus what the pruned
+inputs cost. The strip step may remove more (producer filters that nobody
+reads any more), so the compact model's MACs are at most the estimate.
+
+The allocation runs inside tfmot's loop: every allocated layer gets its own
+`AllocatedSparsity` schedule (a tfmot `PruningSchedule`) whose sparsity
+`tfsdn.UpdateScores` sets right before each stage, after the scores are
+computed; tfmot then prunes exactly that many inputs of that layer.
+"""
+
+import fnmatch
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from tfsdn import checks
+from tfsdn import criteria
+from tfsdn.compat import keras
+from tfsdn.schedule import StagedSparsity
+from tfsdn.schedule import pruned_count
+from tfsdn.schedule import sparsity_for_count
+
+BUDGETS = ("macs", "channels")
+
+
+@keras.utils.register_keras_serializable(package="tfsdn")
+class GlobalAllocation:
+  """Stages of a budget, split over layers by one cost-aware ranking.
+
+  Example:
+
+  ```python
+  allocation = tfsdn.GlobalAllocation(
+      [(2000, 0.7), (4000, 0.45)],        # keep <= 45% of the dense MACs
+      floor=0.1, ignored_layers=["block1_layer1"],
+      overrides={"transition*": 0.25})
+  pruned = tfsdn.prune_dense_connections(model, allocation)
+  ```
+
+  Args:
+    stages: `(step, keep)` pairs: at `step` (an integer >= 2, strictly
+      increasing) the model is pruned until its estimated cost is at most
+      `keep` times the dense model's (`keep` in (0, 1], non-increasing).
+    budget: `"macs"` (the compact model's multiply-accumulates) or
+      `"channels"` (prunable input channels).
+    floor: Every allocated layer keeps at least `max(1, ceil(floor * C))`
+      of its C inputs, in [0, 1).
+    ignored_layers: Names or `fnmatch` patterns (`"block1_*"` for a block)
+      of prunable layers that are not pruned at all.
+    overrides: Dict from a name or pattern to a sparsity in [0, 1): those
+      layers are pruned layer-wise to that sparsity (reached at the last
+      stage, in proportion before it) and not ranked; their cost counts in
+      the budget. The first matching pattern wins.
+
+  Raises:
+    ValueError: for a malformed stage, budget, floor or override; the
+      message quotes it.
+  """
+
+  def __init__(self, stages, budget="macs", floor=0.1, ignored_layers=(),
+               overrides=None):
+    if budget not in BUDGETS:
+      raise ValueError(
+          f"budget must be one of {BUDGETS}. Received: budget={budget!r}")
+    pairs = _stage_pairs(stages)
+    for step, keep in pairs:
+      checks.real("keep", keep, 0.0, 1.0, low_open=True)
+    for (_, before), (step, keep) in zip(pairs, pairs[1:]):
+      if keep > before:
+        raise ValueError(
+            f"Stage budgets must be non-increasing. Received: keep={keep} at "
+            f"step {step} after keep={before} in stages={stages!r}")
+    # StagedSparsity checks the steps; its "sparsity" is 1 - keep.
+    StagedSparsity([(step, 1.0 - keep) for step, keep in pairs])
+    self.stages = pairs
+    self.budget = budget
+    self.floor = checks.real("floor", floor, 0.0, 1.0, high_open=True)
+    if isinstance(ignored_layers, str) or not all(
+        isinstance(p, str) for p in ignored_layers):
+      raise ValueError("ignored_layers must be a list of layer names or "
+                       f"patterns. Received: {ignored_layers!r}")
+    self.ignored_layers = list(ignored_layers)
+    overrides = dict(overrides or {})
+    for pattern, sparsity in overrides.items():
+      if not isinstance(pattern, str):
+        raise ValueError(f"overrides keys must be layer names or patterns. "
+                         f"Received: {pattern!r}")
+      checks.real(f"overrides[{pattern!r}]", sparsity, 0.0, 1.0,
+                  high_open=True)
+    self.overrides = {k: float(v) for k, v in overrides.items()}
+
+  @classmethod
+  def evenly(cls, final_keep, num_stages, begin_step, end_step,
+             steps_per_epoch=None, **kwargs):
+    """Stages evenly spaced as `StagedSparsity.evenly`, budgets linear.
+
+    Stage i of n keeps `1 - (1 - final_keep) * i / n` of the dense cost.
+
+    Args:
+      final_keep: Budget after the last stage, in (0, 1).
+      num_stages: Number of stages.
+      begin_step: Step (or epoch, with `steps_per_epoch`) of the first stage.
+      end_step: Step (or epoch) of the last stage.
+      steps_per_epoch: If given, begin/end count epochs (`epoch_step`).
+      **kwargs: `budget`, `floor`, `ignored_layers`, `overrides`.
+
+    Returns:
+      A `GlobalAllocation`.
+    """
+    checks.real("final_keep", final_keep, 0.0, 1.0, low_open=True,
+                high_open=True)
+    staged = StagedSparsity.evenly(1.0 - final_keep, num_stages, begin_step,
+                                   end_step, steps_per_epoch=steps_per_epoch)
+    return cls([(step, 1.0 - sparsity) for step, sparsity in staged.stages],
+               **kwargs)
+
+  @property
+  def stage_steps(self):
+    return [step for step, _ in self.stages]
+
+  def is_ignored(self, name):
+    return any(fnmatch.fnmatchcase(name, p) for p in self.ignored_layers)
+
+  def override(self, name):
+    """The overriding sparsity of layer `name`, or None."""
+    for pattern, sparsity in self.overrides.items():
+      if fnmatch.fnmatchcase(name, pattern):
+        return sparsity
+    return None
+
+  def keep_at(self, step):
+    """The budget in force after `step` (1.0 before the first stage)."""
+    keep = 1.0
+    for stage_step, stage_keep in self.stages:
+      if stage_step <= step:
+        keep = stage_keep
+    return keep
+
+  def schedule_for(self, layer):
+    """The per-layer tfmot schedule of `layer`, or None if it is ignored."""
+    if self.is_ignored(layer.name):
+      return None
+    return AllocatedSparsity(self)
+
+  def plan(self, layers, costs, dense_cost, step):
+    """Live inputs each layer keeps after the stage at `step`.
+
+    Args:
+      layers: The allocated `PrunableConcatConv`s (ignored ones excluded),
+        with their scores computed for this stage.
+      costs: Per layer, the cost of one of its input channels.
+      dense_cost: The dense model's cost (ignored layers and fixed layers
+        included).
+      step: The stage step.
+
+    Returns:
+      A list of kept counts, one per layer.
+
+    Raises:
+      ValueError: if the floor and overrides make the budget unreachable.
+    """
+    keep_fraction = self.keep_at(step)
+    final_keep = self.stages[-1][1]
+    progress = (1.0 if final_keep >= 1.0 else
+                min(1.0, (1.0 - keep_fraction) / (1.0 - final_keep)))
+    channels = [layer.input_channels for layer in layers]
+    live = [int(np.sum(layer.live_mask())) for layer in layers]
+    prunable_cost = sum(c * n for c, n in zip(costs, channels))
+    fixed = dense_cost - prunable_cost
+    keep = []
+    for layer, n, alive in zip(layers, channels, live):
+      sparsity = self.override(layer.name)
+      if sparsity is None:
+        keep.append(alive)
+      else:
+        keep.append(min(alive, n - pruned_count(n, sparsity * progress)))
+    target = keep_fraction * dense_cost
+    excess = fixed + sum(c * k for c, k in zip(costs, keep)) - target
+    if excess <= 0:
+      return keep
+    candidates = []  # (priority, layer index, rank within the layer)
+    for i, layer in enumerate(layers):
+      if self.override(layer.name) is not None:
+        continue
+      removable = live[i] - max(1, math.ceil(self.floor * channels[i]))
+      if removable <= 0:
+        continue
+      scores = layer.contribution_score.numpy()
+      lowest = np.sort(scores[criteria.is_live(scores)])[:removable]
+      share = lowest / live[i]
+      candidates.append(np.stack(
+          [share / costs[i], np.full(removable, i), np.arange(removable)], 1))
+    if candidates:
+      candidates = np.concatenate(candidates)
+      order = np.lexsort((candidates[:, 2], candidates[:, 1], candidates[:, 0]))
+      candidates = candidates[order]
+      saved = np.cumsum([costs[int(i)] for i in candidates[:, 1]])
+      taken = int(np.searchsorted(saved, excess)) + 1
+      if taken > len(candidates):
+        raise ValueError(self._unreachable(step, target, dense_cost, excess -
+                                           saved[-1]))
+      for i in candidates[:taken, 1]:
+        keep[int(i)] -= 1
+      return keep
+    raise ValueError(self._unreachable(step, target, dense_cost, excess))
+
+  def _unreachable(self, step, target, dense_cost, left):
+    return (
+        f"GlobalAllocation: the stage at step {step} cannot reach keep="
+        f"{self.keep_at(step)} of the dense {self.budget} ({target:,.0f} of "
+        f"{dense_cost:,.0f}): with floor={self.floor}, ignored_layers="
+        f"{self.ignored_layers} and overrides={self.overrides} at least "
+        f"{target + left:,.0f} remain. Lower the floor or raise the budget.")
+
+  def get_config(self):
+    return {"stages": [list(s) for s in self.stages], "budget": self.budget,
+            "floor": self.floor, "ignored_layers": list(self.ignored_layers),
+            "overrides": dict(self.overrides)}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
+
+  def __eq__(self, other):
+    return (isinstance(other, GlobalAllocation) and
+            self.get_config() == other.get_config())
+
+  def __hash__(self):
+    return hash(repr(self.get_config()))
+
+  def __repr__(self):
+    return f"GlobalAllocation(**{self.get_config()!r})"
+
+
+@keras.utils.register_keras_serializable(package="tfsdn")
+class AllocatedSparsity(tfmot.sparsity.keras.PruningSchedule, tf.Module):
+  """One layer's schedule under a `GlobalAllocation`.
+
+  Prunes at the allocation's stage steps, to the sparsity held in the
+  variable `sparsity`, which `tfsdn.UpdateScores` sets before each stage
+  (through `allocate`). The variable is tracked by the tfmot wrapper that
+  holds this schedule, so checkpoints (`BackupAndRestore`) save and restore
+  it, and `get_config` records its value for `model.save`.
+
+  Args:
+    allocation: The `GlobalAllocation` (or its config dict).
+    sparsity: The sparsity allocated so far.
+  """
+
+  def __init__(self, allocation, sparsity=0.0):
+    tf.Module.__init__(self, name="allocated_sparsity")
+    if isinstance(allocation, dict):
+      allocation = GlobalAllocation.from_config(allocation)
+    if not isinstance(allocation, GlobalAllocation):
+      raise TypeError("allocation must be a tfsdn.GlobalAllocation. "
+                      f"Received: {allocation!r}")
+    self.allocation = allocation
+    self.sparsity = tf.Variable(
+        checks.real("sparsity", sparsity, 0.0, 1.0, high_open=True),
+        trainable=False, dtype=tf.float32, name="sparsity")
+
+  @property
+  def stage_steps(self):
+    return self.allocation.stage_steps
+
+  def current_sparsity(self):
+    return float(self.sparsity.numpy())
+
+  def __call__(self, step):
+    steps = tf.constant(self.stage_steps, dtype=tf.int64)
+    should_prune = tf.reduce_any(tf.equal(steps, tf.cast(step, tf.int64)))
+    return should_prune, tf.identity(self.sparsity)
+
+  def get_config(self):
+    return {
+        "class_name": keras.utils.get_registered_name(self.__class__),
+        "config": {"allocation": self.allocation.get_config(),
+                   "sparsity": self.current_sparsity()},
+    }
+
+  @classmethod
+  def from_config(cls, config):
+    if "config" in config:
+      config = config["config"]
+    return cls(**config)
+
+
+def layer_costs(layers, budget):
+  """Cost of one input channel of each layer: MACs, or 1 per channel."""
+  if budget == "channels":
+    return [1] * len(layers)
+  costs = []
+  for layer in layers:
+    height, width = layer.conv_output_shape[1:3]
+    if height is None or width is None:
+      raise ValueError(
+          f"Layer {layer.name!r} has an unknown output size "
+          f"{layer.conv_output_shape}: a MAC budget needs a model built for a "
+          "fixed input size (or use budget='channels').")
+    kh, kw = layer.kernel_size
+    costs.append(int(kh * kw * layer.filters * height * width))
+  return costs
+
+
+def dense_macs(model):
+  """MACs per example of `model` with every input channel live.
+
+  Counts Conv2D, Dense and PrunableConcatConv layers (wrapped or not,
+  nested models included) as `model_report` does.
+  """
+  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
+  total = 0
+  for layer in _all_layers(model):
+    if isinstance(layer, PrunableConcatConv):
+      total += layer_costs([layer], "macs")[0] * layer.input_channels
+    elif isinstance(layer, keras.layers.Conv2D):
+      kh, kw = layer.kernel_size
+      height, width = layer.output_shape[1:3]
+      total += (kh * kw * int(layer.input_shape[-1]) // layer.groups *
+                layer.filters * height * width)
+    elif isinstance(layer, keras.layers.Dense):
+      total += int(layer.input_shape[-1]) * layer.units
+  return int(total)
+
+
+def _all_layers(model):
+  from tfsdn.prune import unwrap  # pylint: disable=g-import-not-at-top
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      yield from _all_layers(layer)
+    else:
+      yield unwrap(layer)
+
+
+def dense_cost(model, allocation, layers):
+  """The dense cost of `model` in the allocation's unit."""
+  if allocation.budget == "channels":
+    return sum(layer.input_channels for layer in layers)
+  return dense_macs(model)
+
+
+def allocate(model, wrappers, step):
+  """Sets the sparsity of every wrapper's `AllocatedSparsity` for `step`.
+
+  Called by `tfsdn.UpdateScores` right before the stage, after the scores
+  are computed. `wrappers` are the tfmot wrappers of one allocation.
+
+  Args:
+    model: The model being trained.
+    wrappers: The wrappers whose schedules share one `GlobalAllocation`.
+    step: The stage step.
+
+  Returns:
+    Dict from layer name to the number of inputs it keeps.
+  """
+  allocation = wrappers[0].pruning_schedule.allocation
+  layers = [wrapper.layer for wrapper in wrappers]
+  costs = layer_costs(layers, allocation.budget)
+  total = dense_cost(model, allocation, layers)
+  keep = allocation.plan(layers, costs, total, step)
+  for wrapper, layer, kept in zip(wrappers, layers, keep):
+    wrapper.pruning_schedule.sparsity.assign(
+        sparsity_for_count(layer.input_channels,
+                           layer.input_channels - kept))
+  return {layer.name: kept for layer, kept in zip(layers, keep)}
+
+
+def check_reachable(model, allocation, layers):
+  """Fails early if the floor and overrides make the last budget unreachable.
+
+  Args:
+    model: The model (dense, wrapped or not).
+    allocation: A `GlobalAllocation`.
+    layers: The `PrunableConcatConv`s it allocates (ignored ones excluded).
+
+  Raises:
+    ValueError: naming the budget and the least cost reachable.
+  """
+  costs = layer_costs(layers, allocation.budget)
+  total = dense_cost(model, allocation, layers)
+  least = total
+  for layer, cost in zip(layers, costs):
+    n = layer.input_channels
+    sparsity = allocation.override(layer.name)
+    kept = (max(1, math.ceil(allocation.floor * n)) if sparsity is None else
+            n - pruned_count(n, sparsity))
+    least -= cost * (n - kept)
+  target = allocation.stages[-1][1] * total
+  if least > target:
+    raise ValueError(allocation._unreachable(  # pylint: disable=protected-access
+        allocation.stages[-1][0], target, total, least - target))
+
+
+def layerwise_sparsity(model, keep, budget="macs"):
+  """The least per-layer sparsity whose estimated cost is <= `keep`.
+
+  The layer-wise counterpart of a `GlobalAllocation` budget, for comparing
+  the two at equal cost (the same estimate: pruned inputs only).
+
+  Args:
+    model: A model with `PrunableConcatConv`s (every one is pruned).
+    keep: The budget, a fraction of the dense cost in (0, 1].
+    budget: `"macs"` or `"channels"`.
+
+  Returns:
+    A sparsity in [0, 1), a multiple of 1/1000.
+
+  Raises:
+    ValueError: if no sparsity below 1 reaches the budget.
+  """
+  from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
+  checks.real("keep", keep, 0.0, 1.0, low_open=True)
+  layers = prunable_layers(model)
+  costs = layer_costs(layers, budget)
+  total = (sum(l.input_channels for l in layers) if budget == "channels"
+           else dense_macs(model))
+  for milli in range(0, 1000):
+    sparsity = milli / 1000
+    cost = total - sum(c * pruned_count(l.input_channels, sparsity)
+                       for c, l in zip(costs, layers))
+    if cost <= keep * total:
+      return sparsity
+  raise ValueError(f"No per-layer sparsity below 1 reaches keep={keep} of "
+                   f"the dense {budget} of model {model.name!r}.")
+
+
+def _stage_pairs(stages):
+  if not isinstance(stages, (list, tuple)) or not stages:
+    raise ValueError("stages must be a non-empty list of (step, keep) pairs. "
+                     f"Received: stages={stages!r}")
+  pairs = []
+  for stage in stages:
+    if not isinstance(stage, (list, tuple)) or len(stage) != 2 or not (
+        isinstance(stage[1], numbers.Real)) or isinstance(stage[1], bool):
+      raise ValueError(
+          f"Each stage must be a (step, keep) pair. Received: {stage!r}")
+    pairs.append((stage[0], float(stage[1])))
+  return pairs
