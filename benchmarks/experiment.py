@@ -69,7 +69,7 @@ def check_training_flags(config):
   kind, directory = sdn_data.parse_dataset_name(config["dataset"])
   if kind == "tfrecord":
     sdn_data.check_tfrecord_dir(directory)
-  if not 0.0 < config["final_sparsity"] < 1.0:
+  if not 0.0 < config.get("final_sparsity", 0.5) < 1.0:
     raise app.UsageError("--final_sparsity must be in (0, 1). Received: "
                          f"{config['final_sparsity']}")
   for name in ("epochs", "num_stages", "batch_size"):
