@@ -1,6 +1,6 @@
 r"""Which input channels does each criterion pick? A one-shot comparison.
 
-Trains the `dense` arm of `cifar_table.py` (same flags, same recipe, same
+Trains the `dense` arm of the accuracy benchmark (same flags, same recipe, same
 held-out validation set), then, with no further training, prunes a fraction
 of every layer's input channels chosen by each criterion and measures the
 accuracy left on the held-out validation set (never the test split). This

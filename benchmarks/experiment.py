@@ -1,6 +1,6 @@
 """The training set-up shared by the accuracy-table benchmarks.
 
-`cifar_table.py` and `criteria_one_shot.py` train the same DenseNets on the
+`evidence.py` and `criteria_one_shot.py` train the same DenseNets on the
 same data with the same recipe; the flags that decide what a model learns,
 the data pipelines (train, held-out validation, test) and the model builder
 live here, so both scripts read one definition.
@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "cifar10",
                     "cifar10 | cifar100 (tensorflow_datasets) | tfrecord:DIR.")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
-flags.DEFINE_string("output_dir", "benchmarks/results/cifar_table",
+flags.DEFINE_string("output_dir", "benchmarks/results/experiment",
                     "Where per-arm JSON, exports, the table and plot go.")
 flags.DEFINE_integer("depth", 16, "DenseNet depth L.")
 flags.DEFINE_integer("growth_rate", 12, "Growth rate k.")

@@ -1,0 +1,219 @@
+r"""The evidence table, paired comparisons and plot from evidence.py's results.
+
+  python benchmarks/evidence_table.py --results_dir=docs/evidence/cifar10_d16
+
+Reads RESULTS_DIR/seed*/ARM.json, writes RESULTS_DIR/table.md and
+RESULTS_DIR/accuracy_vs_macs.png and prints the table. Comparisons pair
+the two arms' predictions image by image over the seeds both have finished
+(`paired.py`); the best tfsdn arm is the one with the highest mean
+*validation* accuracy, never chosen on test.
+"""
+
+import collections
+import glob
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+
+import paired
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("results_dir", "docs/evidence/cifar10_d16",
+                    "An evidence.py --output_dir.")
+flags.DEFINE_float("margin", 1.0,
+                   "Non-inferiority margin against dense, in points.")
+
+TFSDN_KINDS = ("el1_global", "el1_layer", "bn_gamma_global",
+               "weight_l1_global")
+
+
+def _decode(text):
+  import base64  # pylint: disable=g-import-not-at-top
+  return np.frombuffer(base64.b64decode(text), np.uint8)
+
+
+def load(results_dir):
+  """`(config, labels, {arm: {seed: result}})`."""
+  with open(os.path.join(results_dir, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(results_dir, "labels.json")) as f:
+    labels = {k: _decode(v) for k, v in json.load(f).items()}
+  results = collections.defaultdict(dict)
+  for path in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
+    with open(path) as f:
+      result = json.load(f)
+    results[result["arm"]][result["seed"]] = result
+  return config, labels, dict(results)
+
+
+def correct(results, labels, arm, seeds, split="test"):
+  return np.stack([_decode(results[arm][s][f"{split}_predictions"]) ==
+                   labels[split] for s in seeds])
+
+
+def compare(results, labels, a, b):
+  """Paired comparison of arms a and b over their common seeds, or None."""
+  if a not in results or b not in results:
+    return None
+  seeds = sorted(set(results[a]) & set(results[b]))
+  if not seeds:
+    return None
+  ca, cb = correct(results, labels, a, seeds), correct(results, labels, b,
+                                                        seeds)
+  mean, low, high = paired.bootstrap_difference(ca, cb)
+  only_a, only_b, p = paired.mcnemar(ca.ravel(), cb.ravel())
+  return {"a": a, "b": b, "seeds": seeds, "diff": 100 * mean,
+          "low": 100 * low, "high": 100 * high, "only_a": only_a,
+          "only_b": only_b, "p": p}
+
+
+def summary_rows(results):
+  rows = []
+  for arm, by_seed in results.items():
+    values = list(by_seed.values())
+    test = 100 * np.array([r["test_accuracy"] for r in values])
+    rows.append({
+        "arm": arm, "seeds": len(values),
+        "test": test.mean(), "test_sd": test.std(ddof=1) if len(test) > 1
+        else float("nan"),
+        "validation": 100 * np.mean([r["validation_accuracy"]
+                                     for r in values]),
+        "macs": np.mean([r["macs_vs_dense"] for r in values]),
+        "params": np.mean([r["params"] for r in values]),
+        "kind": values[0]["kind"], "keep": values[0]["keep"]})
+  return sorted(rows, key=lambda r: (-r["macs"], r["arm"]))
+
+
+def best_tfsdn(rows, keep):
+  """The tfsdn arm at budget `keep` with the best mean validation accuracy."""
+  candidates = [r for r in rows if r["kind"] in TFSDN_KINDS and
+                abs(r["keep"] - keep) < 1e-9]
+  return max(candidates, key=lambda r: r["validation"])["arm"] if (
+      candidates) else None
+
+
+def _fmt(c):
+  if c is None:
+    return "not run yet"
+  return (f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] "
+          f"(McNemar {c['only_a']}:{c['only_b']}, p={c['p']:.3g}; seeds "
+          f"{','.join(map(str, c['seeds']))})")
+
+
+def comparisons(results, labels, rows):
+  """The comparisons the targets are about, with a verdict each."""
+  lines, keeps = [], sorted({r["keep"] for r in rows if r["keep"] < 1})
+  for keep in keeps:
+    best = best_tfsdn(rows, keep)
+    tag = f"@{keep:g}"
+    if best is None:
+      continue
+    vs_dense = compare(results, labels, best, "dense")
+    lines.append(f"- Best tfsdn arm at {keep:g}x MACs (chosen on validation): "
+                 f"`{best}`.")
+    if vs_dense:
+      verdict = ("holds" if vs_dense["low"] > -FLAGS.margin else
+                 "not shown")
+      lines.append(
+          f"  - non-inferiority to dense (95% lower bound above "
+          f"-{FLAGS.margin:g} point): {verdict}; {best} - dense = "
+          f"{_fmt(vs_dense)}")
+    for other, claim in (
+        (f"random_matched{tag}", "criterion beats random at the same "
+         "per-layer counts"),
+        (f"narrow_dense{tag}", "beats a dense net narrowed to the same MACs"),
+        (f"retrained{tag}", "beats its stripped architecture retrained "
+         "from scratch")):
+      # random_matched has el1_global's counts, retrained its architecture.
+      subject = (best if other.startswith("narrow") else f"el1_global{tag}")
+      c = compare(results, labels, subject, other)
+      verdict = ("not run yet" if c is None else
+                 "holds" if c["low"] > 0 else "not shown")
+      lines.append(f"  - {claim} (interval above 0): {verdict}; "
+                   f"{subject} - {other} = {_fmt(c)}")
+    c = compare(results, labels, f"el1_global{tag}", f"el1_layer{tag}")
+    verdict = ("not run yet" if c is None else
+               "holds" if c["diff"] >= 0 else "not shown")
+    lines.append(f"  - global allocation at least as accurate as layer-wise "
+                 f"(mean difference >= 0): {verdict}; el1_global{tag} - "
+                 f"el1_layer{tag} = {_fmt(c)}")
+  return lines
+
+
+def table_markdown(config, labels, results):
+  rows = summary_rows(results)
+  lines = [
+      "| arm | seeds | test acc. (mean ± sd) | validation acc. | MACs vs "
+      "dense | parameters |",
+      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  for r in rows:
+    sd = "" if np.isnan(r["test_sd"]) else f" ± {r['test_sd']:.2f}"
+    lines.append(f"| {r['arm']} | {r['seeds']} | {r['test']:.2f}%{sd} | "
+                 f"{r['validation']:.2f}% | {r['macs']:.3f}x | "
+                 f"{r['params']:,.0f} |")
+  lines += [
+      "", f"DenseNet-{config['depth']} (k={config['growth_rate']}), "
+      f"{config['train_size'] or 'all'} training images, "
+      f"{len(labels['validation'])} validation and {len(labels['test'])} "
+      f"test images; {config['epochs']} epochs, the first "
+      f"{config['trunk_epochs']} shared (trunk), learning rate "
+      f"{config['learning_rate']} / 10 at epochs {config['lr_drop_epochs']}; "
+      f"{config['num_stages']} stages at branch epochs "
+      f"{config['prune_begin_epoch']}..{config['prune_end_epoch']}. "
+      "Differences in points with paired 95% bootstrap intervals (seeds and "
+      "images resampled).", "", "Claims:", ""]
+  lines += comparisons(results, labels, rows)
+  noise = compare(results, labels, "el1_global@0.45", "random_matched@0.45")
+  if noise:
+    half = (noise["high"] - noise["low"]) / 2
+    lines += ["", f"Planning (pilot): the el1_global - random_matched "
+              f"interval is ±{half:.2f} points with {len(noise['seeds'])} "
+              f"seed(s); if it shrinks as 1/sqrt(seeds), ±0.5 points needs "
+              f"about {paired.seeds_needed(half, len(noise['seeds']), 0.5)} "
+              "seeds."]
+  return "\n".join(lines) + "\n", rows
+
+
+def plot(rows, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tfsdn.files import atomic_path  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(figsize=(7, 4.6))
+  for r in rows:
+    sd = 0 if np.isnan(r["test_sd"]) else r["test_sd"]
+    axes.errorbar(r["macs"], r["test"], yerr=sd, fmt="o", capsize=3)
+    axes.annotate(r["arm"], (r["macs"], r["test"]), fontsize=7,
+                  textcoords="offset points", xytext=(4, 3))
+  axes.set_xlabel("MACs of the compact model / dense MACs")
+  axes.set_ylabel("test accuracy (%), mean ± sd over seeds")
+  axes.grid(alpha=0.3)
+  figure.tight_layout()
+  with atomic_path(path, suffix=".png") as tmp:
+    figure.savefig(tmp, dpi=110)
+  plt.close(figure)
+
+
+def main(argv):
+  del argv
+  from tfsdn.files import atomic_path  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(os.path.join(FLAGS.results_dir, "config.json")):
+    raise app.UsageError(f"--results_dir={FLAGS.results_dir!r} holds no "
+                         "evidence.py results (config.json is missing).")
+  config, labels, results = load(FLAGS.results_dir)
+  if not results:
+    raise app.UsageError(f"No results in {FLAGS.results_dir!r} yet.")
+  table, rows = table_markdown(config, labels, results)
+  with atomic_path(os.path.join(FLAGS.results_dir, "table.md"),
+                   suffix=".md") as tmp:
+    with open(tmp, "w") as f:
+      f.write(table)
+  plot(rows, os.path.join(FLAGS.results_dir, "accuracy_vs_macs.png"))
+  print(table)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,159 @@
+"""benchmarks/evidence.py, evidence_table.py and paired.py on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_data import write_tfrecords
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+import paired  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ARMS = ("dense,el1_global@0.6,random_matched@0.6,el1_layer@0.6,"
+        "narrow_dense@0.6,retrained@0.6,tfmot_unstructured@0.6")
+
+
+def _run(script, check=True, **flags):
+  return subprocess.run(
+      [sys.executable, os.path.join(BENCHMARKS, script)] +
+      [f"--{k}={v}" for k, v in flags.items()],
+      capture_output=True, text=True, cwd=ROOT, timeout=900, check=check,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+def _evidence(records, output_dir, check=True, **overrides):
+  flags = dict(dataset=f"tfrecord:{records}", output_dir=str(output_dir),
+               work_dir=str(output_dir) + "_work", depth=7, growth_rate=4,
+               epochs=3, trunk_epochs=1, lr_drop_epochs=2, batch_size=8,
+               train_size=24, validation_size=8, test_size=16, arms=ARMS)
+  flags.update(overrides)
+  return _run("evidence.py", check=check, **flags)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  return write_tfrecords(tmp_path_factory.mktemp("cifar"), count=32)
+
+
+@pytest.fixture(scope="module")
+def first_run(records, tmp_path_factory):
+  output_dir = tmp_path_factory.mktemp("evidence") / "out"
+  _evidence(records, output_dir)
+  return output_dir
+
+
+def _result(output_dir, arm, seed=0):
+  return json.loads((output_dir / f"seed{seed}" / f"{arm}.json").read_text())
+
+
+def test_every_arm_prunes_what_it_says(first_run):
+  dense = _result(first_run, "dense")
+  assert dense["macs_vs_dense"] == 1.0
+  assert dense["test_examples"] == 16 and dense["validation_examples"] == 8
+  glob = _result(first_run, "el1_global@0.6")
+  assert glob["macs_vs_dense"] <= 0.6
+  assert [s["step"] for s in glob["stages"]] == [2, 4]
+  # random_matched pruned exactly el1_global's counts, stage by stage.
+  matched = _result(first_run, "random_matched@0.6")
+  assert matched["stages"] == glob["stages"]
+  assert matched["layer_sparsity"] == glob["layer_sparsity"]
+  assert matched["test_predictions"] != glob["test_predictions"] or (
+      matched["weights_sha256"] != glob["weights_sha256"])
+  layer = _result(first_run, "el1_layer@0.6")
+  fractions = list(layer["layer_sparsity"].values())  # one, up to rounding
+  assert max(fractions) - min(fractions) < 0.05
+  # retrained: el1_global's compact architecture, trained from scratch.
+  retrained = _result(first_run, "retrained@0.6")
+  assert retrained["params"] == glob["params"]
+  assert retrained["macs"] == glob["macs"]
+  assert retrained["weights_sha256"] != glob["weights_sha256"]
+  narrow = _result(first_run, "narrow_dense@0.6")
+  assert narrow["growth_rate"] < 4 and narrow["macs_vs_dense"] <= 0.6
+  tfmot = _result(first_run, "tfmot_unstructured@0.6")
+  assert tfmot["macs"] < tfmot["macs_computed"]
+  # The compact models are stock tf_keras models that reproduce the result.
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  model = tf_keras.models.load_model(
+      str(first_run / "seed0" / "el1_global@0.6.keras"))
+  assert not any("Prunable" in type(l).__name__ for l in model.layers)
+
+
+def test_a_rerun_reproduces_an_arm_bit_for_bit(records, first_run, tmp_path):
+  _evidence(records, tmp_path / "again", arms="dense,el1_global@0.6")
+  for arm in ("dense", "el1_global@0.6"):
+    a, b = _result(first_run, arm), _result(tmp_path / "again", arm)
+    for key in ("weights_sha256", "test_predictions", "train_loss",
+                "validation_predictions"):
+      assert a[key] == b[key], (arm, key)
+
+
+def test_restart_skips_and_other_flags_are_refused(records, first_run):
+  before = (first_run / "seed0" / "dense.json").stat().st_mtime_ns
+  result = _evidence(records, first_run, arms="dense")
+  assert "dense, seed 0: done" in result.stderr
+  assert (first_run / "seed0" / "dense.json").stat().st_mtime_ns == before
+  result = _evidence(records, first_run, check=False, arms="dense",
+                     learning_rate=0.05)
+  assert result.returncode != 0
+  assert "holds results made with other flags" in result.stderr
+  result = _evidence(records, first_run, check=False, arms="el1_global@1.5")
+  assert "KEEP in (0, 1)" in result.stderr.strip().splitlines()[-1]
+
+
+def test_table_pairs_arms_and_states_each_claim(first_run):
+  result = _run("evidence_table.py", results_dir=str(first_run))
+  table = (first_run / "table.md").read_text()
+  assert table in result.stdout
+  assert (first_run / "accuracy_vs_macs.png").exists()
+  for claim in ("non-inferiority to dense", "criterion beats random",
+                "narrowed to the same MACs", "retrained from scratch",
+                "global allocation at least as accurate"):
+    assert claim in table
+  assert "| el1_global@0.6 | 1 |" in table
+
+
+def test_mcnemar_is_exact():
+  a = np.array([1, 1, 1, 0, 0, 1], bool)
+  b = np.array([0, 0, 0, 0, 1, 1], bool)
+  only_a, only_b, p = paired.mcnemar(a, b)
+  assert (only_a, only_b) == (3, 1)
+  assert p == pytest.approx(2 * (1 + 4) / 16)  # 2 * P(X <= 1), X~B(4, 1/2)
+  assert paired.mcnemar(a, a)[2] == 1.0
+
+
+def test_bootstrap_interval_covers_the_difference_and_shrinks():
+  rng = np.random.default_rng(0)
+  a = rng.random((3, 2000)) < 0.7
+  b = rng.random((3, 2000)) < 0.6
+  mean, low, high = paired.bootstrap_difference(a, b, resamples=500)
+  assert low < mean < high
+  assert low < 0.1 < high
+  _, low1, high1 = paired.bootstrap_difference(a[:1], b[:1], resamples=500)
+  assert high1 - low1 > 0
+  with pytest.raises(ValueError, match="seeds, images"):
+    paired.bootstrap_difference(a[0], b[0])
+  assert paired.seeds_needed(1.0, 2, 0.5) == 8
+
+
+def test_criteria_one_shot_compares_every_criterion(records, tmp_path):
+  output_dir = tmp_path / "one_shot"
+  result = _run(
+      "criteria_one_shot.py", dataset=f"tfrecord:{records}",
+      output_dir=output_dir, depth=7, growth_rate=4, epochs=1, batch_size=8,
+      train_size=16, validation_size=8, test_size=8, sparsities="0.25,0.5",
+      random_repeats=2, recalibration_batches=1, stats_batches=1)
+  results = json.loads((output_dir / "one_shot.json").read_text())
+  assert set(results["criteria"]) == {"expected_l1", "centered_l1",
+                                      "weight_l1", "bn_gamma", "random"}
+  for rows in results["criteria"].values():
+    assert set(rows) == {"0.25", "0.5"}
+  draws = results["criteria"]["random"]["0.5"]["validation_accuracy_draws"]
+  assert len(draws) == 2
+  assert "| bn_gamma |" in result.stdout
+  assert (output_dir / "dense.weights.h5").exists()
