@@ -12,12 +12,14 @@ from tfsdn import testing
 from tests import helpers
 from tfsdn.compat import keras
 
-# (builder, PrunableConcatConv count): dense layers whose BN reads a
-# Concatenate (all but the first of each block) plus 3 transitions.
+# (builder, PrunableConcatConv count): per dense layer the 1x1 conv (its BN
+# reads the block's concatenation, or the block input for the first layer)
+# and the 3x3 conv (its BN reads the 1x1 conv: the bottleneck width), plus 3
+# transitions.
 APPLICATIONS = {
-    "DenseNet121": (tf_keras.applications.DenseNet121, 54 + 3),
-    "DenseNet169": (tf_keras.applications.DenseNet169, 78 + 3),
-    "DenseNet201": (tf_keras.applications.DenseNet201, 94 + 3),
+    "DenseNet121": (tf_keras.applications.DenseNet121, 2 * 58 + 3),
+    "DenseNet169": (tf_keras.applications.DenseNet169, 2 * 82 + 3),
+    "DenseNet201": (tf_keras.applications.DenseNet201, 2 * 98 + 3),
 }
 
 
@@ -50,7 +52,8 @@ def test_applications_densenet_keeps_its_function(name, shape):
   assert _max_diff(original, converted, _images(shape)) <= 1e-5
   plan = tfsdn.conversion_plan(original)
   assert len(plan.converted) == count
-  assert [s.batch_norm for s in plan.skipped] == ["bn"]  # Feeds avg_pool.
+  # The stem's BN feeds a ZeroPadding2D, the last one avg_pool.
+  assert [s.batch_norm for s in plan.skipped] == ["conv1/bn", "bn"]
   if shape[0] == 64:  # Prune half of every layer's inputs, strip, compare.
     testing.prune_at_random(converted, 0.5, seed=1)
     compact = tfsdn.strip_to_compact(converted)
@@ -93,12 +96,14 @@ def test_hand_built_model_converts_and_reports_what_it_left_alone():
   converted = tfsdn.make_prunable(original, criterion="weight_l1")
   names = {l.name for l in converted.layers}
   prunable = {l.name: l for l in tfsdn.prunable_layers(converted)}
-  assert set(prunable) == {"l2_conv", "transition"}
+  # l1's BN reads the stem conv (not a Concatenate): converted as well.
+  assert set(prunable) == {"l1_conv", "l2_conv", "transition"}
   assert prunable["l2_conv"].criterion == "weight_l1"
   # Everything not converted is still there under its own name.
-  assert {"stem", "l1_bn", "l1_conv", "cat1", "cat2", "side_bn", "side_relu",
-          "side_conv", "pool", "gap", "logits"} <= names
-  assert not {"l2_bn", "l2_relu", "t_bn", "t_relu"} & names
+  assert {"stem", "cat1", "cat2", "side_bn", "side_relu", "side_conv", "pool",
+          "gap", "logits"} <= names
+  assert not {"l1_bn", "l1_relu", "l2_bn", "l2_relu", "t_bn", "t_relu"} & (
+      names)
   x = _images((16, 16, 3), count=4)
   assert _max_diff(original, converted, x) <= 1e-5
   plan = tfsdn.conversion_plan(original)
@@ -126,7 +131,7 @@ def test_batch_norm_with_a_second_reader_is_skipped():
   plan = tfsdn.conversion_plan(model)
   assert not plan.converted
   assert "feeds 2 layers" in plan.skipped[0].reason
-  with pytest.raises(ValueError, match="no Concatenate -> BatchNormalization"
+  with pytest.raises(ValueError, match="no BatchNormalization -> ReLU"
                      r"(.|\n)*feeds 2 layers"):
     tfsdn.make_prunable(model)
 
@@ -143,7 +148,7 @@ def test_bad_layer_arguments_are_refused_before_rebuilding(kwargs, message):
 
 def test_nothing_to_convert_subclassed_and_keras3_models_are_refused():
   inputs = keras.Input((4,))
-  with pytest.raises(ValueError, match="'plain' has no Concatenate"):
+  with pytest.raises(ValueError, match="'plain' has no BatchNormalization"):
     tfsdn.make_prunable(keras.Model(inputs, keras.layers.Dense(2)(inputs),
                                     name="plain"))
 
@@ -162,10 +167,13 @@ def test_nothing_to_convert_subclassed_and_keras3_models_are_refused():
 def test_converted_model_goes_through_the_whole_flow(tmp_path):
   original = helpers.applications_style_densenet()
   model = tfsdn.make_prunable(original)
-  # The first layer of each block reads no Concatenate; the transition does.
+  # Per dense layer its 1x1 conv (connections; the first of a block reads
+  # the block input) and its 3x3 conv (the bottleneck width); a transition.
   assert [l.name for l in tfsdn.prunable_layers(model)] == [
-      "conv2_block2_1_conv", "pool2_conv", "conv3_block2_1_conv",
-      "conv3_block3_1_conv"]
+      "conv2_block1_1_conv", "conv2_block1_2_conv", "conv2_block2_1_conv",
+      "conv2_block2_2_conv", "pool2_conv", "conv3_block1_1_conv",
+      "conv3_block1_2_conv", "conv3_block2_1_conv", "conv3_block2_2_conv",
+      "conv3_block3_1_conv", "conv3_block3_2_conv"]
   pruned = tfsdn.prune_dense_connections(
       model, tfsdn.StagedSparsity([(2, 0.25), (4, 0.5)]))
   pruned.compile(optimizer=keras.optimizers.SGD(0.01),
@@ -250,9 +258,9 @@ def test_nested_models_are_inlined_and_converted():
   inputs = keras.Input((32, 32, 3))
   outer = keras.Model(inputs, keras.layers.Dense(3, name="head")(base(inputs)))
   plan = tfsdn.conversion_plan(outer)
-  assert len(plan.converted) == 4
+  assert len(plan.converted) == 11
   converted = tfsdn.make_prunable(outer)
-  assert len(tfsdn.prunable_layers(converted)) == 4
+  assert len(tfsdn.prunable_layers(converted)) == 11
   assert not any(isinstance(l, keras.Model) for l in converted.layers)
   x = _images((32, 32, 3), count=2)
   assert _max_diff(outer, converted, x) <= 1e-5

@@ -21,7 +21,9 @@ def test_densenet_bc100_has_the_published_parameter_count():
                                   compression=0.5, num_classes=100)
   assert _trainable(model) == 800_032  # 0.8M in the DenseNet paper.
   assert model.name == "densenet_bc100"
-  assert len(tfsdn.prunable_layers(model)) == 48 + 2
+  # 48 bottlenecks (connections), 48 3x3 convs (bottleneck widths), 2
+  # transitions.
+  assert len(tfsdn.prunable_layers(model)) == 48 + 48 + 2
 
 
 @pytest.mark.parametrize("builder, trainable", [
@@ -30,7 +32,7 @@ def test_densenet_bc100_has_the_published_parameter_count():
 def test_imagenet_densenet_matches_keras_applications(builder, trainable):
   model = builder()
   assert _trainable(model) == trainable
-  assert len(tfsdn.prunable_layers(model)) == 58 + 3
+  assert len(tfsdn.prunable_layers(model)) == 58 + 58 + 3
 
 
 def test_block_configurations():

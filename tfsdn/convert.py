@@ -1,10 +1,13 @@
 """`make_prunable`: turn an existing Keras DenseNet into a prunable one.
 
-Finds every chain Concatenate -> BatchNormalization -> ReLU -> Conv2D (no
-bias) in a functional tf_keras model, such as `tf_keras.applications`
+Finds every chain BatchNormalization -> ReLU -> Conv2D (no bias) in a
+functional tf_keras model, such as `tf_keras.applications`
 DenseNet121/169/201 or a user's own DenseNet, and replaces the BN, ReLU and
 Conv2D by one `PrunableConcatConv` that carries their weights, so the new
-model computes the same function and tfsdn can prune it.
+model computes the same function and tfsdn can prune it. A chain whose BN
+reads a Concatenate prunes dense connections; one whose BN reads a single
+conv's output (the 3x3 conv after a DenseNet-B bottleneck) prunes that
+conv's width: the filters no one reads any more are removed by strip.
 """
 
 import dataclasses
@@ -20,8 +23,8 @@ from tfsdn.prune import strip_wrappers
 
 @dataclasses.dataclass(frozen=True)
 class Chain:
-  """Layer names of one Concatenate -> BN -> ReLU -> Conv2D chain."""
-  concat: str
+  """Layer names of one BN -> ReLU -> Conv2D chain and what the BN reads."""
+  source: str
   batch_norm: str
   relu: str
   conv: str
@@ -29,7 +32,7 @@ class Chain:
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-  """A BatchNormalization reading a Concatenate that was left as it was."""
+  """A BatchNormalization that does not start a convertible chain."""
   batch_norm: str
   reason: str
 
@@ -41,8 +44,8 @@ class ConversionPlan:
   Attributes:
     converted: `Chain`s that become a `PrunableConcatConv` named like their
       Conv2D.
-    skipped: `Skipped` entries, one per BatchNormalization that reads a
-      Concatenate but does not start a convertible chain.
+    skipped: `Skipped` entries, one per BatchNormalization that does not
+      start a convertible chain.
   """
   converted: list
   skipped: list
@@ -50,7 +53,7 @@ class ConversionPlan:
   def __str__(self):
     lines = [f"{len(self.converted)} chains converted to PrunableConcatConv, "
              f"{len(self.skipped)} left alone."]
-    lines += [f"  converted {c.concat} -> {c.batch_norm} -> {c.relu} -> "
+    lines += [f"  converted {c.source} -> {c.batch_norm} -> {c.relu} -> "
               f"{c.conv}" for c in self.converted]
     lines += [f"  skipped {s.batch_norm}: {s.reason}" for s in self.skipped]
     return "\n".join(lines)
@@ -151,12 +154,13 @@ def _find_chains(model):
     inputs = graph.node_inputs(node)
     if len(inputs) != 1 or id(inputs[0]) not in producer:
       continue
-    concat = producer[id(inputs[0])][1]
-    if not isinstance(concat, keras.layers.Concatenate):
-      continue
+    source = producer[id(inputs[0])][1]
     reason = _batch_norm_problem(layer)
-    if reason is None and not graph.is_channel_concat(concat):
-      reason = f"{concat.name!r} concatenates along axis={concat.axis}"
+    if inputs[0].shape.rank != 4:
+      reason = f"it reads a rank-{inputs[0].shape.rank} tensor, not NHWC maps"
+    if (reason is None and isinstance(source, keras.layers.Concatenate) and
+        not graph.is_channel_concat(source)):
+      reason = f"{source.name!r} concatenates along axis={source.axis}"
     if reason is None:
       relu_node, relu, reason = only_consumer(graph.node_output(node),
                                               layer.name)
@@ -169,7 +173,7 @@ def _find_chains(model):
     if reason is not None:
       plan.skipped.append(Skipped(layer.name, reason))
       continue
-    plan.converted.append(Chain(concat.name, layer.name, relu.name, conv.name))
+    plan.converted.append(Chain(source.name, layer.name, relu.name, conv.name))
     chains[id(conv)] = (inputs[0], layer, relu, conv)
   return plan, chains
 
@@ -192,12 +196,14 @@ def conversion_plan(model):
 
 def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
                   group_lasso=0.0):
-  """Returns a copy of `model` whose concatenation-fed convolutions are prunable.
+  """Returns a copy of `model` whose BN-ReLU-fed convolutions are prunable.
 
-  Every chain Concatenate -> BatchNormalization -> ReLU (a `ReLU` layer or
+  Every chain BatchNormalization -> ReLU (a `ReLU` layer or
   `Activation("relu")`) -> Conv2D without bias, where the BatchNormalization
   and ReLU outputs feed nothing else, becomes one `PrunableConcatConv` named
-  like the Conv2D, reading the Concatenate's output and carrying the BN's
+  like the Conv2D, reading what the BN read (a Concatenate's output: dense
+  connections; a conv's output, as after a DenseNet-B bottleneck: that
+  conv's width) and carrying the BN's
   parameters and moving statistics and the conv's kernel, and their frozen
   state (`trainable=False` on the BN or the conv stays so; a frozen BN keeps
   normalising with its moving statistics) and `synchronized`. Chains whose
@@ -241,8 +247,8 @@ def make_prunable(model, criterion="expected_l1", score_momentum=0.9,
   if not chains:
     details = "".join(f"\n  {s.batch_norm}: {s.reason}" for s in plan.skipped)
     raise ValueError(
-        f"Model {model.name!r} has no Concatenate -> BatchNormalization -> "
-        "ReLU -> Conv2D (use_bias=False) chain to convert"
+        f"Model {model.name!r} has no BatchNormalization -> ReLU -> Conv2D "
+        "(use_bias=False) chain to convert"
         + (f"; skipped:{details}" if details else "."))
   absorbed = set()
   for _, batch_norm, relu, _ in chains.values():

@@ -51,7 +51,9 @@ def dense_layer(features, growth_rate, bottleneck, dropout_rate, name,
     features: List of the block's feature maps so far.
     growth_rate: Number of feature maps the layer adds.
     bottleneck: If True, a prunable 1x1 conv to 4 * growth_rate channels
-      reads the concatenation, then BN-ReLU-3x3 conv (DenseNet-B).
+      reads the concatenation (its inputs: the dense connections), then a
+      prunable BN-ReLU-3x3 conv reads those 4k maps (its inputs: the
+      bottleneck width) (DenseNet-B).
     dropout_rate: Dropout after each conv, 0 for none.
     name: Layer name prefix, e.g. `block1_layer3`.
     **conv_kwargs: Passed to every `PrunableConcatConv`.
@@ -64,13 +66,10 @@ def dense_layer(features, growth_rate, bottleneck, dropout_rate, name,
                            **conv_kwargs)(features)
     if dropout_rate:
       x = keras.layers.Dropout(dropout_rate, name=f"{name}_bottleneck_drop")(x)
-    x = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
-    x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    x = keras.layers.Conv2D(
-        growth_rate, 3, padding="same", use_bias=False,
-        kernel_initializer="he_normal",
-        kernel_regularizer=conv_kwargs.get("kernel_regularizer"),
-        name=f"{name}_conv")(x)
+    # BN-ReLU-3x3 conv over the bottleneck's 4k maps, prunable too: its
+    # pruned inputs are bottleneck filters that strip removes (the width).
+    x = PrunableConcatConv(growth_rate, 3, name=f"{name}_conv",
+                           **conv_kwargs)(x)
   else:
     x = PrunableConcatConv(growth_rate, 3, name=name, **conv_kwargs)(features)
   if dropout_rate:
