@@ -129,7 +129,7 @@ def test_late_failure_reruns_without_training_then_export_and_predict(
                     f"--tfrecord={records / 'test.tfrecord'}",
                     "--num_records=3", f"--request_json={tmp_path / 'r.json'}"])
   lines = [l for l in predicted.stdout.splitlines() if "#" in l]
-  assert len(lines) == 3 and "(label 0)" in lines[0]
+  assert len(lines) == 3 and "(label 0, airplane)" in lines[0]
   body = json.loads((tmp_path / "r.json").read_text())
   assert body["signature_name"] == "serving_default"
   assert np.asarray(body["instances"]).shape == (3, 32, 32, 3)
