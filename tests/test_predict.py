@@ -107,9 +107,9 @@ def test_missing_file_and_non_image_are_refused(tmp_path):
 
 
 def _run(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True,
-                        text=True, cwd=ROOT, env=env, timeout=300)
+                        text=True, cwd=ROOT, env=helpers.script_env(),
+                        timeout=300)
 
 
 def test_run_directory_and_record_directory_classify(run_dir):
