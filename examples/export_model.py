@@ -6,11 +6,17 @@ r"""Strip a trained run to its compact model, report, export and verify it.
 
 `--model` is a training run directory (its `final_model.keras` is used) or a
 `.keras` file. The export is verified against the Keras model on a batch of
-real test images before success is declared.
+real test images before success is declared. Flags are checked before
+anything is loaded: an existing `--version` is refused unless `--overwrite`.
 """
 
 import os
 
+# Before TensorFlow loads: hide its C++ log lines unless the user chose a
+# level (tfsdn.cli.DEFAULT_TF_LOG_LEVEL says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
 from absl import logging
@@ -18,38 +24,78 @@ import numpy as np
 import tensorflow as tf
 
 import tfsdn
+from tfsdn import cli
 from tfsdn import data as sdn_data
 from tfsdn.compat import keras
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A training run directory or a .keras file.")
 flags.DEFINE_string("export_dir", None, "SavedModel base directory.")
-flags.DEFINE_integer("version", None, "Version to write (default: next free).")
+flags.DEFINE_integer("version", None,
+                     "Version to write, >= 1 (default: the next free one).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --version.")
 flags.DEFINE_bool("xla", False, "Compile the served function with XLA.")
 flags.DEFINE_string("tflite_path", None, "Also write a TFLite model here.")
 flags.DEFINE_string("dataset", "tfrecord:../shared/data/cifar10",
                     "Where to take the verification images from.")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
-flags.DEFINE_integer("verify_images", 64, "Real images to verify with.")
+flags.DEFINE_integer("verify_images", 64, "Real images to verify with (>= 1).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
-def load_keras_model(path):
-  if os.path.isdir(path):
-    path = os.path.join(path, "final_model.keras")
+def keras_model_path(model):
+  """The `.keras` file that `--model` names (a run directory or a file)."""
+  path = (os.path.join(model, "final_model.keras") if os.path.isdir(model)
+          else model)
   if not os.path.isfile(path):
     raise app.UsageError(
-        f"--model={FLAGS.model!r}: no run directory with final_model.keras "
-        "nor a .keras file there.")
-  return keras.models.load_model(path)
+        f"--model={model!r} is neither a training run directory holding "
+        "final_model.keras nor a .keras file.")
+  return path
 
+
+def check_flags():
+  """Fails on a flag value that cannot work, before anything is loaded.
+
+  Returns:
+    The `.keras` file to export.
+  """
+  if FLAGS.version is not None and FLAGS.version < 1:
+    raise app.UsageError(
+        f"--version must be >= 1 (TF Serving serves versions 1, 2, ...). "
+        f"Received: {FLAGS.version}")
+  if FLAGS.verify_images < 1:
+    raise app.UsageError(
+        f"--verify_images must be >= 1. Received: {FLAGS.verify_images}")
+  if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+    raise app.UsageError(
+        f"--export_dir={FLAGS.export_dir!r} is a file, not a directory.")
+  if FLAGS.version is not None and not FLAGS.overwrite:
+    existing = os.path.join(FLAGS.export_dir, str(FLAGS.version))
+    if os.path.exists(existing):
+      raise app.UsageError(
+          f"--version={FLAGS.version} already exists at {existing!r}; pass "
+          "--overwrite to replace it, or leave --version out to write the "
+          "next free version.")
+  if FLAGS.tflite_path:
+    parent = os.path.dirname(os.path.abspath(FLAGS.tflite_path))
+    if not os.path.isdir(parent):
+      raise app.UsageError(
+          f"--tflite_path={FLAGS.tflite_path!r}: directory {parent!r} does "
+          "not exist.")
+  path = keras_model_path(FLAGS.model)
+  try:
+    kind, name = sdn_data.parse_dataset_name(FLAGS.dataset)
+    if kind == "tfrecord":
+      sdn_data.check_tfrecord_dir(name)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f"--dataset: {e}") from e
+  return path
 
 def main(argv):
   del argv
-  kind, name = sdn_data.parse_dataset_name(FLAGS.dataset)
-  if kind == "tfrecord":
-    sdn_data.check_tfrecord_dir(name)
-  model = load_keras_model(FLAGS.model)
+  # Only the weights: the optimizer state of training is not exported.
+  model = keras.models.load_model(check_flags(), compile=False)
   has_prunable = bool(tfsdn.prunable_layers(model))
   stripped = tfsdn.strip(model) if has_prunable else None
   compact = stripped.model if has_prunable else model
@@ -62,13 +108,16 @@ def main(argv):
     diff = np.abs(model(images, training=False).numpy() - expected).max()
     logging.info("compact vs pruned model: max abs difference %.2e", diff)
     if diff > 1e-4:
-      raise SystemExit(f"Compact model differs from the pruned one by {diff}")
+      raise SystemExit(cli.error_line(
+          f"Compact model differs from the pruned one by {diff}"))
   path = tfsdn.export_saved_model(compact, FLAGS.export_dir,
-                                  version=FLAGS.version, xla=FLAGS.xla)
+                                  version=FLAGS.version, xla=FLAGS.xla,
+                                  overwrite=FLAGS.overwrite)
   serve = tf.saved_model.load(path).signatures["serving_default"]
   diff = np.abs(serve(images=images)["logits"].numpy() - expected).max()
   if diff > 1e-4:
-    raise SystemExit(f"SavedModel at {path} differs from Keras by {diff}")
+    raise SystemExit(cli.error_line(
+        f"SavedModel at {path} differs from Keras by {diff}"))
   logging.info("SavedModel %s verified on %d real images (max abs diff %.2e)",
                path, images.shape[0], diff)
   if FLAGS.tflite_path:
@@ -82,11 +131,12 @@ def main(argv):
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     diff = np.abs(out - expected).max()
     if diff > 1e-3:
-      raise SystemExit(f"TFLite model differs from Keras by {diff}")
+      raise SystemExit(cli.error_line(
+          f"TFLite model differs from Keras by {diff}"))
     logging.info("TFLite %s verified (max abs diff %.2e)", FLAGS.tflite_path,
                  diff)
   print(f"Exported and verified: {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,8 +17,14 @@ Offline, on the CIFAR-10 TFRecords of this workplace (a short run):
 With internet: `--dataset=cifar10 --weights=imagenet --image_size=64`.
 """
 
-import math
 import os
+
+# Before TensorFlow loads: hide its C++ log lines unless the user chose a
+# level (tfsdn.cli.DEFAULT_TF_LOG_LEVEL says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import math
 
 from absl import app
 from absl import flags
@@ -26,6 +32,7 @@ from absl import logging
 import tensorflow_model_optimization as tfmot
 
 import tfsdn
+from tfsdn import cli
 from tfsdn import data as sdn_data
 from tfsdn import distribution
 from tfsdn import recipe
@@ -90,9 +97,12 @@ def check_flags():
   if FLAGS.image_size < 32:
     raise app.UsageError(
         f"--image_size must be >= 32. Received: {FLAGS.image_size}")
-  kind, directory = sdn_data.parse_dataset_name(FLAGS.dataset)
-  if kind == "tfrecord":
-    sdn_data.check_tfrecord_dir(directory)
+  try:
+    kind, directory = sdn_data.parse_dataset_name(FLAGS.dataset)
+    if kind == "tfrecord":
+      sdn_data.check_tfrecord_dir(directory)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f"--dataset: {e}") from e
   if not 0.0 < FLAGS.final_sparsity < 1.0:
     raise app.UsageError(
         f"--final_sparsity must be in (0, 1). Received: {FLAGS.final_sparsity}")
@@ -196,4 +206,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,10 +14,16 @@ again with the same flags and `--model_dir` (scores, masks and the pruning
 step included). A finished run is never overwritten.
 """
 
+import os
+
+# Before TensorFlow loads: hide its C++ log lines unless the user chose a
+# level (tfsdn.cli.DEFAULT_TF_LOG_LEVEL says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 import hashlib
 import json
 import math
-import os
 import shutil
 
 from absl import app
@@ -28,6 +34,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import tfsdn
+from tfsdn import cli
 from tfsdn import data as sdn_data
 from tfsdn import distribution
 from tfsdn import recipe
@@ -94,9 +101,12 @@ def check_flags(values):
   """Fails fast, before any training, on a flag value that cannot work."""
   if not values["model_dir"]:
     raise app.UsageError("--model_dir is required.")
-  kind, directory = sdn_data.parse_dataset_name(values["dataset"])
-  if kind == "tfrecord":
-    sdn_data.check_tfrecord_dir(directory)
+  try:
+    kind, directory = sdn_data.parse_dataset_name(values["dataset"])
+    if kind == "tfrecord":
+      sdn_data.check_tfrecord_dir(directory)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f"--dataset: {e}") from e
   if not 0.0 <= values["final_sparsity"] < 1.0:
     raise app.UsageError(
         f"--final_sparsity must be in [0, 1). Received: "
@@ -256,10 +266,28 @@ def main(argv):
   }
   write_json(files.path("results.json"), results)
   shutil.rmtree(backup_dir, ignore_errors=True)  # The run is finished.
-  logging.info("Test accuracy %.4f (exported SavedModel: %.4f); parameters "
-               "%d -> %d; MACs %d -> %d; exported to %s", accuracy,
-               export_accuracy, before.total_params, after.total_params,
-               before.total_macs, after.total_macs, export_path)
+  print(summary(values["model_dir"], results))
+
+
+def summary(model_dir, results):
+  """What the run measured and where its files are, for the terminal."""
+  return "\n".join([
+      f"Test accuracy {results['test_accuracy']:.2%} on "
+      f"{results['test_examples']:,} images (exported SavedModel: "
+      f"{results['export_test_accuracy']:.2%}); parameters "
+      f"{results['params_before']:,} -> {results['params_after']:,}; MACs "
+      f"per image {results['macs_before']:,} -> {results['macs_after']:,}.",
+      f"Written into {model_dir}:",
+      "  report.md         parameters and MACs per layer, before and after",
+      "  connectivity.png  which feature maps each layer still reads",
+      "  results.json      these figures",
+      "  final_model.keras (pruned), compact_model.keras (stripped)",
+      f"  logs/             TensorBoard: tensorboard --logdir "
+      f"{os.path.join(model_dir, 'logs')}",
+      f"SavedModel: {results['export_path']}",
+      f"  python examples/predict.py --saved_model={results['export_path']}"
+      " IMAGE...",
+  ])
 
 
 def _live_digest(layers):
@@ -272,4 +300,4 @@ def _live_digest(layers):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,5 +1,7 @@
 """Small models and training loops shared by the tests."""
 
+import os
+
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
@@ -101,3 +103,24 @@ def applications_style_densenet(blocks=(2, 3), growth_rate=4, stem=8,
   outputs = keras.layers.Dense(10, activation=classifier_activation,
                                name="predictions")(x)
   return keras.Model(inputs, outputs, name="mini_densenet")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def script_env(**overrides):
+  """The environment to run an example script in.
+
+  This checkout's tfsdn comes first on the path (not another installed
+  copy), TensorFlow's C++ log is at level 2, and `overrides` sets variables
+  (None removes one).
+  """
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env["PYTHONPATH"] = os.pathsep.join(
+      [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+  for name, value in overrides.items():
+    if value is None:
+      env.pop(name, None)
+    else:
+      env[name] = value
+  return env

@@ -40,6 +40,15 @@ def test_tfrecord_pipeline_batches_raw_pixels(tmp_path):
   assert sum(int(b[0].shape[0]) for b in train) == 8
 
 
+def test_tfrecord_pipelines_know_their_batch_count(tmp_path):
+  name = f"tfrecord:{write_tfrecords(tmp_path / 'cifar')}"  # 20 records
+  assert int(data.make_dataset(name, "train", 8, training=True)
+             .cardinality()) == 3  # Keras' progress bar shows "1/3"
+  assert int(data.make_dataset(name, "test", 4, size=10).cardinality()) == 3
+  assert int(data.make_dataset(name, "train", 4, size=50, offset=15)
+             .cardinality()) == 2  # 5 records left after the offset
+
+
 def test_offset_holds_out_the_start_of_a_split(tmp_path):
   name = f"tfrecord:{write_tfrecords(tmp_path / 'cifar')}"
   held_out = np.concatenate([b[1] for b in data.make_dataset(

@@ -18,6 +18,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from tests import helpers
 from tests.test_data import write_tfrecords
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def _start_workers(args, log_dir):
   workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
   processes = []
   for index in range(2):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps({
+    env = helpers.script_env(TF_CONFIG=json.dumps({
         "cluster": {"worker": workers},
         "task": {"type": "worker", "index": index}}))
     with open(log_dir / f"worker{index}.log", "w") as log:  # Popen dups it.

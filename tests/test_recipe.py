@@ -25,3 +25,19 @@ def test_step_decay_divides_by_ten_at_half_and_three_quarters():
   schedule = recipe.step_decay(0.1, 8)
   assert [schedule(e) for e in range(8)] == pytest.approx(
       [0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+
+
+@pytest.mark.parametrize("epochs, rates", [
+    (1, [0.1]),
+    (2, [0.1, 0.01]),  # the drops coincide: one drop, not /100 at once
+    (3, [0.1, 0.01, 0.001]),
+    (4, [0.1, 0.1, 0.01, 0.001]),
+])
+def test_step_decay_of_short_runs_drops_by_ten_at_a_time(epochs, rates):
+  schedule = recipe.step_decay(0.1, epochs)
+  assert [schedule(e) for e in range(epochs)] == pytest.approx(rates)
+
+
+def test_step_decay_refuses_no_epochs():
+  with pytest.raises(ValueError, match="epochs=0"):
+    recipe.step_decay(0.1, 0)

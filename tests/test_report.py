@@ -3,6 +3,7 @@ import numpy as np
 import tfsdn
 from tfsdn.compat import keras
 from tests import helpers
+from tfsdn.plot import tick_labels
 
 
 def _count_weights(model):
@@ -32,6 +33,12 @@ def test_totals_agree_across_forms_and_with_compact_weights(images):
   # 3x3 conv, kept inputs x filters x 16x16 positions.
   assert row.macs == 9 * row.input_live * row.filters * 16 * 16
   assert "block2_layer2" in after.to_markdown()
+  pruned_table = on_pruned.to_markdown()
+  assert (f"| block2_layer2 | prunable | {row.input_live} / "
+          f"{layer.input_channels} |") in pruned_table
+  assert "channels of its concatenated input in the dense model" in (
+      pruned_table)
+  assert "no record of what pruning removed" in after.to_markdown()
   assert "MACs" in tfsdn.comparison_markdown(before, after)
 
 
@@ -111,3 +118,25 @@ def test_a_stock_model_is_counted_without_prunable_rows(images):
                              keras.layers.Softmax()])
   assert tfsdn.model_report(nested).to_dict()["rows"] == report.to_dict()[
       "rows"]
+
+
+def test_plot_labels_the_block_input_and_the_transition():
+  report = tfsdn.model_report(helpers.tiny_densenet())
+  assert tick_labels(report, 0) == ({0: "1", 1: "2", 2: "T"},
+                                    {0: "in", 1: "1", 2: "2"})
+  assert tick_labels(report, 2) == ({0: "1", 1: "2"}, {0: "in", 1: "1"})
+  # A block of 24 layers + transition: every third label, the last always.
+  rows, columns = tick_labels(tfsdn.model_report(
+      tfsdn.densenet.DenseNet(depth=76, growth_rate=2)), 0)
+  assert list(rows) == list(range(0, 25, 3)) and rows[24] == "T"
+  assert rows[21] == "22" and columns == {0: "in", **{
+      j: str(j) for j in range(3, 25, 3)}}
+
+
+def test_plot_has_no_empty_right_margin(tmp_path):
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "connectivity.png"
+  tfsdn.plot_connectivity(helpers.tiny_densenet(), path)
+  pixels = plt.imread(str(path))[..., :3]
+  drawn_columns = np.flatnonzero((pixels < 0.9).any(axis=(0, 2)))
+  assert drawn_columns[-1] > 0.95 * pixels.shape[1]

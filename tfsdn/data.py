@@ -145,7 +145,8 @@ def make_dataset(dataset, split, batch_size, training=False, size=None,
       from the start of the train split.
 
   Returns:
-    A `tf.data.Dataset` of batches.
+    A `tf.data.Dataset` of batches, of known cardinality (the batches per
+    pass: TFRecord files are counted once, here).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1. Received: {batch_size!r}")
@@ -158,6 +159,11 @@ def make_dataset(dataset, split, batch_size, training=False, size=None,
     data = data.skip(offset)
   if size:
     data = data.take(size)
+  if parse_dataset_name(dataset)[0] == "tfrecord":
+    # A TFRecord file does not say how many records it holds: count them
+    # (about 2 s for 50,000) so that Keras shows "3/16", not "3/Unknown".
+    data = data.apply(tf.data.experimental.assert_cardinality(
+        count_examples(dataset, split, size, data_dir, offset)))
   if training:
     data = data.cache().shuffle(shuffle_buffer, seed=seed,
                                 reshuffle_each_iteration=True)

@@ -1,6 +1,7 @@
 """`plot_connectivity`: each dense block's connectivity as a heatmap."""
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -12,8 +13,11 @@ from tfsdn.report import model_report
 def plot_connectivity(report, path):
   """Writes each dense block's connectivity matrix as a PNG heatmap.
 
-  One panel per block: rows are the consuming layers, columns the layers
-  whose feature maps they are offered; colour is the fraction still read.
+  One panel per block: rows are the layers that read the block (`T`, the
+  last row of every block but the last, is the transition layer), columns
+  the layers whose feature maps they are offered (`in`, column 0, is the
+  block's input: the stem's or the previous transition's output); colour is
+  the fraction still read. A caption under the panels says so too.
   Needs matplotlib (`pip install tfsdn[plot]`).
 
   Example:
@@ -49,22 +53,51 @@ def plot_connectivity(report, path):
         f"Model {report.model_name!r} has no dense block to plot (form "
         f"{report.form!r}); plot the pruned model or its tfsdn.strip record.")
   count = len(report.blocks)
-  fig, axes = plt.subplots(1, count, figsize=(4.5 * count, 4.2), squeeze=False)
+  fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 4.2), squeeze=False)
   for b, (block, ax) in enumerate(zip(report.blocks, axes[0]), start=1):
     image = ax.imshow(np.ma.masked_invalid(block.matrix), vmin=0, vmax=1,
                       cmap="viridis", aspect="auto")
     ax.set_title(f"block {b}")
-    ax.set_xlabel("source layer (feature maps)")
-    ax.set_ylabel("consuming layer")
-    step = max(1, math.ceil(len(block.sources) / 12))
-    ax.set_xticks(range(0, len(block.sources), step))
-    step = max(1, math.ceil(len(block.consumers) / 12))
-    ax.set_yticks(range(0, len(block.consumers), step))
+    ax.set_xlabel("source: in = block input, i = layer i")
+    ax.set_ylabel("reading layer (T = transition)")
+    rows, columns = tick_labels(report, b - 1)
+    ax.set_xticks(list(columns), list(columns.values()))
+    ax.set_yticks(list(rows), list(rows.values()))
   fig.colorbar(image, ax=axes[0].tolist(), label="fraction of feature maps read")
   fig.suptitle(f"{report.model_name} ({report.form})")
+  caption = ("Each row is a layer of the block and each column a layer whose "
+             "feature maps it is offered. Source 'in' is the block's input "
+             "(the stem's or the previous transition's output), source i the "
+             "output of the block's layer i; row T, the last of every block "
+             "but the last, is the transition layer that reads the whole "
+             "block. Blank: not offered.")
+  fig.text(0.01, -0.04, textwrap.fill(caption, 75 * count), fontsize=8,
+           va="top")
   try:
     with atomic_path(path, suffix=".png") as tmp:
-      fig.savefig(tmp, dpi=100)
+      fig.savefig(tmp, dpi=100, bbox_inches="tight")  # no empty margins
   finally:
     plt.close(fig)
   return report
+
+
+def tick_labels(report, index):
+  """`(rows, columns)` tick labels of block `index`: {position: label}.
+
+  Columns: `in` for the block's input, then the block's layers 1, 2, ...
+  Rows: the reading layers 1, 2, ..., and `T` for the last row when it is
+  the transition layer (its output is the next block's input). At most
+  about 12 labels per axis; the last row is always labelled.
+  """
+  block = report.blocks[index]
+  later_inputs = {b.sources[0] for b in report.blocks[index + 1:]}
+  transition = block.consumers[-1] in later_inputs
+  step = max(1, math.ceil(len(block.sources) / 12))
+  columns = {j: "in" if j == 0 else str(j)
+             for j in range(0, len(block.sources), step)}
+  last = len(block.consumers) - 1
+  step = max(1, math.ceil(len(block.consumers) / 12))
+  positions = sorted(set(range(0, last + 1, step)) | {last})
+  rows = {i: "T" if transition and i == last else str(i + 1)
+          for i in positions}
+  return rows, columns

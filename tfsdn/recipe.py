@@ -1,7 +1,8 @@
 """The CIFAR training recipe shared by the example script and the benchmark.
 
 SGD with Nesterov momentum, the learning rate divided by 10 at 50% and 75%
-of the epochs (as in the DenseNet paper), and pruning stages spaced evenly in
+of the epochs (as in the DenseNet paper; in runs of fewer than 3 epochs, one
+drop or none: `step_decay`), and pruning stages spaced evenly in
 steps between the stage steps of `begin_epoch` and `end_epoch`
 (`tfsdn.schedule.epoch_step`).
 """
@@ -48,14 +49,31 @@ def staged_schedule(final_sparsity, num_stages, epochs, steps_per_epoch,
 
 
 def step_decay(learning_rate, epochs):
-  """Epoch -> learning rate: /10 at 50% and /100 at 75% of `epochs`."""
+  """Epoch -> learning rate: /10 at 50% and /100 at 75% of `epochs`.
+
+  The drops fall on epochs `int(0.5 * epochs)` and `int(0.75 * epochs)`.
+  In a run too short to keep them apart, a drop that would fall on epoch 0
+  or on the same epoch as the other is left out, so every drop divides the
+  rate by 10 only: 2 epochs train at `learning_rate` and then a tenth of it
+  (not a hundredth), 1 epoch at `learning_rate` throughout.
+
+  Args:
+    learning_rate: The initial learning rate.
+    epochs: Training epochs, >= 1.
+
+  Returns:
+    A function `(epoch, lr=None) -> learning rate` for
+    `keras.callbacks.LearningRateScheduler`.
+
+  Raises:
+    ValueError: if `epochs` < 1.
+  """
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1. Received: epochs={epochs!r}")
+  drops = sorted({e for e in (int(0.5 * epochs), int(0.75 * epochs)) if e > 0})
 
   def schedule(epoch, unused_lr=None):
-    if epoch >= int(0.75 * epochs):
-      return learning_rate / 100
-    if epoch >= int(0.5 * epochs):
-      return learning_rate / 10
-    return learning_rate
+    return learning_rate / 10 ** sum(epoch >= drop for drop in drops)
 
   return schedule
 

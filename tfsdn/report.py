@@ -107,7 +107,19 @@ class ModelReport:
       lines.append(f"| {r.name} | {r.kind} | {r.input_live} / "
                    f"{r.input_offered} | {r.filters} | {r.params:,} | "
                    f"{r.macs:,} |")
+    if self.form == "compact":
+      legend = ("Inputs are counted as the model has them: it has no record "
+                "of what pruning removed (report the `tfsdn.strip` record for "
+                "that).")
+    else:
+      legend = ("*live inputs / offered*: input channels the layer still "
+                "reads / channels of its concatenated input in the dense "
+                "model (the same in the dense and pruned tables); "
+                "*filters*: output channels it computes, fewer once no layer "
+                "reads some of them.")
     lines += [
+        "",
+        legend,
         "",
         f"Total parameters: {self.total_params:,} (prunable layers: "
         f"{self.prunable_params:,}); total MACs per image: "

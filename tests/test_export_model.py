@@ -1,0 +1,49 @@
+"""examples/export_model.py checks its flags before loading anything, and a
+mistake is one line, the last printed. The export itself runs in
+test_train_cifar.py (test_late_failure_...)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import helpers
+from tests.test_data import write_tfrecords
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "export_model.py")
+
+
+@pytest.fixture
+def paths(tmp_path):
+  model = tmp_path / "run" / "final_model.keras"
+  model.parent.mkdir()
+  model.write_text("never loaded: the flags are refused first")
+  (tmp_path / "sdn" / "2").mkdir(parents=True)
+  return dict(model=model.parent, export_dir=tmp_path / "sdn",
+              dataset=f"tfrecord:{write_tfrecords(tmp_path / 'cifar', 2)}")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(version=0), "--version must be >= 1 (TF Serving serves versions "
+     "1, 2, ...). Received: 0"),
+    (dict(version=2), "sdn/2'; pass --overwrite to replace it"),
+    (dict(model="nowhere"), "--model='nowhere' is neither a training run "
+     "directory holding final_model.keras nor a .keras file."),
+    (dict(dataset="tfrecord:nowhere"), "--dataset: TFRecord directory "
+     "'nowhere' does not exist"),
+    (dict(model=None), "flag --model=None: Flag --model must have a value "
+     "other than None."),
+])
+def test_mistakes_are_one_line_before_loading(paths, overrides, message):
+  flags = dict(paths, **overrides)
+  args = [f"--{k}={v}" for k, v in flags.items() if v is not None]
+  result = subprocess.run(
+      [sys.executable, SCRIPT, *args], capture_output=True, text=True,
+      cwd=ROOT, timeout=300, env=helpers.script_env())
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("export_model.py: error: ") and message in last
+  assert "Traceback" not in result.stderr
+  assert "--tflite_path" not in result.stderr  # no flag help
