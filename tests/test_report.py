@@ -34,7 +34,7 @@ def test_totals_agree_across_forms_and_with_compact_weights(images):
   assert row.macs == 9 * row.input_live * row.filters * 16 * 16
   assert "block2_layer2" in after.to_markdown()
   pruned_table = on_pruned.to_markdown()
-  assert (f"| block2_layer2 | prunable | {row.input_live} / "
+  assert (f"| block2_layer2 | prunable: connections | {row.input_live} / "
           f"{layer.input_channels} |") in pruned_table
   assert "channels of its concatenated input in the dense model" in (
       pruned_table)

@@ -33,6 +33,11 @@ class StrippedLayer:
       removed: 0 filters computed, no live input, no compact layers.
     compact_layers: Names of the compact layers holding its parameters (the
       BatchNormalization and the Conv2D).
+    prunes: What pruning its inputs removes: `"connections"` (dense
+      connections: it reads feature maps other prunable layers read too,
+      such as a block's concatenation) or `"width"` (it alone reads one
+      layer's output, as the 3x3 conv after a DenseNet-B bottleneck: its
+      pruned inputs are filters of that layer that strip removes).
   """
   name: str
   offered: list
@@ -40,6 +45,7 @@ class StrippedLayer:
   filters: int
   filters_computed: int
   compact_layers: tuple
+  prunes: str = "connections"
 
 
 @dataclasses.dataclass
@@ -246,12 +252,26 @@ def strip(model):
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
           output.shape[-1] if output.shape.rank else 1)
+  _classify(record)
   source_channels = {
       layer.name: (graph.channels(graph.node_output(node))
                    if graph.node_output(node).shape.rank else 1)
       for node, layer in nodes}
   return Stripped(graph.model_like(model, new_inputs, new), model.name, record,
                   source_channels)
+
+
+def _classify(record):
+  """Sets `prunes` of each record: "width" if it alone reads one source."""
+  readers = {}
+  for layer in record.values():
+    for source in {s for s, _ in layer.offered}:
+      readers[source] = readers.get(source, 0) + 1
+  for layer in record.values():
+    sources = {s for s, _ in layer.offered}
+    if len(sources) == 1 and readers[next(iter(sources))] == 1 and (
+        next(iter(sources)) in record):
+      layer.prunes = "width"
 
 
 def _require_full(inputs, present, layer):

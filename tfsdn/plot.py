@@ -13,7 +13,9 @@ from tfsdn.report import model_report
 def plot_connectivity(report, path):
   """Writes each dense block's connectivity matrix as a PNG heatmap.
 
-  One panel per block: rows are the layers that read the block (`T`, the
+  One panel per block (dense connections), and for DenseNet-B models a last
+  panel with the bottleneck widths. In a block panel rows are the layers
+  that read the block (`T`, the
   last row of every block but the last, is the transition layer), columns
   the layers whose feature maps they are offered (`in`, column 0, is the
   block's input: the stem's or the previous transition's output); colour is
@@ -53,7 +55,12 @@ def plot_connectivity(report, path):
         f"Model {report.model_name!r} has no dense block to plot (form "
         f"{report.form!r}); plot the pruned model or its tfsdn.strip record.")
   count = len(report.blocks)
-  fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 4.2), squeeze=False)
+  widths = report.widths
+  panels = count + bool(widths)
+  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2),
+                           squeeze=False)
+  if widths:
+    _plot_widths(axes[0][-1], widths)
   for b, (block, ax) in enumerate(zip(report.blocks, axes[0]), start=1):
     image = ax.imshow(np.ma.masked_invalid(block.matrix), vmin=0, vmax=1,
                       cmap="viridis", aspect="auto")
@@ -63,14 +70,18 @@ def plot_connectivity(report, path):
     rows, columns = tick_labels(report, b - 1)
     ax.set_xticks(list(columns), list(columns.values()))
     ax.set_yticks(list(rows), list(rows.values()))
-  fig.colorbar(image, ax=axes[0].tolist(), label="fraction of feature maps read")
+  fig.colorbar(image, ax=axes[0][:count].tolist(),
+               label="fraction of feature maps read")
   fig.suptitle(f"{report.model_name} ({report.form})")
   caption = ("Each row is a layer of the block and each column a layer whose "
              "feature maps it is offered. Source 'in' is the block's input "
              "(the stem's or the previous transition's output), source i the "
              "output of the block's layer i; row T, the last of every block "
              "but the last, is the transition layer that reads the whole "
-             "block. Blank: not offered.")
+             "block. Blank: not offered." + (
+                 " Last panel: bottleneck widths, the fraction of each "
+                 "bottleneck's filters the 3x3 conv after it still reads "
+                 "(strip removes the others)." if widths else ""))
   fig.text(0.01, -0.04, textwrap.fill(caption, 75 * count), fontsize=8,
            va="top")
   try:
@@ -79,6 +90,20 @@ def plot_connectivity(report, path):
   finally:
     plt.close(fig)
   return report
+
+
+def _plot_widths(ax, widths):
+  """A bar per width-pruning layer: the fraction of its inputs still read."""
+  names = [name for name, _, _ in widths]
+  fractions = [live / offered if offered else 0.0
+               for _, live, offered in widths]
+  ax.barh(range(len(names)), fractions, color="C2")
+  step = max(1, math.ceil(len(names) / 16))
+  ax.set_yticks(list(range(0, len(names), step)), names[::step], fontsize=6)
+  ax.invert_yaxis()
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("fraction of the bottleneck's filters read")
+  ax.set_title("bottleneck widths")
 
 
 def tick_labels(report, index):

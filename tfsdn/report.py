@@ -31,13 +31,15 @@ class LayerRow:
 
   Attributes:
     name: Layer name (a `PrunableConcatConv` and its compact conv share it).
-    kind: `"prunable"` for concatenation-fed convs, else `"conv"`/`"dense"`.
+    kind: `"prunable"` for `PrunableConcatConv`s, else `"conv"`/`"dense"`.
     input_live: Input channels the layer reads.
     input_offered: Input channels it is offered (its concatenated input).
     filters: Output channels it computes.
     params: Parameters (kernel, bias, and for prunable layers their input
       BatchNormalization).
     macs: Multiply-accumulates for one example.
+    prunes: For prunable layers, what their pruned inputs are:
+      `"connections"` or `"width"` (`StrippedLayer.prunes`); else "".
   """
   name: str
   kind: str
@@ -46,6 +48,7 @@ class LayerRow:
   filters: int
   params: int
   macs: int
+  prunes: str = ""
 
 
 @dataclasses.dataclass
@@ -81,6 +84,16 @@ class ModelReport:
   def prunable_macs(self):
     return sum(r.macs for r in self.rows if r.kind == "prunable")
 
+  def rows_pruning(self, prunes):
+    """Rows of the prunable layers that prune `"connections"` or `"width"`."""
+    return [r for r in self.rows if r.prunes == prunes]
+
+  @property
+  def widths(self):
+    """`(name, live, offered)` of every layer that prunes a width."""
+    return [(r.name, r.input_live, r.input_offered)
+            for r in self.rows_pruning("width")]
+
   def to_dict(self):
     return {
         "model_name": self.model_name,
@@ -104,7 +117,8 @@ class ModelReport:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in self.rows:
-      lines.append(f"| {r.name} | {r.kind} | {r.input_live} / "
+      kind = f"{r.kind}: {r.prunes}" if r.prunes else r.kind
+      lines.append(f"| {r.name} | {kind} | {r.input_live} / "
                    f"{r.input_offered} | {r.filters} | {r.params:,} | "
                    f"{r.macs:,} |")
     if self.form == "compact":
@@ -125,6 +139,13 @@ class ModelReport:
         f"{self.prunable_params:,}); total MACs per image: "
         f"{self.total_macs:,} (prunable layers: {self.prunable_macs:,}).",
     ]
+    widths = [r for r in self.rows if r.prunes == "width"]
+    if widths:
+      lines += ["", f"Prunable layers by what they prune: "
+                f"{len(self.rows_pruning('connections'))} prune dense "
+                f"connections ({sum(r.macs for r in self.rows_pruning('connections')):,} "
+                f"MACs), {len(widths)} prune bottleneck widths "
+                f"({sum(r.macs for r in widths):,} MACs)."]
     return "\n".join(lines)
 
   def __str__(self):
@@ -178,6 +199,7 @@ def _weight_rows(compact, stripped_layers):
     if name in rows:
       rows[name].input_live = int(np.sum(record.live))
       rows[name].input_offered = len(record.offered)
+      rows[name].prunes = record.prunes
   return rows
 
 
@@ -185,7 +207,7 @@ def _connectivity(stripped_layers, source_channels):
   """One `BlockConnectivity` per group of layers offered the same first map."""
   blocks = collections.OrderedDict()
   for name, record in stripped_layers.items():
-    if record.offered:
+    if record.offered and record.prunes == "connections":
       blocks.setdefault(record.offered[0][0], []).append(name)
   result = []
   for consumers in blocks.values():
