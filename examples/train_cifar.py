@@ -61,6 +61,14 @@ flags.DEFINE_integer("train_size", None, "Use only this many train images.")
 flags.DEFINE_integer("eval_size", None, "Use only this many test images.")
 flags.DEFINE_float("final_sparsity", 0.5,
                    "Input-channel sparsity of every prunable layer; 0 = dense.")
+flags.DEFINE_float("mac_budget", None,
+                   "Global allocation: prune until the compact model keeps "
+                   "this fraction of the dense MACs, ranking the inputs of "
+                   "all layers together (tfsdn.GlobalAllocation); "
+                   "replaces --final_sparsity's same fraction per layer.")
+flags.DEFINE_float("allocation_floor", 0.1,
+                   "With --mac_budget: least fraction of its inputs every "
+                   "layer keeps.")
 flags.DEFINE_integer("num_stages", 3, "Pruning stages.")
 flags.DEFINE_integer("prune_begin_epoch", None,
                      "Epoch of the first stage (default epochs // 8).")
@@ -111,6 +119,12 @@ def check_flags(values):
     raise app.UsageError(
         f"--final_sparsity must be in [0, 1). Received: "
         f"{values['final_sparsity']}")
+  if values["mac_budget"] is not None and not 0.0 < values["mac_budget"] < 1.0:
+    raise app.UsageError(
+        f"--mac_budget must be in (0, 1). Received: {values['mac_budget']}")
+  if not 0.0 <= values["allocation_floor"] < 1.0:
+    raise app.UsageError("--allocation_floor must be in [0, 1). Received: "
+                         f"{values['allocation_floor']}")
   if values["epochs"] < 1:
     raise app.UsageError(f"--epochs must be >= 1. Received: {values['epochs']}")
   if values["num_stages"] < 1:
@@ -208,11 +222,19 @@ def main(argv):
   ]
   log_dir = files.path("logs")
   with strategy.scope():
-    if values["final_sparsity"] > 0:
+    if values["mac_budget"] is not None:
+      schedule = recipe.global_schedule(
+          values["mac_budget"], values["num_stages"], values["epochs"],
+          steps_per_epoch, values["prune_begin_epoch"],
+          values["prune_end_epoch"], values["allocation_floor"])
+    elif values["final_sparsity"] > 0:
       schedule = recipe.staged_schedule(
           values["final_sparsity"], values["num_stages"], values["epochs"],
           steps_per_epoch, values["prune_begin_epoch"],
           values["prune_end_epoch"])
+    else:
+      schedule = None
+    if schedule is not None:
       logging.info("Pruning schedule: %s (%d steps per epoch)", schedule,
                    steps_per_epoch)
       model = tfsdn.prune_dense_connections(model, schedule)

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfsdn.compat import keras
+from tfsdn.allocation import GlobalAllocation
 from tfsdn.schedule import StagedSparsity
 
 
@@ -46,6 +47,27 @@ def staged_schedule(final_sparsity, num_stages, epochs, steps_per_epoch,
   begin, end = default_pruning_epochs(epochs, begin_epoch, end_epoch)
   return StagedSparsity.evenly(final_sparsity, num_stages, begin, end,
                                steps_per_epoch=steps_per_epoch)
+
+
+def global_schedule(mac_budget, num_stages, epochs, steps_per_epoch,
+                    begin_epoch=None, end_epoch=None, floor=0.1):
+  """A `GlobalAllocation` to `mac_budget` with the stage timing above.
+
+  Args:
+    mac_budget: Fraction of the dense MACs the compact model keeps, (0, 1).
+    num_stages: Number of stages.
+    epochs: Training epochs (sets the default begin and end epochs).
+    steps_per_epoch: Training batches per epoch.
+    begin_epoch: Epoch of the first stage (default `epochs // 8`).
+    end_epoch: Epoch of the last stage (default `epochs // 4`).
+    floor: Least fraction of its inputs every layer keeps.
+
+  Returns:
+    A `tfsdn.GlobalAllocation`.
+  """
+  begin, end = default_pruning_epochs(epochs, begin_epoch, end_epoch)
+  return GlobalAllocation.evenly(mac_budget, num_stages, begin, end,
+                                 steps_per_epoch=steps_per_epoch, floor=floor)
 
 
 def step_decay(learning_rate, epochs):
