@@ -64,10 +64,11 @@ def compare(results, labels, a, b):
   ca, cb = correct(results, labels, a, seeds), correct(results, labels, b,
                                                         seeds)
   mean, low, high = paired.bootstrap_difference(ca, cb)
-  only_a, only_b, p = paired.mcnemar(ca.ravel(), cb.ravel())
+  tests = [paired.mcnemar(x, y) for x, y in zip(ca, cb)]  # one per seed
   return {"a": a, "b": b, "seeds": seeds, "diff": 100 * mean,
-          "low": 100 * low, "high": 100 * high, "only_a": only_a,
-          "only_b": only_b, "p": p}
+          "low": 100 * low, "high": 100 * high, "mcnemar": tests,
+          "macs": (np.mean([results[a][s]["macs_vs_dense"] for s in seeds]),
+                   np.mean([results[b][s]["macs_vs_dense"] for s in seeds]))}
 
 
 def summary_rows(results):
@@ -98,9 +99,11 @@ def best_tfsdn(rows, keep):
 def _fmt(c):
   if c is None:
     return "not run yet"
-  return (f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] "
-          f"(McNemar {c['only_a']}:{c['only_b']}, p={c['p']:.3g}; seeds "
-          f"{','.join(map(str, c['seeds']))})")
+  tests = "; ".join(f"seed {s}: {a}:{b}, p={p:.3g}"
+                    for s, (a, b, p) in zip(c["seeds"], c["mcnemar"]))
+  return (f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] points at "
+          f"{c['macs'][0]:.3f}x vs {c['macs'][1]:.3f}x MACs (McNemar, images "
+          f"only A : only B right, {tests})")
 
 
 def comparisons(results, labels, rows):

@@ -16,8 +16,11 @@ import numpy as np
 def mcnemar(correct_a, correct_b):
   """Exact two-sided McNemar test.
 
+  Run it per seed: pooling seeds would count one image once per seed, as if
+  the runs were independent samples of images, and make p too small.
+
   Args:
-    correct_a: Booleans, one per image (pooled over seeds), arm A right.
+    correct_a: Booleans, one per image, arm A right.
     correct_b: The same for arm B.
 
   Returns:
@@ -28,12 +31,18 @@ def mcnemar(correct_a, correct_b):
   correct_b = np.asarray(correct_b, bool)
   only_a = int(np.sum(correct_a & ~correct_b))
   only_b = int(np.sum(~correct_a & correct_b))
+  if correct_a.shape != correct_b.shape:
+    raise ValueError("correct_a and correct_b must have one entry per image "
+                     f"each. Received shapes {correct_a.shape} and "
+                     f"{correct_b.shape}")
   n = only_a + only_b
   if n == 0:
     return only_a, only_b, 1.0
   k = min(only_a, only_b)
-  tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-  return only_a, only_b, min(1.0, 2.0 * tail)
+  # Exact in integers (2.0**n overflows a float past n = 1023); the one
+  # division rounds correctly.
+  tail = sum(math.comb(n, i) for i in range(k + 1))
+  return only_a, only_b, min(1.0, 2 * tail / (1 << n))
 
 
 def bootstrap_difference(correct_a, correct_b, resamples=2000, level=0.95,
@@ -52,11 +61,19 @@ def bootstrap_difference(correct_a, correct_b, resamples=2000, level=0.95,
     `(mean, low, high)` in accuracy units (multiply by 100 for points).
     With one seed only images are resampled (seed variation unmeasured).
   """
-  diff = (np.asarray(correct_a, np.float64) -
-          np.asarray(correct_b, np.float64))
-  if diff.ndim != 2 or diff.size == 0:
-    raise ValueError(f"Need (seeds, images) arrays. Received shape "
-                     f"{diff.shape}")
+  correct_a = np.asarray(correct_a, np.float64)
+  correct_b = np.asarray(correct_b, np.float64)
+  if correct_a.shape != correct_b.shape or correct_a.ndim != 2 or (
+      correct_a.size == 0):
+    raise ValueError("Need two (seeds, images) arrays of one shape. Received "
+                     f"shapes {correct_a.shape} and {correct_b.shape}")
+  if isinstance(resamples, bool) or not isinstance(resamples, int) or (
+      resamples < 1):
+    raise ValueError(f"resamples must be an integer >= 1. Received: "
+                     f"resamples={resamples!r}")
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level must be in (0, 1). Received: level={level!r}")
+  diff = correct_a - correct_b
   seeds, images = diff.shape
   rng = np.random.default_rng(seed)
   means = np.empty(resamples)
@@ -75,8 +92,10 @@ def seeds_needed(half_width_now, seeds_now, half_width_wanted):
   A planning figure from a pilot: it holds when the seed-to-seed variation
   dominates the interval.
   """
-  if half_width_wanted <= 0:
-    raise ValueError(f"half_width_wanted must be > 0. Received: "
-                     f"{half_width_wanted}")
+  for name, value in (("half_width_now", half_width_now),
+                      ("half_width_wanted", half_width_wanted)):
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f"{name} must be a finite number > 0. Received: "
+                       f"{name}={value!r}")
   return max(seeds_now, math.ceil(seeds_now * (half_width_now /
                                                half_width_wanted)**2))

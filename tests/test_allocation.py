@@ -122,12 +122,47 @@ def test_an_unreachable_budget_is_refused_before_training():
 @pytest.mark.parametrize("stages, match", [
     ([(2, 1.5)], "keep must be in"),
     ([(2, 0.5), (3, 0.7)], "non-increasing"),
-    ([(1, 0.5)], "steps must be integers"),
+    ([(1, 0.5)], "stage step must be an integer in"),
     ([], "non-empty"),
 ])
 def test_rejects_bad_stages(stages, match):
   with pytest.raises(ValueError, match=match):
     GlobalAllocation(stages)
+
+
+def test_patterns_that_match_nothing_are_refused():
+  model = helpers.tiny_densenet()
+  with pytest.raises(ValueError, match=r"ignored_layers \['transiton\*'\]"):
+    tfsdn.prune_dense_connections(
+        model, GlobalAllocation([(2, 0.8)], ignored_layers=["transiton*"]))
+  with pytest.raises(ValueError, match=r"overrides \['blok1_\*'\]"):
+    tfsdn.prune_dense_connections(
+        model, GlobalAllocation([(2, 0.8)], overrides={"blok1_*": 0.5}))
+
+
+def test_every_stage_budget_is_checked_before_training():
+  # Overrides on every layer: nothing left to rank, and at the first stage
+  # the overrides' proportional share does not reach that stage's budget.
+  model = helpers.tiny_densenet()
+  layers = tfsdn.prunable_layers(model)
+  costs = allocation.layer_costs(layers, "macs")
+  dense = allocation.dense_macs(model)
+  final = (dense - sum(c * schedule_lib.pruned_count(l.input_channels, 0.3)
+                       for c, l in zip(costs, layers))) / dense
+  plan = GlobalAllocation([(2, 1 - (1 - final) * 0.9), (4, final)],
+                          floor=0.0, overrides={"*": 0.3})
+  with pytest.raises(ValueError, match="stage at step 2 cannot reach"):
+    tfsdn.prune_dense_connections(model, plan)
+
+
+def test_stages_closer_than_steps_per_execution_are_refused():
+  pruned = tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), GlobalAllocation([(2, 0.8), (3, 0.5)]))
+  pruned.compile(keras.optimizers.SGD(0.05),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                 steps_per_execution=4)
+  with pytest.raises(ValueError, match="steps_per_execution=4"):
+    helpers.fit_steps(pruned, 4)
 
 
 def test_rejects_bad_options():
@@ -137,6 +172,11 @@ def test_rejects_bad_options():
     GlobalAllocation([(2, 0.5)], floor=1.0)
   with pytest.raises(ValueError, match="ignored_layers"):
     GlobalAllocation([(2, 0.5)], ignored_layers="block1_layer1")
+  with pytest.raises(ValueError, match="ignored_layers=<generator"):
+    GlobalAllocation([(2, 0.5)], ignored_layers=(n for n in ["a"]))
+  assert GlobalAllocation([(2, 0.5)], ignored_layers=None).ignored_layers == []
+  with pytest.raises(ValueError, match=r"step 3 after step 4 in stages"):
+    GlobalAllocation([(4, 0.7), (3, 0.5)])
   with pytest.raises(ValueError, match=r"overrides\['t\*'\]"):
     GlobalAllocation([(2, 0.5)], overrides={"t*": 1.0})
 

@@ -125,6 +125,13 @@ def test_mcnemar_is_exact():
   assert (only_a, only_b) == (3, 1)
   assert p == pytest.approx(2 * (1 + 4) / 16)  # 2 * P(X <= 1), X~B(4, 1/2)
   assert paired.mcnemar(a, a)[2] == 1.0
+  # Thousands of discordant images (10,000 test images): no overflow.
+  many = np.zeros(10_000, bool)
+  many[:5_400] = True
+  only_a, only_b, p = paired.mcnemar(many, ~many)
+  assert (only_a, only_b) == (5_400, 4_600) and 0 < p < 1e-12
+  with pytest.raises(ValueError, match="one entry per image"):
+    paired.mcnemar(a, b[:3])
 
 
 def test_bootstrap_interval_covers_the_difference_and_shrinks():
@@ -138,7 +145,13 @@ def test_bootstrap_interval_covers_the_difference_and_shrinks():
   assert high1 - low1 > 0
   with pytest.raises(ValueError, match="seeds, images"):
     paired.bootstrap_difference(a[0], b[0])
+  with pytest.raises(ValueError, match="resamples=0"):
+    paired.bootstrap_difference(a, b, resamples=0)
+  with pytest.raises(ValueError, match="level=1.5"):
+    paired.bootstrap_difference(a, b, level=1.5)
   assert paired.seeds_needed(1.0, 2, 0.5) == 8
+  with pytest.raises(ValueError, match="half_width_now=nan"):
+    paired.seeds_needed(float("nan"), 2, 0.5)
 
 
 def test_criteria_one_shot_compares_every_criterion(records, tmp_path):

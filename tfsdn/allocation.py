@@ -20,10 +20,17 @@ first: the choice a fractional knapsack makes when each layer's output
 matters equally. A channel of a 32x32 layer costs 16 times one of an 8x8
 layer, so at equal shares the larger feature maps lose inputs first.
 
+With `criterion="random"` the scores are fixed draws, not normalised, so
+the "share" is a random number too: the allocation is random but still
+cost-aware.
+
 The MACs are estimated as the dense model's MACs (every Conv2D, Dense and
 PrunableConcatConv, as `model_report` counts them) minus what the pruned
 inputs cost. The strip step may remove more (producer filters that nobody
-reads any more), so the compact model's MACs are at most the estimate.
+reads any more), so the compact model's MACs are at most the estimate,
+and can be well below it (in a DenseNet-B net the bottleneck filter behind
+every pruned width input goes too); compare allocations by the compact
+model's MACs (`model_report`), not by their budgets.
 
 The allocation runs inside tfmot's loop: every allocated layer gets its own
 `AllocatedSparsity` schedule (a tfmot `PruningSchedule`) whose sparsity
@@ -42,6 +49,7 @@ import tensorflow_model_optimization as tfmot
 from tfsdn import checks
 from tfsdn import criteria
 from tfsdn.compat import keras
+from tfsdn.schedule import FIRST_STAGE_STEP
 from tfsdn.schedule import StagedSparsity
 from tfsdn.schedule import pruned_count
 from tfsdn.schedule import sparsity_for_count
@@ -65,18 +73,22 @@ class GlobalAllocation:
 
   Args:
     stages: `(step, keep)` pairs: at `step` (an integer >= 2, strictly
-      increasing) the model is pruned until its estimated cost is at most
-      `keep` times the dense model's (`keep` in (0, 1], non-increasing).
+      increasing, at least `steps_per_execution` apart: the budget of a
+      stage is split right before the training call that contains it) the
+      model is pruned until its estimated cost is at most `keep` times the
+      dense model's (`keep` in (0, 1], non-increasing).
     budget: `"macs"` (the compact model's multiply-accumulates) or
       `"channels"` (prunable input channels).
     floor: Every allocated layer keeps at least `max(1, ceil(floor * C))`
       of its C inputs, in [0, 1).
     ignored_layers: Names or `fnmatch` patterns (`"block1_*"` for a block)
-      of prunable layers that are not pruned at all.
+      of prunable layers that are not pruned at all. Each must match some
+      prunable layer (checked by `prune_dense_connections`).
     overrides: Dict from a name or pattern to a sparsity in [0, 1): those
       layers are pruned layer-wise to that sparsity (reached at the last
       stage, in proportion before it) and not ranked; their cost counts in
-      the budget. The first matching pattern wins.
+      the budget. The first matching pattern wins; each must match some
+      prunable layer.
 
   Raises:
     ValueError: for a malformed stage, budget, floor or override; the
@@ -91,20 +103,27 @@ class GlobalAllocation:
     pairs = _stage_pairs(stages)
     for step, keep in pairs:
       checks.real("keep", keep, 0.0, 1.0, low_open=True)
-    for (_, before), (step, keep) in zip(pairs, pairs[1:]):
+      checks.integer("stage step", step, low=FIRST_STAGE_STEP)
+    for (before_step, before), (step, keep) in zip(pairs, pairs[1:]):
       if keep > before:
         raise ValueError(
             f"Stage budgets must be non-increasing. Received: keep={keep} at "
             f"step {step} after keep={before} in stages={stages!r}")
-    # StagedSparsity checks the steps; its "sparsity" is 1 - keep.
-    StagedSparsity([(step, 1.0 - keep) for step, keep in pairs])
+      if step <= before_step:
+        raise ValueError(
+            f"Stage steps must be strictly increasing. Received: step {step} "
+            f"after step {before_step} in stages={stages!r}")
+    pairs = [(int(step), keep) for step, keep in pairs]
     self.stages = pairs
     self.budget = budget
     self.floor = checks.real("floor", floor, 0.0, 1.0, high_open=True)
-    if isinstance(ignored_layers, str) or not all(
-        isinstance(p, str) for p in ignored_layers):
+    if ignored_layers is None:
+      ignored_layers = ()
+    if isinstance(ignored_layers, str) or not isinstance(
+        ignored_layers, (list, tuple)) or not all(
+            isinstance(p, str) for p in ignored_layers):
       raise ValueError("ignored_layers must be a list of layer names or "
-                       f"patterns. Received: {ignored_layers!r}")
+                       f"patterns. Received: ignored_layers={ignored_layers!r}")
     self.ignored_layers = list(ignored_layers)
     overrides = dict(overrides or {})
     for pattern, sparsity in overrides.items():
@@ -175,8 +194,9 @@ class GlobalAllocation:
       layers: The allocated `PrunableConcatConv`s (ignored ones excluded),
         with their scores computed for this stage.
       costs: Per layer, the cost of one of its input channels.
-      dense_cost: The dense model's cost (ignored layers and fixed layers
-        included).
+      dense_cost: The dense model's cost: all its MACs (ignored and
+        non-prunable layers included), or with `budget="channels"` the input
+        channels of the allocated layers.
       step: The stage step.
 
     Returns:
@@ -236,7 +256,8 @@ class GlobalAllocation:
         f"{self.keep_at(step)} of the dense {self.budget} ({target:,.0f} of "
         f"{dense_cost:,.0f}): with floor={self.floor}, ignored_layers="
         f"{self.ignored_layers} and overrides={self.overrides} at least "
-        f"{target + left:,.0f} remain. Lower the floor or raise the budget.")
+        f"{target + left:,.0f} remain. Lower the floor or the overrides' "
+        "sparsities, ignore fewer layers, or raise the budget.")
 
   def get_config(self):
     return {"stages": [list(s) for s in self.stages], "budget": self.budget,
@@ -259,7 +280,7 @@ class GlobalAllocation:
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
-class AllocatedSparsity(tfmot.sparsity.keras.PruningSchedule, tf.Module):
+class AllocatedSparsity(tfmot.sparsity.keras.PruningSchedule, tf.Module):  # pylint: disable=abstract-method
   """One layer's schedule under a `GlobalAllocation`.
 
   Prunes at the allocation's stage steps, to the sparsity held in the
@@ -391,30 +412,47 @@ def allocate(model, wrappers, step):
   return {layer.name: kept for layer, kept in zip(layers, keep)}
 
 
-def check_reachable(model, allocation, layers):
-  """Fails early if the floor and overrides make the last budget unreachable.
+def check_reachable(model, allocation, layers, all_layers):
+  """Fails early if a pattern matches nothing or a budget is out of reach.
+
+  Every stage's budget is checked against what the floor and the overrides
+  (in their proportion at that stage) leave at least.
 
   Args:
     model: The model (dense, wrapped or not).
     allocation: A `GlobalAllocation`.
     layers: The `PrunableConcatConv`s it allocates (ignored ones excluded).
+    all_layers: All the model's `PrunableConcatConv`s.
 
   Raises:
-    ValueError: naming the budget and the least cost reachable.
+    ValueError: naming the unmatched patterns, or the stage, its budget and
+      the least cost reachable.
   """
+  for kind, patterns in (("ignored_layers", allocation.ignored_layers),
+                         ("overrides", list(allocation.overrides))):
+    names = [layer.name for layer in all_layers]
+    unused = [p for p in patterns
+              if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unused:
+      raise ValueError(
+          f"GlobalAllocation {kind} {unused} match no prunable layer of "
+          f"model {model.name!r} (its prunable layers: {names[:6]}...).")
   costs = layer_costs(layers, allocation.budget)
   total = dense_cost(model, allocation, layers)
-  least = total
-  for layer, cost in zip(layers, costs):
-    n = layer.input_channels
-    sparsity = allocation.override(layer.name)
-    kept = (max(1, math.ceil(allocation.floor * n)) if sparsity is None else
-            n - pruned_count(n, sparsity))
-    least -= cost * (n - kept)
-  target = allocation.stages[-1][1] * total
-  if least > target:
-    raise ValueError(allocation._unreachable(  # pylint: disable=protected-access
-        allocation.stages[-1][0], target, total, least - target))
+  final_keep = allocation.stages[-1][1]
+  for step, keep in allocation.stages:
+    progress = (1.0 if final_keep >= 1.0 else
+                min(1.0, (1.0 - keep) / (1.0 - final_keep)))
+    least = total
+    for layer, cost in zip(layers, costs):
+      n = layer.input_channels
+      sparsity = allocation.override(layer.name)
+      kept = (max(1, math.ceil(allocation.floor * n)) if sparsity is None
+              else n - pruned_count(n, sparsity * progress))
+      least -= cost * (n - kept)
+    if least > keep * total:
+      raise ValueError(allocation._unreachable(  # pylint: disable=protected-access
+          step, keep * total, total, least - keep * total))
 
 
 def layerwise_sparsity(model, keep, budget="macs"):

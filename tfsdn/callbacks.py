@@ -126,6 +126,19 @@ class UpdateScores(keras.callbacks.Callback):
     self._last_step = self._step()
     # Fixed by compile(): read once, not before every batch.
     self._steps_per_execution = internals.steps_per_execution(self.model)
+    for wrapper in self._wrappers:
+      schedule = wrapper.pruning_schedule
+      if isinstance(schedule, AllocatedSparsity):
+        steps = schedule.stage_steps
+        close = [(a, b) for a, b in zip(steps, steps[1:])
+                 if b - a < self._steps_per_execution]
+        if close:
+          raise ValueError(
+              f"GlobalAllocation stages at steps {close[0]} are closer than "
+              f"steps_per_execution={self._steps_per_execution}: the budget "
+              "of a stage is split before the training call that contains "
+              "it, so one call can hold one stage only. Space the stages "
+              "further apart or compile with a smaller steps_per_execution.")
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
     self._set_measuring(self._last_step)

@@ -252,7 +252,7 @@ def strip(model):
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
           output.shape[-1] if output.shape.rank else 1)
-  _classify(record)
+  _classify(record, nodes, sources)
   source_channels = {
       layer.name: (graph.channels(graph.node_output(node))
                    if graph.node_output(node).shape.rank else 1)
@@ -261,16 +261,26 @@ def strip(model):
                   source_channels)
 
 
-def _classify(record):
-  """Sets `prunes` of each record: "width" if it alone reads one source."""
+def _classify(record, nodes, sources):
+  """Sets `prunes` of each record: "width" if it alone reads one layer.
+
+  A layer prunes a width when everything it is offered comes from one
+  producer that no other layer reads (through concatenations, gathers and
+  channel-wise layers such as dropout): then each pruned input is a filter
+  of that producer that strip removes.
+  """
   readers = {}
+  for node, layer in nodes:
+    if graph.is_input(node) or graph.is_channel_concat(layer) or (
+        graph.is_channel_gather(layer, node)) or (
+            graph.passes_channels(layer, node)):
+      continue
+    for tensor in graph.node_inputs(node):
+      for source in {s for s, _ in sources[id(tensor)]}:
+        readers.setdefault(source, set()).add(layer.name)
   for layer in record.values():
-    for source in {s for s, _ in layer.offered}:
-      readers[source] = readers.get(source, 0) + 1
-  for layer in record.values():
-    sources = {s for s, _ in layer.offered}
-    if len(sources) == 1 and readers[next(iter(sources))] == 1 and (
-        next(iter(sources)) in record):
+    offered = {s for s, _ in layer.offered}
+    if len(offered) == 1 and readers.get(next(iter(offered))) == {layer.name}:
       layer.prunes = "width"
 
 

@@ -129,7 +129,8 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
   chosen = {layer.name: schedule_of(layer) for layer in layers}
   if isinstance(schedule, GlobalAllocation):
     allocation_lib.check_reachable(
-        model, schedule, [l for l in layers if chosen[l.name] is not None])
+        model, schedule, [l for l in layers if chosen[l.name] is not None],
+        layers)
 
   def clone(layer):
     if isinstance(layer, keras.Model):
