@@ -273,8 +273,8 @@ def export_onnx(model, path, opset=ONNX_OPSET):
 
   Needs the `onnx` extra (`pip install "tfsdn[onnx]"`: tf2onnx 1.17, onnx,
   onnxruntime, the versions tested). The graph takes `images`, float32
-  [batch, H, W, C] raw pixels, and returns the model's output (logits for
-  tfsdn models) in float32. Written to a temporary file, then renamed.
+  [batch, H, W, C] raw pixels, and returns `logits`, the model's output
+  (logits for tfsdn models), in float32. Written to a temporary file, then renamed.
 
   Example:
 
@@ -301,12 +301,29 @@ def export_onnx(model, path, opset=ONNX_OPSET):
   except ImportError as e:
     raise ImportError(
         "export_onnx needs tf2onnx: pip install 'tfsdn[onnx]'") from e
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
   model = with_dtype(model, "float32")
   run = tf.function(lambda images: model(images, training=False),
                     input_signature=[_image_spec(model)])
-  proto, _ = tf2onnx.convert.from_function(run, input_signature=[
-      _image_spec(model)], opset=opset)
+  # Freezing folds captured constants (a Normalization layer's mean) that
+  # tf2onnx.convert.from_function would turn into extra graph inputs.
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      run.get_concrete_function())
+  proto, _ = tf2onnx.convert.from_graph_def(
+      frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
+      output_names=[frozen.outputs[0].name], opset=opset)
+  _rename_onnx_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+  _rename_onnx_value(proto.graph, proto.graph.output[0].name, LOGITS)
   with atomic_path(path, suffix=".onnx") as tmp:
     with open(tmp, "wb") as f:
       f.write(proto.SerializeToString())
   return os.fspath(path)
+
+
+def _rename_onnx_value(onnx_graph, old, new):
+  for value in list(onnx_graph.input) + list(onnx_graph.output):
+    if value.name == old:
+      value.name = new
+  for node in onnx_graph.node:
+    node.input[:] = [new if name == old else name for name in node.input]
+    node.output[:] = [new if name == old else name for name in node.output]
