@@ -22,6 +22,11 @@ setuptools.setup(
         "plot": ["matplotlib>=3.5"],
         # benchmarks/: memory figures of inference_speed.py, plots.
         "bench": ["psutil", "matplotlib>=3.5"],
+        # export_onnx and the ONNX Runtime / LiteRT figures of
+        # benchmarks/deploy_speed.py; the versions tested together.
+        "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0",
+                 "backports.strenum"],
+        "litert": ["ai-edge-litert==2.3.0"],
         "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
                  "matplotlib>=3.5", "pillow"],
     },

@@ -165,3 +165,71 @@ def test_overwrite_swaps_the_version_in_without_a_gap(compact, tmp_path,
   tfsdn.export_saved_model(compact, base, version=1, overwrite=True)
   assert seen and all(seen)
   assert sorted(os.listdir(base)) == ["1"]
+
+
+def _tflite_logits(path, images):
+  interpreter = tf.lite.Interpreter(model_path=path)
+  index = interpreter.get_input_details()[0]["index"]
+  interpreter.resize_tensor_input(index, images.shape)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(index, images)
+  interpreter.invoke()
+  ops = [op["op_name"] for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
+  dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
+  return interpreter.get_tensor(
+      interpreter.get_output_details()[0]["index"]), ops, dtypes
+
+
+def test_tflite_float16_and_int8_follow_keras(compact, tmp_path, images):
+  expected = compact(images, training=False).numpy()
+  scale = np.abs(expected).max()
+  path = tfsdn.export_tflite(compact, tmp_path / "f16.tflite",
+                             quantization="float16")
+  logits, _, dtypes = _tflite_logits(path, images)
+  assert np.float16 in dtypes
+  np.testing.assert_allclose(logits, expected, atol=1e-2 * scale)
+  path = tfsdn.export_tflite(
+      compact, tmp_path / "int8.tflite", quantization="int8",
+      representative_images=[images[:4], images[4:]])
+  logits, ops, dtypes = _tflite_logits(path, images)
+  assert logits.dtype == np.float32  # float in and out, int8 inside
+  assert np.int8 in dtypes and np.float16 not in dtypes
+  assert "CONV_2D" in ops and "GATHER" not in ops
+  assert np.abs(logits - expected).max() < 0.1 * scale
+
+
+def test_tflite_quantization_is_checked(compact, tmp_path):
+  with pytest.raises(ValueError, match="quantization='int4'"):
+    tfsdn.export_tflite(compact, tmp_path / "m.tflite", quantization="int4")
+  with pytest.raises(ValueError, match="representative_images=None"):
+    tfsdn.export_tflite(compact, tmp_path / "m.tflite", quantization="int8")
+
+
+def test_mixed_precision_model_is_served_in_float32(tmp_path, images):
+  keras = tfsdn.compat.keras
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  model = helpers.tiny_densenet()
+  keras.mixed_precision.set_global_policy("float32")
+  helpers.randomize_batch_norm(model)
+  compact = tfsdn.strip_to_compact(model)
+  float32 = tfsdn.export.with_dtype(compact, "float32")
+  assert {l.compute_dtype for l in float32.layers} == {"float32"}
+  path = tfsdn.export_saved_model(compact, tmp_path / "sdn")
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  logits = serve(images=tf.constant(images))["logits"].numpy()
+  np.testing.assert_allclose(logits, float32(images, training=False).numpy(),
+                             atol=1e-4)
+
+
+def test_onnx_has_no_gather_and_matches_keras(compact, tmp_path, images):
+  onnxruntime = pytest.importorskip("onnxruntime")
+  onnx = pytest.importorskip("onnx")
+  pytest.importorskip("tf2onnx")
+  path = tfsdn.export_onnx(compact, tmp_path / "compact.onnx")
+  ops = [node.op_type for node in onnx.load(path).graph.node]
+  assert "Gather" not in ops and ops.count("Transpose") <= 1
+  session = onnxruntime.InferenceSession(path,
+                                         providers=["CPUExecutionProvider"])
+  logits = session.run(None, {session.get_inputs()[0].name: images})[0]
+  np.testing.assert_allclose(logits, compact(images, training=False).numpy(),
+                             atol=1e-4)

@@ -9,8 +9,8 @@ input pipelines). The data flows one way:
 
   layer (PrunableConcatConv, make_prunable) -> prune (prune_dense_connections,
   StagedSparsity or GlobalAllocation, UpdateScores) -> strip (strip: compact
-  model + what it kept) -> report (model_report, plot_connectivity) / export (export_saved_model,
-  export_tflite).
+  model + what it kept) -> report (model_report, plot_connectivity) / export
+  (export_saved_model, export_tflite, export_onnx).
 
 Everything else (`tfsdn.graph`, `tfsdn.internals`, `tfsdn.recipe`,
 `tfsdn.testing`, ...) serves the library, its scripts and its tests and may
@@ -30,6 +30,7 @@ from tfsdn.compact import strip
 from tfsdn.compact import strip_to_compact
 from tfsdn.convert import conversion_plan
 from tfsdn.convert import make_prunable
+from tfsdn.export import export_onnx
 from tfsdn.export import export_saved_model
 from tfsdn.export import export_tflite
 from tfsdn.plot import plot_connectivity
@@ -57,6 +58,7 @@ __all__ = [
     "criteria",
     "data",
     "densenet",
+    "export_onnx",
     "export_saved_model",
     "export_tflite",
     "make_prunable",

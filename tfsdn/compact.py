@@ -9,9 +9,9 @@ read that record instead of reverse-engineering the compact model.
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from tfsdn import graph
+from tfsdn import layout
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
@@ -146,12 +146,16 @@ def strip_to_compact(model):
 def strip(model):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
-  Every `PrunableConcatConv` becomes [Concatenate ->] [channel gather ->]
+  Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
   BatchNormalization -> ReLU -> Conv2D, reading only its live input
-  channels, with its BatchNormalization parameters and kernel sliced. A
-  feature map that no consumer reads any more is not computed at all: its
-  producer loses that filter and every consumer's channel indices are
-  remapped, repeatedly, until nothing more can be removed. The compact model
+  channels, with its BatchNormalization parameters and kernel sliced. The
+  filters of each producer are ordered so that what each consumer reads is
+  few contiguous ranges (`tfsdn.layout`), each read with a slice shared by
+  all consumers that read it; the kernels and BatchNormalizations that
+  read a producer follow its order. A feature map that no consumer reads
+  any more is not computed at all: its producer loses that filter and every
+  consumer's channel indices are remapped, repeatedly, until nothing more
+  can be removed. The compact model
   uses only tf_keras layers and TF ops, loads with
   `tf_keras.models.load_model` without custom objects and serves without
   tfsdn. In inference mode it computes the same function as the pruned
@@ -189,6 +193,8 @@ def strip(model):
         "tfsdn.make_prunable, then prune it.")
   needed = channel_liveness(model)
   sources = graph.channel_sources(model)
+  orders = layout.filter_orders(model, nodes, needed)
+  slices = {}   # (id(new tensor), start, stop) -> the slice, shared
   record = {}
   new = {}      # id(original tensor) -> new tensor
   present = {}  # id(original tensor) -> original channel indices it carries
@@ -210,24 +216,25 @@ def strip(model):
             np.zeros(layer.input_channels, bool), layer.filters, 0, ())
       continue
     if isinstance(layer, PrunableConcatConv):
-      keep_filters = np.flatnonzero(out_need)
+      keep_filters = orders.get(layer.name, np.flatnonzero(out_need))
       new[id(output)] = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
-          [present.get(id(t)) for t in inputs], keep_filters)
+          [present.get(id(t)) for t in inputs], keep_filters, slices)
       present[id(output)] = keep_filters
       record[layer.name] = StrippedLayer(
           layer.name, [s for t in inputs for s in sources[id(t)]],
           layer.live_mask(), layer.filters, len(keep_filters),
           (f"{layer.name}_bn", layer.name))
-    elif _is_filter_prunable_conv(layer) and not out_need.all():
-      _require_full(inputs, present, layer)
-      keep = np.flatnonzero(out_need)
+    elif _is_filter_prunable_conv(layer):
+      carried = _require_all(inputs, present, layer)
+      keep = orders.get(layer.name, np.flatnonzero(out_need))
       config = layer.get_config()
       config["filters"] = len(keep)
       conv = type(layer).from_config(config)
       new[id(output)] = graph.call_like(node, conv, new)
       weights = layer.get_weights()
-      conv.set_weights([weights[0][..., keep]] + [w[keep] for w in weights[1:]])
+      conv.set_weights([weights[0][:, :, carried][..., keep]] +
+                       [w[keep] for w in weights[1:]])
       present[id(output)] = keep
     elif graph.is_channel_concat(layer) and output.shape.rank == 4:
       # Inputs that no one reads any more were not built: concatenate the
@@ -239,14 +246,25 @@ def strip(model):
           layer)(parts)
       present[id(output)] = np.concatenate(
           [present[id(inputs[i])] + offsets[i] for i in built])
-    elif graph.passes_channels(layer, node):
+    elif layout.passes_channel_order(layer, node):
       carried = present[id(inputs[0])]
       copy = graph.copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights([w[carried] for w in layer.get_weights()])
       present[id(output)] = carried
+    elif isinstance(layer, keras.layers.Dense):
+      carried = _require_all(inputs, present, layer)
+      copy = graph.copy_layer(layer)
+      new[id(output)] = graph.call_like(node, copy, new)
+      weights = layer.get_weights()
+      copy.set_weights([weights[0][carried]] + weights[1:])
+      present[id(output)] = np.arange(output.shape[-1])
     else:
-      _require_full(inputs, present, layer)
+      for tensor in inputs:
+        if not np.array_equal(_require_all([tensor], present, layer),
+                              np.arange(graph.channels(tensor))):
+          raise AssertionError(
+              f"{layer.name} needs its input channels in their order")
       copy = graph.copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights(layer.get_weights())
@@ -284,55 +302,68 @@ def _classify(record, nodes, sources):
       layer.prunes = "width"
 
 
-def _require_full(inputs, present, layer):
+def _require_all(inputs, present, layer):
+  """The order of the channels of `inputs[0]`, checked to be all there."""
   for tensor in inputs:
     if len(present[id(tensor)]) != graph.channels(tensor):
       raise AssertionError(
           f"{layer.name} needs all channels of its input but only "
           f"{len(present[id(tensor)])} of {graph.channels(tensor)} remain")
+  return present[id(inputs[0])] if inputs else None
 
 
-def select_channels(x, indices):
-  """Selects `indices` along the channel axis of an NHWC tensor (a tf op)."""
-  return tf.gather(x, [int(i) for i in indices], axis=-1)
+def _read_ranges(tensor, ranges, slices):
+  """The channel ranges of `tensor`, each a slice shared by all readers."""
+  parts = []
+  for start, stop in ranges:
+    if (start, stop) == (0, graph.channels(tensor)):
+      parts.append(tensor)
+      continue
+    key = (id(tensor), start, stop)
+    if key not in slices:
+      slices[key] = tensor[:, :, :, start:stop]
+    parts.append(slices[key])
+  return parts
 
 
-def _compact_concat_conv(layer, inputs, present_inputs, keep_filters):
-  """Stock layers computing `layer` on its live inputs and computed filters."""
+def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices):
+  """Stock layers computing `layer` on its live inputs and computed filters.
+
+  Reads, of every input, the ranges of channels it needs (slices shared with
+  other layers through `slices`), concatenates them, and orders its
+  BatchNormalization and kernel rows the same way.
+  """
   live = layer.live_channels()
   if not len(live):
     raise ValueError(f"{layer.name} has no live input channel left.")
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
-  positions, start, read_inputs = [], 0, []
+  parts, read = [], []
   for j, carried in enumerate(present_inputs):
     local = live[(live >= offsets[j]) & (live < offsets[j + 1])] - offsets[j]
     if carried is None:  # An input nobody reads any more is not computed.
       if len(local):
         raise AssertionError(f"{layer.name} reads a removed feature map")
       continue
-    read_inputs.append(inputs[j])
-    where = np.searchsorted(carried, local)
-    if len(local) and (where.max() >= len(carried) or
-                       (carried[where] != local).any()):
+    position = {int(c): p for p, c in enumerate(carried)}
+    if any(int(c) not in position for c in local):
       raise AssertionError(f"{layer.name} reads a channel that was removed")
-    positions.append(where + start)
-    start += len(carried)
-  positions = np.concatenate(positions)
+    where = np.sort([position[int(c)] for c in local]).astype(int)
+    parts += _read_ranges(inputs[j], layout.runs(where), slices)
+    read.append(np.asarray(carried, int)[where] + offsets[j])
+  read = np.concatenate(read)  # Offered channel of each channel read.
   dtype = layer.dtype_policy.name
-  x = read_inputs[0] if len(read_inputs) == 1 else keras.layers.Concatenate(
-      name=f"{layer.name}_concat", dtype=dtype)(read_inputs)
-  if not np.array_equal(positions, np.arange(start)):
-    x = select_channels(x, positions)
+  x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
+      name=f"{layer.name}_concat", dtype=dtype)(parts)
   batch_norm = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
       name=f"{layer.name}_bn", dtype=dtype)
   x = batch_norm(x)
-  batch_norm.set_weights([w[live] for w in layer.batch_norm.get_weights()])
+  batch_norm.set_weights([w[read] for w in layer.batch_norm.get_weights()])
   x = keras.layers.ReLU(name=f"{layer.name}_relu", dtype=dtype)(x)
   conv = keras.layers.Conv2D(
       len(keep_filters), layer.kernel_size, strides=layer.strides,
       padding=layer.padding, use_bias=False, name=layer.name, dtype=dtype)
   x = conv(x)
   kernel = layer.conv.get_weights()[0]
-  conv.set_weights([kernel[:, :, live, :][..., keep_filters]])
+  conv.set_weights([kernel[:, :, read, :][..., keep_filters]])
   return x

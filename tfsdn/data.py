@@ -190,3 +190,30 @@ def count_examples(dataset, split, size=None, data_dir=None, offset=0):
   if cardinality >= 0:
     return cardinality
   return int(data.reduce(0, lambda count, _: count + 1))
+
+
+def representative_images(dataset, count=256, batch_size=32, data_dir=None,
+                          split="train"):
+  """Image batches to calibrate post-training int8 quantization on.
+
+  Example:
+
+  ```python
+  images = tfsdn.data.representative_images("tfrecord:cifar10")
+  tfsdn.export_tflite(model, "int8.tflite", quantization="int8",
+                      representative_images=images)
+  ```
+
+  Args:
+    dataset: `cifar10`, `cifar100` or `tfrecord:DIR`.
+    count: Images to take (the first of the split, not augmented).
+    batch_size: Images per batch.
+    data_dir: tensorflow_datasets data directory.
+    split: The split to draw from; the training split by default, so the
+      test split stays unseen.
+
+  Returns:
+    A `tf.data.Dataset` of float32 image batches (raw pixels 0-255).
+  """
+  return make_dataset(dataset, split, batch_size, size=count,
+                      data_dir=data_dir).map(lambda images, labels: images)

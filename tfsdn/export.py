@@ -5,6 +5,7 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from tfsdn import checks
@@ -72,7 +73,7 @@ def _next_version(export_base):
 
 
 def export_saved_model(model, export_base, version=None, xla=False,
-                       overwrite=False):
+                       overwrite=False, dtype="float32"):
   """Writes `model` as a SavedModel that TF Serving loads.
 
   The layout is `export_base/<version>/saved_model.pb` + `variables/`, the one
@@ -100,6 +101,9 @@ def export_saved_model(model, export_base, version=None, xla=False,
     xla: Compile the serving function with XLA (`jit_compile=True`), for
       GPU serving; it also runs on CPU.
     overwrite: Replace an existing version instead of refusing.
+    dtype: The dtype every layer computes in, `"float32"` by default, so a
+      model trained in mixed precision serves in float32 (fast and exact on
+      CPU); None keeps the model's own dtype policies.
 
   Returns:
     The path of the written version directory.
@@ -118,6 +122,8 @@ def export_saved_model(model, export_base, version=None, xla=False,
       raise ValueError(
           f"version must be a positive integer. Received: version={version!r}"
       ) from e
+  if dtype is not None:
+    model = with_dtype(model, dtype)
   serve = serving_function(model, xla=xla)
   export_base = os.fspath(export_base)
   os.makedirs(export_base, exist_ok=True)
@@ -155,22 +161,55 @@ def _refuse_existing(export_base, version, overwrite):
         "or choose another version.")
 
 
-def export_tflite(model, path, optimizations=None):
+TFLITE_QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+
+
+def export_tflite(model, path, optimizations=None, quantization=None,
+                  representative_images=None):
   """Converts `model` to a TFLite flatbuffer for edge devices.
 
-  The TFLite model takes the same raw-pixel input and returns the model's
-  own output (logits for tfsdn models). Written to a temporary file, then
-  renamed into place.
+  The TFLite model takes the same raw-pixel float32 input and returns the
+  model's own output (logits for tfsdn models) as float32, whatever the
+  quantization. Written to a temporary file, then renamed into place.
+
+  Example:
+
+  ```python
+  images = tfsdn.data.representative_images("tfrecord:cifar10", count=256)
+  tfsdn.export_tflite(compact, "compact_int8.tflite", quantization="int8",
+                      representative_images=images)
+  ```
 
   Args:
     model: A tf_keras model (usually `strip_to_compact`'s result).
     path: Where to write the `.tflite` file.
-    optimizations: Optional list of `tf.lite.Optimize` values.
+    optimizations: Optional list of `tf.lite.Optimize` values (ignored
+      when `quantization` is set, which sets them).
+    quantization: None (float32), `"dynamic"` (int8 weights, float
+      activations), `"float16"` (float16 weights) or `"int8"` (full-integer
+      post-training quantization: int8 weights and activations, every op
+      int8; needs `representative_images`).
+    representative_images: For `"int8"`: an iterable of float32 image
+      batches [N, H, W, C] (raw pixels) to calibrate activation ranges on,
+      e.g. `tfsdn.data.representative_images(...)`.
 
   Returns:
     `path`.
+
+  Raises:
+    ValueError: for an unknown `quantization`, or `"int8"` without
+      `representative_images`.
   """
   require_functional(model)
+  if quantization not in TFLITE_QUANTIZATIONS:
+    raise ValueError(
+        f"quantization must be one of {TFLITE_QUANTIZATIONS}. Received: "
+        f"quantization={quantization!r}")
+  if quantization == "int8" and representative_images is None:
+    raise ValueError(
+        "quantization='int8' needs representative_images (float32 image "
+        "batches to calibrate on). Received: representative_images=None")
+  model = with_dtype(model, "float32")
   spec = _image_spec(model)
   run = tf.function(lambda images: model(images, training=False),
                     input_signature=[spec])
@@ -178,8 +217,113 @@ def export_tflite(model, path, optimizations=None):
       [run.get_concrete_function()], model)
   if optimizations:
     converter.optimizations = list(optimizations)
+  if quantization:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantization == "int8":
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+    def calibration():
+      for batch in representative_images:
+        for image in np.asarray(batch, np.float32):
+          yield [image[None]]
+
+    converter.representative_dataset = calibration
   flatbuffer = converter.convert()
   with atomic_path(path, suffix=".tflite") as tmp:
     with open(tmp, "wb") as f:
       f.write(flatbuffer)
   return os.fspath(path)
+
+
+def with_dtype(model, dtype):
+  """`model` computing in `dtype`: a copy if some layer computes in another.
+
+  A model trained in mixed precision (`mixed_bfloat16`, `mixed_float16`)
+  keeps float32 weights; served on CPU it is faster and exact in float32.
+
+  Args:
+    model: A functional tf_keras model.
+    dtype: A floating dtype name, e.g. `"float32"`.
+
+  Returns:
+    `model` itself if every layer already computes in `dtype`, else a new
+    model with the same weights whose layers all compute in `dtype`.
+  """
+  dtype = tf.as_dtype(dtype).name
+  if all(getattr(layer, "compute_dtype", dtype) in (dtype, None)
+         for layer in model.layers):
+    return model
+  config = model.get_config()
+  for layer in config["layers"]:
+    if "dtype" in layer["config"]:
+      layer["config"]["dtype"] = dtype
+  copy = model.__class__.from_config(config)
+  copy.set_weights(model.get_weights())
+  return copy
+
+
+ONNX_OPSET = 17
+
+
+def export_onnx(model, path, opset=ONNX_OPSET):
+  """Converts `model` to ONNX with tf2onnx, for ONNX Runtime.
+
+  Needs the `onnx` extra (`pip install "tfsdn[onnx]"`: tf2onnx 1.17, onnx,
+  onnxruntime, the versions tested). The graph takes `images`, float32
+  [batch, H, W, C] raw pixels, and returns `logits`, the model's output
+  (logits for tfsdn models), in float32. Written to a temporary file, then renamed.
+
+  Example:
+
+  ```python
+  tfsdn.export_onnx(compact, "compact.onnx")
+  session = onnxruntime.InferenceSession("compact.onnx")
+  logits = session.run(None, {"images": images})[0]
+  ```
+
+  Args:
+    model: A tf_keras model (usually `strip_to_compact`'s result).
+    path: Where to write the `.onnx` file.
+    opset: The ONNX opset.
+
+  Returns:
+    `path`.
+
+  Raises:
+    ImportError: if tf2onnx is not installed.
+  """
+  require_functional(model)
+  try:
+    import tf2onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "export_onnx needs tf2onnx: pip install 'tfsdn[onnx]'") from e
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  model = with_dtype(model, "float32")
+  run = tf.function(lambda images: model(images, training=False),
+                    input_signature=[_image_spec(model)])
+  # Freezing folds captured constants (a Normalization layer's mean) that
+  # tf2onnx.convert.from_function would turn into extra graph inputs.
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      run.get_concrete_function())
+  proto, _ = tf2onnx.convert.from_graph_def(
+      frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
+      output_names=[frozen.outputs[0].name], opset=opset)
+  _rename_onnx_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+  _rename_onnx_value(proto.graph, proto.graph.output[0].name, LOGITS)
+  with atomic_path(path, suffix=".onnx") as tmp:
+    with open(tmp, "wb") as f:
+      f.write(proto.SerializeToString())
+  return os.fspath(path)
+
+
+def _rename_onnx_value(onnx_graph, old, new):
+  for value in list(onnx_graph.input) + list(onnx_graph.output):
+    if value.name == old:
+      value.name = new
+  for node in onnx_graph.node:
+    node.input[:] = [new if name == old else name for name in node.input]
+    node.output[:] = [new if name == old else name for name in node.output]

@@ -1,0 +1,244 @@
+r"""Dense against compact DenseNet where models are deployed, side by side.
+
+Exports a dense DenseNet and the compact model `tfsdn.strip` makes of a
+pruned one to every runtime asked for, and times both in one process,
+interleaving rounds so machine noise hits both alike (median of --rounds):
+TF SavedModel (plain and XLA), LiteRT (float32 and full-integer int8,
+XNNPACK, --threads threads) and ONNX Runtime (via tf2onnx). Reports
+images/s, compact/dense ratios, file sizes, op counts of the converted
+graphs, and how far each runtime's compact output is from the Keras model.
+
+The pruned model is a `final_model.keras` of examples/train_cifar.py
+(--pruned_model: sparsity patterns tfsdn's training produced); without it,
+every layer is pruned at random to --sparsity (said so in the JSON). The
+dense model is the same network with every input channel live. With
+--dataset, int8 is calibrated on training images and --eval_images test
+images measure each format's accuracy (of the compact model).
+
+  python benchmarks/deploy_speed.py --pruned_model=run/final_model.keras \
+      --dataset=tfrecord:../shared/data/cifar10 --output=docs/deploy_speed.json
+"""
+
+import collections
+import os
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import tfsdn
+from tfsdn import testing
+from tfsdn.compat import keras
+from tfsdn.files import write_json
+from serving_timing import time_rounds
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("pruned_model", None,
+                    "A pruned model (.keras); default: random patterns.")
+flags.DEFINE_integer("depth", 40, "DenseNet depth (random patterns only).")
+flags.DEFINE_integer("growth_rate", 12, "Growth rate (random patterns only).")
+flags.DEFINE_float("sparsity", 0.5, "Sparsity (random patterns only).")
+flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
+flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
+                               "onnx"], "Runtimes to time.")
+flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
+flags.DEFINE_float("seconds", 2.0, "Seconds per model per round and batch.")
+flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
+flags.DEFINE_string("dataset", None, "tfrecord:DIR for calibration and "
+                    "accuracy; default: random calibration images.")
+flags.DEFINE_integer("calibration_images", 256, "int8 calibration images.")
+flags.DEFINE_integer("eval_images", 1000, "Test images for accuracy.")
+flags.DEFINE_string("output", "docs/deploy_speed.json", "JSON results.")
+flags.DEFINE_integer("seed", 0, "Seed of random patterns and images.")
+
+
+class _Result:
+  """What a runtime returns, read like a TF tensor by `time_rounds`."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def numpy(self):
+    return self.value
+
+
+def _litert(path):
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreters = {}
+
+  def interpreter_for(batch_size):  # One per batch size, made on first use.
+    if batch_size not in interpreters:
+      interpreter = Interpreter(model_path=path, num_threads=FLAGS.threads)
+      interpreter.resize_tensor_input(
+          interpreter.get_input_details()[0]["index"], [batch_size, 32, 32, 3])
+      interpreter.allocate_tensors()
+      interpreters[batch_size] = interpreter
+    return interpreters[batch_size]
+
+  def serve(images):
+    images = np.asarray(images, np.float32)
+    interpreter = interpreter_for(len(images))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
+                           images)
+    interpreter.invoke()
+    return {"logits": _Result(interpreter.get_tensor(
+        interpreter.get_output_details()[0]["index"]))}
+
+  ops = collections.Counter(
+      op["op_name"] for op in interpreter_for(1)._get_ops_details())  # pylint: disable=protected-access
+  return serve, dict(ops)
+
+
+def _onnx(path):
+  import onnx  # pylint: disable=g-import-not-at-top
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads = FLAGS.threads
+  options.inter_op_num_threads = 1
+  session = onnxruntime.InferenceSession(
+      path, options, providers=["CPUExecutionProvider"])
+  name = session.get_inputs()[0].name
+
+  def serve(images):
+    return {"logits": _Result(session.run(
+        None, {name: np.asarray(images, np.float32)})[0])}
+
+  ops = collections.Counter(node.op_type
+                            for node in onnx.load(path).graph.node)
+  return serve, dict(ops)
+
+
+def _size(path):
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(d, f))
+             for d, _, files in os.walk(path) for f in files)
+
+
+def export_all(name, model, workdir, calibration):
+  """`{runtime key: (serve, path, op counts)}` for one model."""
+  out = {}
+  for runtime in FLAGS.runtimes:
+    key = f"{name}/{runtime}"
+    if runtime in ("tf", "tf_xla"):
+      path = tfsdn.export_saved_model(model, os.path.join(workdir, key),
+                                      xla=runtime == "tf_xla")
+      out[key] = (tf.saved_model.load(path).signatures["serving_default"],
+                  path, {})
+    elif runtime.startswith("litert"):
+      path = tfsdn.export_tflite(
+          model, os.path.join(workdir, f"{name}_{runtime}.tflite"),
+          quantization="int8" if runtime == "litert_int8" else None,
+          representative_images=calibration)
+      serve, ops = _litert(path)
+      out[key] = (serve, path, ops)
+    elif runtime == "onnx":
+      path = tfsdn.export_onnx(model, os.path.join(workdir, f"{name}.onnx"))
+      serve, ops = _onnx(path)
+      out[key] = (serve, path, ops)
+    else:
+      raise app.UsageError(f"Unknown runtime {runtime!r} in --runtimes.")
+  return out
+
+
+def _pruned_and_dense():
+  """(pruned model, same network with every channel live, patterns)."""
+  if FLAGS.pruned_model:
+    pruned = keras.models.load_model(FLAGS.pruned_model)
+    dense = keras.models.load_model(FLAGS.pruned_model)
+    patterns = f"trained: {FLAGS.pruned_model}"
+  else:
+    pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
+    testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
+    dense = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
+    dense.set_weights(pruned.get_weights())
+    patterns = f"random (prune_at_random, sparsity {FLAGS.sparsity})"
+  for layer in tfsdn.prunable_layers(dense):
+    layer.contribution_score.assign(np.ones(layer.input_channels, "float32"))
+  return pruned, dense, patterns
+
+
+def _accuracy(serve, data):
+  correct = total = 0
+  for images, labels in data:
+    logits = serve(images=images.numpy())["logits"].numpy()
+    correct += int((np.argmax(logits, -1) == labels.numpy()).sum())
+    total += len(labels)
+  return correct / total
+
+
+def main(argv):
+  del argv
+  batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+  pruned, dense_source, patterns = _pruned_and_dense()
+  stripped = {"dense": tfsdn.strip(dense_source), "compact": tfsdn.strip(pruned)}
+  reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
+  if FLAGS.dataset:
+    calibration = tfsdn.data.representative_images(
+        FLAGS.dataset, FLAGS.calibration_images)
+  else:
+    calibration = [np.random.default_rng(FLAGS.seed).uniform(
+        0, 255, (FLAGS.calibration_images, 32, 32, 3)).astype("float32")]
+  workdir = tempfile.mkdtemp(prefix="tfsdn-deploy-")
+  served = {}
+  for name, record in stripped.items():
+    served.update(export_all(name, record.model, workdir, calibration))
+  images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
+      "float32")
+  reference = stripped["compact"].model(images, training=False).numpy()
+  max_diff = {key: float(np.abs(serve(images=images)["logits"].numpy() -
+                                reference).max())
+              for key, (serve, _, _) in served.items()
+              if key.startswith("compact/")}
+  throughput = time_rounds({k: v[0] for k, v in served.items()}, batch_sizes,
+                           FLAGS.rounds, FLAGS.seconds)
+  ideal = reports["dense"].total_macs / reports["compact"].total_macs
+  results = {
+      "patterns": patterns, "rounds": FLAGS.rounds,
+      "seconds_per_round": FLAGS.seconds, "threads": FLAGS.threads,
+      "tensorflow": tf.__version__, "cpus": os.cpu_count(),
+      "params": {k: r.total_params for k, r in reports.items()},
+      "macs": {k: r.total_macs for k, r in reports.items()},
+      "ideal_speedup_mac_ratio": ideal,
+      "compact_max_abs_diff_from_keras": max_diff,
+      "images_per_second": {f"{k}@{b}": v for (k, b), v in throughput.items()},
+      "file_bytes": {k: _size(v[1]) for k, v in served.items()},
+      "ops": {k: v[2] for k, v in served.items() if v[2]},
+      "speedup": {},
+  }
+  lines = ["| runtime | batch | dense img/s | compact img/s | compact / dense |"
+           " dense file | compact file |", "| --- |" * 7]
+  for runtime in FLAGS.runtimes:
+    sizes = [results["file_bytes"][f"{n}/{runtime}"] for n in stripped]
+    for b in batch_sizes:
+      dense_speed = throughput[(f"dense/{runtime}", b)]
+      compact_speed = throughput[(f"compact/{runtime}", b)]
+      ratio = compact_speed / dense_speed
+      results["speedup"][f"{runtime}@{b}"] = ratio
+      lines.append(f"| {runtime} | {b} | {dense_speed:.1f} | "
+                   f"{compact_speed:.1f} | {ratio:.2f}x | "
+                   f"{sizes[0] / 1e6:.2f} MB | {sizes[1] / 1e6:.2f} MB |")
+  if FLAGS.dataset and FLAGS.eval_images:
+    test = tfsdn.data.make_dataset(FLAGS.dataset, "test", 64,
+                                   size=FLAGS.eval_images)
+    keras_model = stripped["compact"].model
+    results["compact_accuracy"] = {"keras": _accuracy(
+        lambda images: {"logits": _Result(keras_model(
+            images, training=False).numpy())}, test)}
+    for key, (serve, _, _) in served.items():
+      if key.startswith("compact/") and not key.endswith("_xla"):
+        results["compact_accuracy"][key.split("/")[1]] = _accuracy(serve, test)
+    results["eval_images"] = FLAGS.eval_images
+  print("\n".join(lines))
+  print(f"ideal (MAC ratio) {ideal:.2f}x; patterns: {patterns}")
+  for key in ("compact_accuracy", "ops", "compact_max_abs_diff_from_keras"):
+    print(key, results.get(key))
+  write_json(FLAGS.output, results)
+  logging.info("Wrote %s", FLAGS.output)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,35 @@
+"""benchmarks/deploy_speed.py end to end, tiny."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "deploy_speed.py")
+
+
+def test_dense_and_compact_side_by_side(tmp_path):
+  runtimes = ["tf"]
+  if importlib.util.find_spec("ai_edge_litert"):
+    runtimes.append("litert_int8")
+  output = tmp_path / "deploy.json"
+  subprocess.run(
+      [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
+       "--batch_sizes=1,2", "--rounds=1", "--seconds=0.05",
+       "--calibration_images=4", f"--runtimes={','.join(runtimes)}",
+       f"--output={output}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
+                   "PYTHONPATH", "")])))
+  results = json.loads(output.read_text())
+  assert results["patterns"].startswith("random")
+  assert set(results["speedup"]) == {f"{r}@{b}" for r in runtimes
+                                     for b in (1, 2)}
+  assert results["macs"]["compact"] < results["macs"]["dense"]
+  assert results["compact_max_abs_diff_from_keras"]["compact/tf"] < 1e-4
+  # At this size a file is mostly its graph, so only check one is there.
+  assert all(results["file_bytes"][f"{model}/{runtime}"] > 0
+             for model in ("dense", "compact") for runtime in runtimes)
