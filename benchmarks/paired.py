@@ -29,12 +29,12 @@ def mcnemar(correct_a, correct_b):
   """
   correct_a = np.asarray(correct_a, bool)
   correct_b = np.asarray(correct_b, bool)
-  only_a = int(np.sum(correct_a & ~correct_b))
-  only_b = int(np.sum(~correct_a & correct_b))
   if correct_a.shape != correct_b.shape:
     raise ValueError("correct_a and correct_b must have one entry per image "
                      f"each. Received shapes {correct_a.shape} and "
                      f"{correct_b.shape}")
+  only_a = int(np.sum(correct_a & ~correct_b))
+  only_b = int(np.sum(~correct_a & correct_b))
   n = only_a + only_b
   if n == 0:
     return only_a, only_b, 1.0

@@ -49,12 +49,19 @@ import tensorflow_model_optimization as tfmot
 from tfsdn import checks
 from tfsdn import criteria
 from tfsdn.compat import keras
+from tfsdn import costs
+from tfsdn.costs import dense_cost
+from tfsdn.costs import layer_costs
 from tfsdn.schedule import FIRST_STAGE_STEP
 from tfsdn.schedule import StagedSparsity
 from tfsdn.schedule import pruned_count
 from tfsdn.schedule import sparsity_for_count
 
 BUDGETS = ("macs", "channels")
+
+# The cost model lives in tfsdn.costs; these are part of this module's API.
+dense_macs = costs.dense_macs
+layerwise_sparsity = costs.layerwise_sparsity
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
@@ -332,60 +339,6 @@ class AllocatedSparsity(tfmot.sparsity.keras.PruningSchedule, tf.Module):  # pyl
     return cls(**config)
 
 
-def layer_costs(layers, budget):
-  """Cost of one input channel of each layer: MACs, or 1 per channel."""
-  if budget == "channels":
-    return [1] * len(layers)
-  costs = []
-  for layer in layers:
-    height, width = layer.conv_output_shape[1:3]
-    if height is None or width is None:
-      raise ValueError(
-          f"Layer {layer.name!r} has an unknown output size "
-          f"{layer.conv_output_shape}: a MAC budget needs a model built for a "
-          "fixed input size (or use budget='channels').")
-    kh, kw = layer.kernel_size
-    costs.append(int(kh * kw * layer.filters * height * width))
-  return costs
-
-
-def dense_macs(model):
-  """MACs per example of `model` with every input channel live.
-
-  Counts Conv2D, Dense and PrunableConcatConv layers (wrapped or not,
-  nested models included) as `model_report` does.
-  """
-  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
-  total = 0
-  for layer in _all_layers(model):
-    if isinstance(layer, PrunableConcatConv):
-      total += layer_costs([layer], "macs")[0] * layer.input_channels
-    elif isinstance(layer, keras.layers.Conv2D):
-      kh, kw = layer.kernel_size
-      height, width = layer.output_shape[1:3]
-      total += (kh * kw * int(layer.input_shape[-1]) // layer.groups *
-                layer.filters * height * width)
-    elif isinstance(layer, keras.layers.Dense):
-      total += int(layer.input_shape[-1]) * layer.units
-  return int(total)
-
-
-def _all_layers(model):
-  from tfsdn.prune import unwrap  # pylint: disable=g-import-not-at-top
-  for layer in model.layers:
-    if isinstance(layer, keras.Model):
-      yield from _all_layers(layer)
-    else:
-      yield unwrap(layer)
-
-
-def dense_cost(model, allocation, layers):
-  """The dense cost of `model` in the allocation's unit."""
-  if allocation.budget == "channels":
-    return sum(layer.input_channels for layer in layers)
-  return dense_macs(model)
-
-
 def allocate(model, wrappers, step):
   """Sets the sparsity of every wrapper's `AllocatedSparsity` for `step`.
 
@@ -453,39 +406,6 @@ def check_reachable(model, allocation, layers, all_layers):
     if least > keep * total:
       raise ValueError(allocation._unreachable(  # pylint: disable=protected-access
           step, keep * total, total, least - keep * total))
-
-
-def layerwise_sparsity(model, keep, budget="macs"):
-  """The least per-layer sparsity whose estimated cost is <= `keep`.
-
-  The layer-wise counterpart of a `GlobalAllocation` budget, for comparing
-  the two at equal cost (the same estimate: pruned inputs only).
-
-  Args:
-    model: A model with `PrunableConcatConv`s (every one is pruned).
-    keep: The budget, a fraction of the dense cost in (0, 1].
-    budget: `"macs"` or `"channels"`.
-
-  Returns:
-    A sparsity in [0, 1), a multiple of 1/1000.
-
-  Raises:
-    ValueError: if no sparsity below 1 reaches the budget.
-  """
-  from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
-  checks.real("keep", keep, 0.0, 1.0, low_open=True)
-  layers = prunable_layers(model)
-  costs = layer_costs(layers, budget)
-  total = (sum(l.input_channels for l in layers) if budget == "channels"
-           else dense_macs(model))
-  for milli in range(0, 1000):
-    sparsity = milli / 1000
-    cost = total - sum(c * pruned_count(l.input_channels, sparsity)
-                       for c, l in zip(costs, layers))
-    if cost <= keep * total:
-      return sparsity
-  raise ValueError(f"No per-layer sparsity below 1 reaches keep={keep} of "
-                   f"the dense {budget} of model {model.name!r}.")
 
 
 def _stage_pairs(stages):
