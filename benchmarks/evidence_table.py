@@ -159,7 +159,8 @@ def table_markdown(config, labels, results):
                  f"{r['params']:,.0f} |")
   lines += [
       "", f"DenseNet-{config['depth']} (k={config['growth_rate']}), "
-      f"{config['train_size'] or 'all':,} training images, "
+      f"{format(config['train_size'], ',') if config['train_size'] else 'all'}"
+      " training images, "
       f"{len(labels['validation']):,} validation and {len(labels['test']):,} "
       f"test images; {config['epochs']} epochs, the first "
       f"{config['trunk_epochs']} shared (trunk), learning rate "
