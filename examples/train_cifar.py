@@ -156,8 +156,11 @@ def prepare_model_dir(values):
   if os.path.exists(flags_path):
     with open(flags_path) as f:
       previous = json.load(f)
-    changed = {k: (previous.get(k), v) for k, v in values.items()
-               if k not in _RESUME_INDEPENDENT and previous.get(k) != v}
+    # A flag added since the run was started counts as its default there.
+    changed = {k: (previous.get(k, FLAGS[k].default), v)
+               for k, v in values.items()
+               if k not in _RESUME_INDEPENDENT and
+               previous.get(k, FLAGS[k].default) != v}
     if changed:
       raise app.UsageError(
           f"--model_dir={model_dir!r} holds a run with different flags "
