@@ -14,6 +14,9 @@ setuptools.setup(
         "tf-keras>=2.21,<2.22",
         "tensorflow-model-optimization>=0.8,<0.9",
         "tensorflow-datasets>=4.9",
+        # tensorflow-datasets 4.9.10 imports it through etils without
+        # declaring it (tensorflow/datasets#11212).
+        "importlib_resources",
         "tensorboard>=2.20",  # tfmot's PruningSummaries writes summaries.
         "absl-py>=1.0",
         "numpy",

@@ -83,6 +83,11 @@ def find_saved_model(path):
   Raises:
     UsageError: if `path` is none of these.
   """
+  if os.path.isfile(path):
+    raise UsageError(
+        f"--saved_model={path!r} is a file; give a SavedModel directory (a "
+        "version such as RUN/export/1, the export base, or the run "
+        "directory).")
   if not os.path.isdir(path):
     raise UsageError(f"--saved_model={path!r} does not exist.")
   if _is_saved_model(path):
@@ -157,8 +162,10 @@ def read_images(paths, size):
         image = tf.image.grayscale_to_rgb(image)
     image = tf.cast(image, tf.float32)
     if (height, width) != tuple(size):
+      kept = height * size[1] == width * size[0]
       changes.append(f"resized from {height}x{width} to "
-                     f"{size[0]}x{size[1]} (aspect ratio not kept)")
+                     f"{size[0]}x{size[1]}" +
+                     ("" if kept else " (aspect ratio not kept)"))
       image = tf.image.resize(image, size)
     if changes:
       notes.append(f"Note: {path}: {'; '.join(changes)}.")

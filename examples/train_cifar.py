@@ -62,10 +62,13 @@ flags.DEFINE_integer("eval_size", None, "Use only this many test images.")
 flags.DEFINE_float("final_sparsity", 0.5,
                    "Input-channel sparsity of every prunable layer; 0 = dense.")
 flags.DEFINE_float("mac_budget", None,
-                   "Global allocation: prune until the compact model keeps "
-                   "this fraction of the dense MACs, ranking the inputs of "
-                   "all layers together (tfsdn.GlobalAllocation); "
-                   "replaces --final_sparsity's same fraction per layer.")
+                   "Global allocation: rank the inputs of all layers "
+                   "together and prune until the MACs estimated from the "
+                   "pruned inputs are at most this fraction of the dense "
+                   "MACs (tfsdn.GlobalAllocation); strip then removes the "
+                   "filters no one reads, so the compact model ends at or "
+                   "below it. Instead of --final_sparsity (the same "
+                   "fraction in every layer).")
 flags.DEFINE_float("allocation_floor", 0.1,
                    "With --mac_budget: least fraction of its inputs every "
                    "layer keeps.")
@@ -122,6 +125,12 @@ def check_flags(values):
   if values["mac_budget"] is not None and not 0.0 < values["mac_budget"] < 1.0:
     raise app.UsageError(
         f"--mac_budget must be in (0, 1). Received: {values['mac_budget']}")
+  if values["mac_budget"] is not None and FLAGS["final_sparsity"].present:
+    raise app.UsageError(
+        "--mac_budget (global allocation) and --final_sparsity (the same "
+        "fraction in every layer) exclude each other. Received: "
+        f"--mac_budget={values['mac_budget']} "
+        f"--final_sparsity={values['final_sparsity']}")
   if not 0.0 <= values["allocation_floor"] < 1.0:
     raise app.UsageError("--allocation_floor must be in [0, 1). Received: "
                          f"{values['allocation_floor']}")
@@ -285,6 +294,7 @@ def main(argv):
       "params_after": after.total_params,
       "macs_before": before.total_macs,
       "macs_after": after.total_macs,
+      "mac_budget": values["mac_budget"],
       "mean_sparsity": float(np.mean([l.sparsity() for l in layers])),
       "export_path": export_path,
       "replicas": strategy.num_replicas_in_sync,
@@ -301,8 +311,12 @@ def summary(model_dir, results):
       f"{results['test_examples']:,} images (exported SavedModel: "
       f"{results['export_test_accuracy']:.2%}); parameters "
       f"{results['params_before']:,} -> {results['params_after']:,}; MACs "
-      f"per image {results['macs_before']:,} -> {results['macs_after']:,}.",
-      f"Written into {model_dir}:",
+      f"per image {results['macs_before']:,} -> {results['macs_after']:,} "
+      f"({results['macs_after'] / results['macs_before']:.3f}x"
+      + (f"; --mac_budget={results['mac_budget']} bounds the estimate from "
+         "the pruned inputs, and strip removed the filters no one reads on "
+         "top" if results.get("mac_budget") else "") + ").",
+      f"Written into {model_dir}: flags.json (the flags),",
       "  report.md         parameters and MACs per layer, before and after",
       "  connectivity.png  which feature maps each layer still reads",
       "  results.json      these figures",

@@ -54,6 +54,10 @@ def test_saved_model_that_is_none_of_those_is_refused(run_dir, tmp_path):
     predict.find_saved_model(str(tmp_path / "nowhere"))
   with pytest.raises(predict.UsageError, match="holds no SavedModel"):
     predict.find_saved_model(str(run_dir / "cifar"))
+  model_file = tmp_path / "final_model.keras"
+  model_file.write_text("")
+  with pytest.raises(predict.UsageError, match="is a file; give a SavedModel"):
+    predict.find_saved_model(str(model_file))
 
 
 def test_tfrecord_may_be_a_directory_holding_test_tfrecord(run_dir, tmp_path):
@@ -95,6 +99,11 @@ def test_images_are_converted_with_a_note(tmp_path):
   np.testing.assert_array_equal(images[1], rgba[..., :3])
   np.testing.assert_array_equal(images[2], rgb)
   np.testing.assert_array_equal(images[0][..., 0], images[0][..., 2])
+  assert "aspect ratio not kept" in notes[0]  # 20x24 -> 32x32
+  square = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  tf.io.write_file(str(tmp_path / "square.png"), tf.io.encode_png(square))
+  _, _, notes = predict.read_images([str(tmp_path / "square.png")], (32, 32))
+  assert "resized from 64x64 to 32x32." in notes[0]
 
 
 def test_missing_file_and_non_image_are_refused(tmp_path):

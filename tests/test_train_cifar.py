@@ -82,6 +82,7 @@ def test_kill_mid_training_resumes_and_keeps_pruned_channels(records, tmp_path):
     (dict(final_sparsity=1.0), "--final_sparsity must be in [0, 1)"),
     (dict(prune_end_epoch=3), "--prune_end_epoch=3 is past the last epoch"),
     (dict(mac_budget=1.0), "--mac_budget must be in (0, 1)"),
+    (dict(mac_budget=0.5, final_sparsity=0.3), "exclude each other"),
 ])
 def test_bad_flags_fail_before_training(records, tmp_path, overrides, message):
   result = _run(_args(records, tmp_path / "run", **overrides), check=False)
@@ -97,6 +98,7 @@ def test_global_allocation_to_a_mac_budget(records, tmp_path):
   result = _run(_args(records, model_dir, epochs=2, num_stages=1,
                       prune_end_epoch=0, mac_budget=0.6))
   assert "Global allocation for the stage" in result.stderr
+  assert "--mac_budget=0.6 bounds the estimate" in result.stdout
   results = json.loads((model_dir / "results.json").read_text())
   assert results["macs_after"] <= 0.6 * results["macs_before"]
   assert results["export_test_accuracy"] == pytest.approx(

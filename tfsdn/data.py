@@ -106,9 +106,15 @@ def load_split(dataset, split, data_dir=None):
     path = os.path.join(name, SPLIT_FILES[split])
     return tf.data.TFRecordDataset(path).map(
         _parse_record, num_parallel_calls=tf.data.AUTOTUNE)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     return tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)
+  except ImportError as e:
+    raise RuntimeError(
+        f"tensorflow_datasets cannot be used here ({type(e).__name__}: {e}); "
+        "reinstall it (pip install -e . pulls what it needs) or use local "
+        "files with --dataset=tfrecord:DIR (a directory with train.tfrecord "
+        "and test.tfrecord).") from e
   except Exception as e:  # pylint: disable=broad-except
     raise RuntimeError(
         f"tensorflow_datasets could not load {name!r} (split {split!r}, "
