@@ -173,7 +173,9 @@ def prepare_model_dir(values):
     if changed:
       raise app.UsageError(
           f"--model_dir={model_dir!r} holds a run with different flags "
-          f"(previous, now): {changed}. Use a new --model_dir.")
+          f"(previous, now): {changed}. Use a new --model_dir (or delete "
+          "this one if it holds nothing you want: a run that failed before "
+          "training leaves only flags.json).")
     logging.info("Resuming the run in %s", model_dir)
   else:
     os.makedirs(model_dir, exist_ok=True)
