@@ -356,7 +356,7 @@ def allocate(model, wrappers, step):
   allocation = wrappers[0].pruning_schedule.allocation
   layers = [wrapper.layer for wrapper in wrappers]
   costs = layer_costs(layers, allocation.budget)
-  total = dense_cost(model, allocation, layers)
+  total = dense_cost(model, allocation.budget, layers)
   keep = allocation.plan(layers, costs, total, step)
   for wrapper, layer, kept in zip(wrappers, layers, keep):
     wrapper.pruning_schedule.sparsity.assign(
@@ -391,7 +391,7 @@ def check_reachable(model, allocation, layers, all_layers):
           f"GlobalAllocation {kind} {unused} match no prunable layer of "
           f"model {model.name!r} (its prunable layers: {names[:6]}...).")
   costs = layer_costs(layers, allocation.budget)
-  total = dense_cost(model, allocation, layers)
+  total = dense_cost(model, allocation.budget, layers)
   final_keep = allocation.stages[-1][1]
   for step, keep in allocation.stages:
     progress = (1.0 if final_keep >= 1.0 else

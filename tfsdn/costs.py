@@ -57,9 +57,10 @@ def _all_layers(model):
       yield unwrap(layer)
 
 
-def dense_cost(model, allocation, layers):
-  """The dense cost of `model` in the allocation's unit."""
-  if allocation.budget == "channels":
+def dense_cost(model, budget, layers):
+  """The dense cost of `model`: its MACs, or with `budget="channels"` the
+  input channels of `layers` (the prunable layers a budget covers)."""
+  if budget == "channels":
     return sum(layer.input_channels for layer in layers)
   return dense_macs(model)
 
@@ -85,8 +86,7 @@ def layerwise_sparsity(model, keep, budget="macs"):
   checks.real("keep", keep, 0.0, 1.0, low_open=True)
   layers = prunable_layers(model)
   costs = layer_costs(layers, budget)
-  total = (sum(l.input_channels for l in layers) if budget == "channels"
-           else dense_macs(model))
+  total = dense_cost(model, budget, layers)
   for milli in range(0, 1000):
     sparsity = milli / 1000
     cost = total - sum(c * pruned_count(l.input_channels, sparsity)
