@@ -93,7 +93,8 @@ def test_floor_ignored_layers_and_overrides():
   assert min(final[:2]) >= 5  # the floor: ceil(0.25 * 20)
   assert sum(final) <= 0.35 * 60 < sum(final) + 1
   ignoring = GlobalAllocation([(2, 0.5)], ignored_layers=["block1_*"])
-  assert ignoring.schedule_for(layers[0]) is None
+  assert ignoring.is_ignored(layers[0].name)
+  assert not ignoring.is_ignored("block2_layer1")
 
 
 def test_ignored_layers_stay_unwrapped_and_unpruned():

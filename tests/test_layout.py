@@ -3,13 +3,13 @@ import pytest
 import tensorflow as tf
 
 import tfsdn
-from tfsdn import layout
+from tfsdn import channel_order
 from tests import helpers
 
 
 def test_runs_are_maximal_ranges_of_consecutive_positions():
-  assert layout.runs([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
-  assert layout.runs([]) == []
+  assert channel_order.runs([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
+  assert channel_order.runs([]) == []
 
 
 def test_nested_selections_become_prefixes():
@@ -18,7 +18,7 @@ def test_nested_selections_become_prefixes():
     importance = rng.permutation(12)
     # Each consumer reads the k most important channels: nested sets.
     reads = np.array([importance < k for k in rng.integers(1, 12, 6)])
-    order = layout.order_channels(reads)
+    order = channel_order.order_channels(reads)
     assert sorted(order) == list(range(12))
     ordered = reads[:, order]
     for row in ordered:
@@ -29,15 +29,15 @@ def test_ordering_never_needs_more_ranges_than_the_original_order():
   rng = np.random.default_rng(1)
   for _ in range(20):
     reads = rng.random((8, 12)) < 0.5
-    order = layout.order_channels(reads)
+    order = channel_order.order_channels(reads)
     assert sorted(order) == list(range(12))
-    assert (layout.count_runs(reads, order) <=
-            layout.count_runs(reads, np.arange(12)))
+    assert (channel_order.count_runs(reads, order) <=
+            channel_order.count_runs(reads, np.arange(12)))
 
 
 def test_order_channels_rejects_a_vector():
   with pytest.raises(ValueError, match=r"Received shape: \(3,\)"):
-    layout.order_channels(np.ones(3, bool))
+    channel_order.order_channels(np.ones(3, bool))
 
 
 def _compact_ops(compact, tmp_path):

@@ -12,35 +12,56 @@ input pipelines). The data flows one way:
   model + what it kept) -> report (model_report, plot_connectivity) / export
   (export_saved_model, export_tflite, export_onnx).
 
+The Keras 3 path lives in `tfsdn.keras3` (see its docstring for when to
+use which). It needs neither TensorFlow nor tfmot: where tensorflow, tf_keras
+and tensorflow-model-optimization are not all installed, `import tfsdn`
+skips the tfmot path and its names raise an `ImportError` that says so.
+
 Everything else (`tfsdn.graph`, `tfsdn.internals`, `tfsdn.recipe`,
 `tfsdn.testing`, ...) serves the library, its scripts and its tests and may
 change without notice.
 """
+import importlib.util as _importlib_util
 
-from tfsdn import allocation
-from tfsdn import criteria
-from tfsdn import data
-from tfsdn import densenet
-from tfsdn import schedule
-from tfsdn.allocation import GlobalAllocation
-from tfsdn.callbacks import StageShortfallError
-from tfsdn.callbacks import UpdateScores
-from tfsdn.compact import Stripped
-from tfsdn.compact import strip
-from tfsdn.compact import strip_to_compact
-from tfsdn.convert import conversion_plan
-from tfsdn.convert import make_prunable
-from tfsdn.export import export_onnx
-from tfsdn.export import export_saved_model
-from tfsdn.export import export_tflite
-from tfsdn.plot import plot_connectivity
-from tfsdn.prunable_concat_conv import PrunableConcatConv
-from tfsdn.prune import prunable_layers
-from tfsdn.prune import prune_dense_connections
-from tfsdn.report import ModelReport
-from tfsdn.report import comparison_markdown
-from tfsdn.report import model_report
-from tfsdn.schedule import StagedSparsity
+_TFMOT_PATH_NEEDS = ("tensorflow", "tf_keras", "tensorflow_model_optimization")
+
+
+def _installed(name):
+  try:
+    return _importlib_util.find_spec(name) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+_MISSING = [name for name in _TFMOT_PATH_NEEDS if not _installed(name)]
+
+if not _MISSING:
+  # Eager, as before: importing tfsdn registers its tf_keras serializables,
+  # so `tf_keras.models.load_model` finds them after a bare `import tfsdn`.
+  from tfsdn import allocation
+  from tfsdn import criteria
+  from tfsdn import data
+  from tfsdn import densenet
+  from tfsdn import schedule
+  from tfsdn.allocation import GlobalAllocation
+  from tfsdn.callbacks import StageShortfallError
+  from tfsdn.callbacks import UpdateScores
+  from tfsdn.compact import Stripped
+  from tfsdn.compact import strip
+  from tfsdn.compact import strip_to_compact
+  from tfsdn.convert import conversion_plan
+  from tfsdn.convert import make_prunable
+  from tfsdn.export import export_onnx
+  from tfsdn.export import export_saved_model
+  from tfsdn.export import export_tflite
+  from tfsdn.plot import plot_connectivity
+  from tfsdn.prunable_concat_conv import PrunableConcatConv
+  from tfsdn.prune import prunable_layers
+  from tfsdn.prune import prune_dense_connections
+  from tfsdn.report import ModelReport
+  from tfsdn.report import comparison_markdown
+  from tfsdn.report import model_report
+  from tfsdn.schedule import StagedSparsity
 
 __version__ = "0.1.0"
 
@@ -70,3 +91,12 @@ __all__ = [
     "strip",
     "strip_to_compact",
 ]
+
+
+def __getattr__(name):
+  if name in __all__ and _MISSING:
+    raise ImportError(
+        f"tfsdn.{name} belongs to the tfmot path, which needs "
+        f"{', '.join(_TFMOT_PATH_NEEDS)}; not installed here: "
+        f"{', '.join(_MISSING)}. For Keras 3 use tfsdn.keras3.")
+  raise AttributeError(f"module 'tfsdn' has no attribute {name!r}")

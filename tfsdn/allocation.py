@@ -38,252 +38,28 @@ The allocation runs inside tfmot's loop: every allocated layer gets its own
 computed; tfmot then prunes exactly that many inputs of that layer.
 """
 
-import fnmatch
-import math
-import numbers
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfsdn import checks
-from tfsdn import criteria
-from tfsdn.compat import keras
 from tfsdn import costs
+from tfsdn import global_allocation
+from tfsdn.compat import keras
 from tfsdn.costs import dense_cost
 from tfsdn.costs import layer_costs
-from tfsdn.schedule import FIRST_STAGE_STEP
-from tfsdn.schedule import StagedSparsity
-from tfsdn.schedule import pruned_count
 from tfsdn.schedule import sparsity_for_count
 
-BUDGETS = ("macs", "channels")
+BUDGETS = global_allocation.BUDGETS
+
+# The allocation itself is TensorFlow-free (shared with the Keras 3 path);
+# registered here so that tf_keras can serialise it inside a schedule.
+GlobalAllocation = keras.utils.register_keras_serializable(package="tfsdn")(
+    global_allocation.GlobalAllocation)
 
 # The cost model lives in tfsdn.costs; these are part of this module's API.
 dense_macs = costs.dense_macs
 layerwise_sparsity = costs.layerwise_sparsity
-
-
-@keras.utils.register_keras_serializable(package="tfsdn")
-class GlobalAllocation:
-  """Stages of a budget, split over layers by one cost-aware ranking.
-
-  Example:
-
-  ```python
-  allocation = tfsdn.GlobalAllocation(
-      [(2000, 0.7), (4000, 0.45)],        # keep <= 45% of the dense MACs
-      floor=0.1, ignored_layers=["block1_layer1"],
-      overrides={"transition*": 0.25})
-  pruned = tfsdn.prune_dense_connections(model, allocation)
-  ```
-
-  Args:
-    stages: `(step, keep)` pairs: at `step` (an integer >= 2, strictly
-      increasing, at least `steps_per_execution` apart: the budget of a
-      stage is split right before the training call that contains it) the
-      model is pruned until its estimated cost is at most `keep` times the
-      dense model's (`keep` in (0, 1], non-increasing).
-    budget: `"macs"` (the compact model's multiply-accumulates) or
-      `"channels"` (prunable input channels).
-    floor: Every allocated layer keeps at least `max(1, ceil(floor * C))`
-      of its C inputs, in [0, 1).
-    ignored_layers: Names or `fnmatch` patterns (`"block1_*"` for a block)
-      of prunable layers that are not pruned at all. Each must match some
-      prunable layer (checked by `prune_dense_connections`).
-    overrides: Dict from a name or pattern to a sparsity in [0, 1): those
-      layers are pruned layer-wise to that sparsity (reached at the last
-      stage, in proportion before it) and not ranked; their cost counts in
-      the budget. The first matching pattern wins; each must match some
-      prunable layer.
-
-  Raises:
-    ValueError: for a malformed stage, budget, floor or override; the
-      message quotes it.
-  """
-
-  def __init__(self, stages, budget="macs", floor=0.1, ignored_layers=(),
-               overrides=None):
-    if budget not in BUDGETS:
-      raise ValueError(
-          f"budget must be one of {BUDGETS}. Received: budget={budget!r}")
-    pairs = _stage_pairs(stages)
-    for step, keep in pairs:
-      checks.real("keep", keep, 0.0, 1.0, low_open=True)
-      checks.integer("stage step", step, low=FIRST_STAGE_STEP)
-    for (before_step, before), (step, keep) in zip(pairs, pairs[1:]):
-      if keep > before:
-        raise ValueError(
-            f"Stage budgets must be non-increasing. Received: keep={keep} at "
-            f"step {step} after keep={before} in stages={stages!r}")
-      if step <= before_step:
-        raise ValueError(
-            f"Stage steps must be strictly increasing. Received: step {step} "
-            f"after step {before_step} in stages={stages!r}")
-    pairs = [(int(step), keep) for step, keep in pairs]
-    self.stages = pairs
-    self.budget = budget
-    self.floor = checks.real("floor", floor, 0.0, 1.0, high_open=True)
-    if ignored_layers is None:
-      ignored_layers = ()
-    if isinstance(ignored_layers, str) or not isinstance(
-        ignored_layers, (list, tuple)) or not all(
-            isinstance(p, str) for p in ignored_layers):
-      raise ValueError("ignored_layers must be a list of layer names or "
-                       f"patterns. Received: ignored_layers={ignored_layers!r}")
-    self.ignored_layers = list(ignored_layers)
-    overrides = dict(overrides or {})
-    for pattern, sparsity in overrides.items():
-      if not isinstance(pattern, str):
-        raise ValueError(f"overrides keys must be layer names or patterns. "
-                         f"Received: {pattern!r}")
-      checks.real(f"overrides[{pattern!r}]", sparsity, 0.0, 1.0,
-                  high_open=True)
-    self.overrides = {k: float(v) for k, v in overrides.items()}
-
-  @classmethod
-  def evenly(cls, final_keep, num_stages, begin_step, end_step,
-             steps_per_epoch=None, **kwargs):
-    """Stages evenly spaced as `StagedSparsity.evenly`, budgets linear.
-
-    Stage i of n keeps `1 - (1 - final_keep) * i / n` of the dense cost.
-
-    Args:
-      final_keep: Budget after the last stage, in (0, 1).
-      num_stages: Number of stages.
-      begin_step: Step (or epoch, with `steps_per_epoch`) of the first stage.
-      end_step: Step (or epoch) of the last stage.
-      steps_per_epoch: If given, begin/end count epochs (`epoch_step`).
-      **kwargs: `budget`, `floor`, `ignored_layers`, `overrides`.
-
-    Returns:
-      A `GlobalAllocation`.
-    """
-    checks.real("final_keep", final_keep, 0.0, 1.0, low_open=True,
-                high_open=True)
-    staged = StagedSparsity.evenly(1.0 - final_keep, num_stages, begin_step,
-                                   end_step, steps_per_epoch=steps_per_epoch)
-    return cls([(step, 1.0 - sparsity) for step, sparsity in staged.stages],
-               **kwargs)
-
-  @property
-  def stage_steps(self):
-    return [step for step, _ in self.stages]
-
-  def is_ignored(self, name):
-    return any(fnmatch.fnmatchcase(name, p) for p in self.ignored_layers)
-
-  def override(self, name):
-    """The overriding sparsity of layer `name`, or None."""
-    for pattern, sparsity in self.overrides.items():
-      if fnmatch.fnmatchcase(name, pattern):
-        return sparsity
-    return None
-
-  def keep_at(self, step):
-    """The budget in force after `step` (1.0 before the first stage)."""
-    keep = 1.0
-    for stage_step, stage_keep in self.stages:
-      if stage_step <= step:
-        keep = stage_keep
-    return keep
-
-  def schedule_for(self, layer):
-    """The per-layer tfmot schedule of `layer`, or None if it is ignored."""
-    if self.is_ignored(layer.name):
-      return None
-    return AllocatedSparsity(self)
-
-  def plan(self, layers, costs, dense_cost, step):
-    """Live inputs each layer keeps after the stage at `step`.
-
-    Args:
-      layers: The allocated `PrunableConcatConv`s (ignored ones excluded),
-        with their scores computed for this stage.
-      costs: Per layer, the cost of one of its input channels.
-      dense_cost: The dense model's cost: all its MACs (ignored and
-        non-prunable layers included), or with `budget="channels"` the input
-        channels of the allocated layers.
-      step: The stage step.
-
-    Returns:
-      A list of kept counts, one per layer.
-
-    Raises:
-      ValueError: if the floor and overrides make the budget unreachable.
-    """
-    keep_fraction = self.keep_at(step)
-    final_keep = self.stages[-1][1]
-    progress = (1.0 if final_keep >= 1.0 else
-                min(1.0, (1.0 - keep_fraction) / (1.0 - final_keep)))
-    channels = [layer.input_channels for layer in layers]
-    live = [int(np.sum(layer.live_mask())) for layer in layers]
-    prunable_cost = sum(c * n for c, n in zip(costs, channels))
-    fixed = dense_cost - prunable_cost
-    keep = []
-    for layer, n, alive in zip(layers, channels, live):
-      sparsity = self.override(layer.name)
-      if sparsity is None:
-        keep.append(alive)
-      else:
-        keep.append(min(alive, n - pruned_count(n, sparsity * progress)))
-    target = keep_fraction * dense_cost
-    excess = fixed + sum(c * k for c, k in zip(costs, keep)) - target
-    if excess <= 0:
-      return keep
-    candidates = []  # (priority, layer index, rank within the layer)
-    for i, layer in enumerate(layers):
-      if self.override(layer.name) is not None:
-        continue
-      removable = live[i] - max(1, math.ceil(self.floor * channels[i]))
-      if removable <= 0:
-        continue
-      scores = layer.contribution_score.numpy()
-      lowest = np.sort(scores[criteria.is_live(scores)])[:removable]
-      share = lowest / live[i]
-      candidates.append(np.stack(
-          [share / costs[i], np.full(removable, i), np.arange(removable)], 1))
-    if candidates:
-      candidates = np.concatenate(candidates)
-      order = np.lexsort((candidates[:, 2], candidates[:, 1], candidates[:, 0]))
-      candidates = candidates[order]
-      saved = np.cumsum([costs[int(i)] for i in candidates[:, 1]])
-      taken = int(np.searchsorted(saved, excess)) + 1
-      if taken > len(candidates):
-        raise ValueError(self._unreachable(step, target, dense_cost, excess -
-                                           saved[-1]))
-      for i in candidates[:taken, 1]:
-        keep[int(i)] -= 1
-      return keep
-    raise ValueError(self._unreachable(step, target, dense_cost, excess))
-
-  def _unreachable(self, step, target, dense_cost, left):
-    return (
-        f"GlobalAllocation: the stage at step {step} cannot reach keep="
-        f"{self.keep_at(step)} of the dense {self.budget} ({target:,.0f} of "
-        f"{dense_cost:,.0f}): with floor={self.floor}, ignored_layers="
-        f"{self.ignored_layers} and overrides={self.overrides} at least "
-        f"{target + left:,.0f} remain. Lower the floor or the overrides' "
-        "sparsities, ignore fewer layers, or raise the budget.")
-
-  def get_config(self):
-    return {"stages": [list(s) for s in self.stages], "budget": self.budget,
-            "floor": self.floor, "ignored_layers": list(self.ignored_layers),
-            "overrides": dict(self.overrides)}
-
-  @classmethod
-  def from_config(cls, config):
-    return cls(**config)
-
-  def __eq__(self, other):
-    return (isinstance(other, GlobalAllocation) and
-            self.get_config() == other.get_config())
-
-  def __hash__(self):
-    return hash(repr(self.get_config()))
-
-  def __repr__(self):
-    return f"GlobalAllocation(**{self.get_config()!r})"
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
@@ -368,55 +144,10 @@ def allocate(model, wrappers, step):
 def check_reachable(model, allocation, layers, all_layers):
   """Fails early if a pattern matches nothing or a budget is out of reach.
 
-  Every stage's budget is checked against what the floor and the overrides
-  (in their proportion at that stage) leave at least.
-
-  Args:
-    model: The model (dense, wrapped or not).
-    allocation: A `GlobalAllocation`.
-    layers: The `PrunableConcatConv`s it allocates (ignored ones excluded).
-    all_layers: All the model's `PrunableConcatConv`s.
-
-  Raises:
-    ValueError: naming the unmatched patterns, or the stage, its budget and
-      the least cost reachable.
+  See `tfsdn.global_allocation.check_reachable`; `model` is the model (dense
+  or wrapped) whose dense cost the budget is a fraction of.
   """
-  for kind, patterns in (("ignored_layers", allocation.ignored_layers),
-                         ("overrides", list(allocation.overrides))):
-    names = [layer.name for layer in all_layers]
-    unused = [p for p in patterns
-              if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unused:
-      raise ValueError(
-          f"GlobalAllocation {kind} {unused} match no prunable layer of "
-          f"model {model.name!r} (its prunable layers: {names[:6]}...).")
-  costs = layer_costs(layers, allocation.budget)
-  total = dense_cost(model, allocation.budget, layers)
-  final_keep = allocation.stages[-1][1]
-  for step, keep in allocation.stages:
-    progress = (1.0 if final_keep >= 1.0 else
-                min(1.0, (1.0 - keep) / (1.0 - final_keep)))
-    least = total
-    for layer, cost in zip(layers, costs):
-      n = layer.input_channels
-      sparsity = allocation.override(layer.name)
-      kept = (max(1, math.ceil(allocation.floor * n)) if sparsity is None
-              else n - pruned_count(n, sparsity * progress))
-      least -= cost * (n - kept)
-    if least > keep * total:
-      raise ValueError(allocation._unreachable(  # pylint: disable=protected-access
-          step, keep * total, total, least - keep * total))
-
-
-def _stage_pairs(stages):
-  if not isinstance(stages, (list, tuple)) or not stages:
-    raise ValueError("stages must be a non-empty list of (step, keep) pairs. "
-                     f"Received: stages={stages!r}")
-  pairs = []
-  for stage in stages:
-    if not isinstance(stage, (list, tuple)) or len(stage) != 2 or not (
-        isinstance(stage[1], numbers.Real)) or isinstance(stage[1], bool):
-      raise ValueError(
-          f"Each stage must be a (step, keep) pair. Received: {stage!r}")
-    pairs.append((stage[0], float(stage[1])))
-  return pairs
+  global_allocation.check_reachable(
+      allocation, layers, all_layers,
+      layer_costs(layers, allocation.budget),
+      dense_cost(model, allocation.budget, layers), model.name)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfsdn import allocation
 from tfsdn import checks
 from tfsdn import internals
+from tfsdn import stages
 from tfsdn.compat import keras
 from tfsdn.allocation import AllocatedSparsity
 from tfsdn.prunable_concat_conv import PrunableConcatConv
@@ -50,12 +51,7 @@ def _schedule_at(schedule, step):
     # The sparsity allocated for the latest stage (set before it).
     return step in schedule.stage_steps, schedule.current_sparsity()
   if isinstance(schedule, StagedSparsity):
-    sparsity = 0.0
-    for stage_step, stage_sparsity in schedule.stages:
-      if stage_step > step:
-        break
-      sparsity = stage_sparsity
-    return any(s == step for s, _ in schedule.stages), sparsity
+    return stages.stage_at(schedule.stages, step)
   should_prune, sparsity = schedule(tf.constant(step, tf.int64))
   return bool(should_prune), float(sparsity)
 

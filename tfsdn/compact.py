@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from tfsdn import channel_order
 from tfsdn import graph
 from tfsdn import layout
 from tfsdn.compat import keras
@@ -348,7 +349,7 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices):
     if any(int(c) not in position for c in local):
       raise AssertionError(f"{layer.name} reads a channel that was removed")
     where = np.sort([position[int(c)] for c in local]).astype(int)
-    parts += _read_ranges(inputs[j], layout.runs(where), slices)
+    parts += _read_ranges(inputs[j], channel_order.runs(where), slices)
     read.append(np.asarray(carried, int)[where] + offsets[j])
   read = np.concatenate(read)  # Offered channel of each channel read.
   dtype = layer.dtype_policy.name

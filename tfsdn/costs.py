@@ -7,24 +7,8 @@ counts them, and the layer-wise sparsity with the same estimated cost.
 
 from tfsdn import checks
 from tfsdn.compat import keras
+from tfsdn.global_allocation import layer_costs  # pylint: disable=unused-import
 from tfsdn.schedule import pruned_count
-
-
-def layer_costs(layers, budget):
-  """Cost of one input channel of each layer: MACs, or 1 per channel."""
-  if budget == "channels":
-    return [1] * len(layers)
-  costs = []
-  for layer in layers:
-    height, width = layer.conv_output_shape[1:3]
-    if height is None or width is None:
-      raise ValueError(
-          f"Layer {layer.name!r} has an unknown output size "
-          f"{layer.conv_output_shape}: a MAC budget needs a model built for a "
-          "fixed input size (or use budget='channels').")
-    kh, kw = layer.kernel_size
-    costs.append(int(kh * kw * layer.filters * height * width))
-  return costs
 
 
 def dense_macs(model):

@@ -8,11 +8,8 @@ then normalises them with `normalize_scores`.
 import numpy as np
 import tensorflow as tf
 
-CRITERIA = ("expected_l1", "weight_l1", "bn_gamma", "random")
-
-# A live channel never gets a score of exactly zero from a criterion: zero is
-# reserved for "pruned", so a channel is only removed by the pruning schedule.
-MIN_LIVE_SCORE = 1e-12
+from tfsdn.criteria_names import CRITERIA  # noqa: F401  pylint: disable=unused-import
+from tfsdn.criteria_names import MIN_LIVE_SCORE
 
 
 def is_live(scores):

@@ -163,7 +163,8 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
 def _schedule_chooser(schedule):
   """`layer -> PruningSchedule or None (not pruned)` for each schedule kind."""
   if isinstance(schedule, GlobalAllocation):
-    return schedule.schedule_for
+    return lambda layer: (None if schedule.is_ignored(layer.name) else
+                          allocation_lib.AllocatedSparsity(schedule))
   if isinstance(schedule, dict):
     for pattern, value in schedule.items():
       if not isinstance(pattern, str) or not (

@@ -1,0 +1,107 @@
+"""Filter orders under which consumers read few contiguous channel ranges.
+
+Plain numpy, shared by the tfmot path's strip (`tfsdn.layout`) and the
+Keras 3 path's (`tfsdn.keras3`). Runtimes copy a contiguous range of
+channels cheaply (a slice) but not an arbitrary subset, so the strip step
+orders each producer's filters so that what each consumer reads is few
+ranges, ideally one prefix.
+"""
+
+import numpy as np
+
+
+def runs(positions):
+  """Maximal ranges of consecutive integers in a sorted vector.
+
+  Args:
+    positions: Sorted, distinct integers.
+
+  Returns:
+    A list of `(start, stop)` pairs, `stop` exclusive.
+  """
+  positions = np.asarray(positions, int)
+  if not len(positions):
+    return []
+  breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+  starts = np.concatenate([[0], breaks])
+  stops = np.concatenate([breaks, [len(positions)]])
+  return [(int(positions[a]), int(positions[b - 1]) + 1)
+          for a, b in zip(starts, stops)]
+
+
+def count_runs(reads, order):
+  """Contiguous ranges the consumers read when the channels are in `order`.
+
+  Args:
+    reads: Boolean matrix [consumers, channels]: `reads[i, c]` is True if
+      consumer i reads channel c.
+    order: A permutation of the channels: position p holds channel
+      `order[p]`.
+
+  Returns:
+    The number of ranges (slices) summed over consumers, an int. A consumer
+    that reads every channel or none counts 0: it needs no slice.
+  """
+  reads = np.asarray(reads, bool)[:, order]
+  partial = ~(reads.all(axis=1) | ~reads.any(axis=1))
+  padded = np.pad(reads[partial].astype(np.int8), ((0, 0), (1, 0)))
+  return int((np.diff(padded, axis=1) == 1).sum())
+
+
+def order_channels(reads):
+  """A filter order under which each consumer reads few contiguous ranges.
+
+  Channels that the same consumers read are kept together, and channels read
+  by more consumers come first, so nested selections (a consumer reading a
+  subset of what another reads) become prefixes. Several such orders are
+  tried and the one with the fewest ranges (`count_runs`) wins; ties keep
+  the original order as far as possible.
+
+  Example:
+
+  ```python
+  reads = np.array([[1, 0, 1, 0], [1, 0, 1, 1]], bool)
+  order = order_channels(reads)   # e.g. [0, 2, 3, 1]: two prefixes
+  ```
+
+  Args:
+    reads: Boolean matrix [consumers, channels].
+
+  Returns:
+    A permutation of `range(channels)`, an int vector.
+
+  Raises:
+    ValueError: if `reads` is not a 2-D matrix.
+  """
+  reads = np.asarray(reads, bool)
+  if reads.ndim != 2:
+    raise ValueError(
+        f"reads must be a [consumers, channels] matrix. Received shape: "
+        f"{reads.shape}")
+  channels = reads.shape[1]
+  identity = np.arange(channels)
+  if not reads.shape[0] or channels < 2:
+    return identity
+  candidates = [identity]
+  counts = reads.sum(axis=0)
+  # np.lexsort sorts by its last key first.
+  for consumer_order in (np.arange(reads.shape[0]),
+                         np.arange(reads.shape[0])[::-1],
+                         np.argsort(-reads.sum(axis=1), kind="stable")):
+    keys = [~reads[i] for i in consumer_order[::-1]]
+    candidates.append(np.lexsort([identity] + keys + [-counts]))
+    candidates.append(np.lexsort([identity] + keys))
+  candidates.append(_chain_similar(reads, counts))
+  costs = [count_runs(reads, order) for order in candidates]
+  return candidates[int(np.argmin(costs))]
+
+
+def _chain_similar(reads, counts):
+  """Greedy path: from the most-read channel, always to the most similar."""
+  columns = reads.T.astype(np.int32)
+  left = list(np.argsort(-counts, kind="stable"))
+  order = [left.pop(0)]
+  while left:
+    distance = np.abs(columns[left] - columns[order[-1]]).sum(axis=1)
+    order.append(left.pop(int(np.argmin(distance))))
+  return np.array(order)
