@@ -18,15 +18,12 @@ from tfsdn import allocation
 from tfsdn import checks
 from tfsdn import internals
 from tfsdn import stages
+from tfsdn.stages import StageShortfallError  # pylint: disable=unused-import
 from tfsdn.compat import keras
 from tfsdn.allocation import AllocatedSparsity
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.schedule import StagedSparsity
 from tfsdn.schedule import pruned_count
-
-
-class StageShortfallError(RuntimeError):
-  """A pruning stage left some layer with fewer pruned channels than scheduled."""
 
 
 def pruning_wrappers(model):

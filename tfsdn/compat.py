@@ -15,7 +15,8 @@ KERAS3_HELP = (
     "tensorflow-model-optimization does not support Keras 3. Build the model "
     "with `import tf_keras as keras`, or set the environment variable "
     "TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported so that "
-    "`tf.keras` is tf_keras (pip install tf-keras)."
+    "`tf.keras` is tf_keras (pip install tf-keras). For a Keras 3 model "
+    "use the Keras 3 path, tfsdn.keras3 (same method, any backend)."
 )
 
 

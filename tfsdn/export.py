@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsdn import checks
+from tfsdn import onnx_names
 from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
@@ -312,18 +313,9 @@ def export_onnx(model, path, opset=ONNX_OPSET):
   proto, _ = tf2onnx.convert.from_graph_def(
       frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
       output_names=[frozen.outputs[0].name], opset=opset)
-  _rename_onnx_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
-  _rename_onnx_value(proto.graph, proto.graph.output[0].name, LOGITS)
+  onnx_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+  onnx_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
   with atomic_path(path, suffix=".onnx") as tmp:
     with open(tmp, "wb") as f:
       f.write(proto.SerializeToString())
   return os.fspath(path)
-
-
-def _rename_onnx_value(onnx_graph, old, new):
-  for value in list(onnx_graph.input) + list(onnx_graph.output):
-    if value.name == old:
-      value.name = new
-  for node in onnx_graph.node:
-    node.input[:] = [new if name == old else name for name in node.input]
-    node.output[:] = [new if name == old else name for name in node.output]

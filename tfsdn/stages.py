@@ -19,6 +19,10 @@ from tfsdn import checks
 FIRST_STAGE_STEP = 2
 
 
+class StageShortfallError(RuntimeError):
+  """A pruning stage left some layer with fewer pruned channels than scheduled."""
+
+
 def stage_at(stages, step):
   """`(prunes, sparsity)` at `step`: whether a stage prunes there, and the
   sparsity in force after it (0.0 before the first stage)."""

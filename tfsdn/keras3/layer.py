@@ -227,18 +227,19 @@ class PrunableConcatConv(keras.layers.Layer):
     if training and self.criterion == "expected_l1":
       # x >= 0 after the ReLU, so its mean is E[|x_i|].
       batch_abs_mean = ops.mean(ops.cast(x, "float32"), axis=(0, 1, 2))
+      # Variables as tensors (`.value`): jax no longer converts them itself.
+      old = self.input_abs_mean.value
       keep = ops.logical_or(
           ops.logical_not(ops.all(ops.isfinite(batch_abs_mean))),
-          ops.less_equal(self.measuring, 0.0))
+          ops.less_equal(self.measuring.value, 0.0))
       momentum = self.score_momentum
       self.input_abs_mean.assign(ops.where(
-          keep, self.input_abs_mean,
-          momentum * self.input_abs_mean + (1.0 - momentum) * batch_abs_mean))
+          keep, old, momentum * old + (1.0 - momentum) * batch_abs_mean))
     if self.group_lasso > 0:
-      kernel = ops.cast(self.conv.kernel, "float32")
+      kernel = ops.cast(self.conv.kernel.value, "float32")
       self.add_loss(self.group_lasso * ops.sum(ops.sqrt(
           ops.sum(ops.square(kernel), axis=(0, 1, 3)) + 1e-12)))
-    live = ops.cast(ops.greater(self.contribution_score, 0.0), x.dtype)
+    live = ops.cast(ops.greater(self.contribution_score.value, 0.0), x.dtype)
     return self.conv(x * live)
 
   def compute_output_shape(self, input_shape):

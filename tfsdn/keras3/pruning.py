@@ -1,0 +1,240 @@
+"""`Pruning`: the Keras 3 callback that runs the stages during `model.fit`.
+
+It plays the part that tfmot's `UpdatePruningStep` and `tfsdn.UpdateScores`
+play together in the tfmot path: before the training call that contains a
+stage step it computes every layer's scores, decides how many inputs each
+layer keeps (layer-wise: the stage's sparsity, counted as tfmot counts;
+global: `tfsdn.global_allocation.GlobalAllocation.plan`), prunes exactly
+that many, and checks it. The stage arithmetic is shared with the tfmot
+path (`tfsdn.stages`), so the same stages prune the same counts at the same
+steps.
+"""
+
+import fnmatch
+
+from absl import logging
+import keras
+import numpy as np
+
+from tfsdn import stages as stages_lib
+from tfsdn.global_allocation import GlobalAllocation
+from tfsdn.global_allocation import check_reachable
+from tfsdn.global_allocation import layer_costs
+from tfsdn.keras3.checks import require_keras3_model
+from tfsdn.keras3.layer import PrunableConcatConv
+
+
+def prunable_layers(model):
+  """The `PrunableConcatConv`s of a Keras 3 model, nested models included."""
+  found = []
+  for layer in model.layers:
+    if isinstance(layer, PrunableConcatConv):
+      found.append(layer)
+    elif isinstance(layer, keras.Model):
+      found.extend(prunable_layers(layer))
+  return found
+
+
+def _all_layers(model):
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      yield from _all_layers(layer)
+    else:
+      yield layer
+
+
+def dense_macs(model):
+  """MACs per example with every input channel live (Conv2D, Dense and
+  `PrunableConcatConv`), counted as the tfmot path's `tfsdn.costs` does."""
+  total = 0
+  for layer in _all_layers(model):
+    if isinstance(layer, PrunableConcatConv):
+      total += layer_costs([layer], "macs")[0] * layer.input_channels
+    elif isinstance(layer, keras.layers.Conv2D):
+      kh, kw = layer.kernel_size
+      height, width = layer.output.shape[1:3]
+      total += (kh * kw * int(layer.input.shape[-1]) // layer.groups *
+                layer.filters * height * width)
+    elif isinstance(layer, keras.layers.Dense):
+      total += int(layer.input.shape[-1]) * layer.units
+  return int(total)
+
+
+def layer_sparsity(model, keep, budget="macs"):
+  """The least per-layer sparsity whose estimated cost is <= `keep`.
+
+  The layer-wise counterpart of a `GlobalAllocation` budget (as
+  `tfsdn.allocation.layerwise_sparsity` computes it for tf_keras).
+  """
+  layers = prunable_layers(require_keras3_model(model))
+  costs = layer_costs(layers, budget)
+  total = (sum(l.input_channels for l in layers) if budget == "channels"
+           else dense_macs(model))
+  for milli in range(1000):
+    cost = total - sum(c * stages_lib.pruned_count(l.input_channels,
+                                                   milli / 1000)
+                       for c, l in zip(costs, layers))
+    if cost <= keep * total:
+      return milli / 1000
+  raise ValueError(f"No per-layer sparsity below 1 reaches keep={keep} of "
+                   f"the dense {budget} of model {model.name!r}.")
+
+
+class Pruning(keras.callbacks.Callback):
+  """Prunes a Keras 3 tfsdn model in stages during `model.fit`.
+
+  Example:
+
+  ```python
+  model = tfsdn.keras3.densenet.DenseNet(depth=40)
+  model.compile(...)
+  model.fit(data, epochs=30, callbacks=[
+      tfsdn.keras3.Pruning([(2000, 0.25), (4000, 0.5)])])
+  compact = tfsdn.keras3.strip(model).model
+  ```
+
+  Steps count training batches from 1, as in tfmot: a stage at step s
+  prunes right before batch s, by scores measured up to batch s - 1, and
+  the earliest stage step is `tfsdn.stages.FIRST_STAGE_STEP` (2). With
+  `steps_per_execution=n > 1` a stage acts before the call of n batches
+  that contains its step (up to n - 1 batches early), since the callback
+  runs between calls. After the last stage the statistics stop.
+
+  Args:
+    schedule: `(step, sparsity)` stages (layer-wise: every pruned layer
+      keeps `max(round(C * (1 - sparsity)), 1)` of its C inputs), or a
+      `tfsdn.keras3.GlobalAllocation` (one ranking under a MAC or channel
+      budget, with its floor, ignored layers and overrides).
+    layers: With layer-wise stages, names or `fnmatch` patterns of the
+      layers to prune (default: every `PrunableConcatConv`); each must
+      match a layer.
+    raise_on_shortfall: Raise `tfsdn.stages.StageShortfallError` if a layer
+      ends a stage with fewer pruned inputs than scheduled (default).
+
+  Attributes:
+    history: One dict per stage: `step`, and `layers`, a dict from layer
+      name to `(pruned, scheduled, channels)`.
+  """
+
+  def __init__(self, schedule, layers=None, raise_on_shortfall=True):
+    super().__init__()
+    if isinstance(schedule, GlobalAllocation):
+      if layers is not None:
+        raise ValueError("layers applies to layer-wise stages; a "
+                         "GlobalAllocation has ignored_layers. Received: "
+                         f"layers={layers!r}")
+      self.allocation, self.stages = schedule, None
+    else:
+      self.allocation = None
+      self.stages = stages_lib.validate_stages(schedule)
+    if layers is not None and (isinstance(layers, str) or not all(
+        isinstance(p, str) for p in layers)):
+      raise ValueError("layers must be a list of layer names or patterns. "
+                       f"Received: layers={layers!r}")
+    self.layers = None if layers is None else list(layers)
+    self.raise_on_shortfall = bool(raise_on_shortfall)
+    self.history = []
+    self._pruned_layers = []
+    self._step = 0
+    self._begin = 0
+
+  @property
+  def stage_steps(self):
+    if self.allocation is not None:
+      return self.allocation.stage_steps
+    return [step for step, _ in self.stages]
+
+  def on_train_begin(self, logs=None):
+    model = self.model
+    everything = prunable_layers(model)
+    if not everything:
+      raise ValueError(
+          f"Pruning: model {model.name!r} has no "
+          "tfsdn.keras3.PrunableConcatConv; build it with "
+          "tfsdn.keras3.densenet or from those layers.")
+    if self.allocation is not None:
+      chosen = [l for l in everything
+                if not self.allocation.is_ignored(l.name)]
+      check_reachable(self.allocation, chosen, everything,
+                      layer_costs(chosen, self.allocation.budget),
+                      self._dense_cost(chosen), model.name)
+    elif self.layers is not None:
+      names = [l.name for l in everything]
+      unused = [p for p in self.layers
+                if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+      if unused:
+        raise ValueError(f"Pruning layers {unused} match no prunable layer "
+                         f"of model {model.name!r} (its prunable layers: "
+                         f"{names[:6]}...).")
+      chosen = [l for l in everything if any(
+          fnmatch.fnmatchcase(l.name, p) for p in self.layers)]
+    else:
+      chosen = everything
+    self._pruned_layers = chosen
+    self._step = int(np.asarray(model.optimizer.iterations.numpy()))
+    done = self._step >= self.stage_steps[-1]
+    for layer in everything:
+      # Layers that are never pruned need no statistics.
+      layer.measuring.assign(0.0 if done or layer not in chosen else 1.0)
+
+  def _dense_cost(self, chosen):
+    if self.allocation.budget == "channels":
+      return sum(layer.input_channels for layer in chosen)
+    return dense_macs(self._model)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._begin = batch
+    steps_per_execution = int(getattr(self._model, "steps_per_execution", 1)
+                              or 1)
+    coming = range(self._step + 1, self._step + 1 + steps_per_execution)
+    due = [s for s in self.stage_steps if s in coming]
+    if due:
+      self._run_stage(due[0])
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._step += max(batch - self._begin, 0) + 1
+
+  def _scheduled(self, layers, step):
+    """Pruned inputs per layer after the stage at `step`."""
+    if self.allocation is not None:
+      total = self._dense_cost(layers)
+      keep = self.allocation.plan(
+          layers, layer_costs(layers, self.allocation.budget), total, step)
+      return [l.input_channels - k for l, k in zip(layers, keep)]
+    _, sparsity = stages_lib.stage_at(self.stages, step)
+    return [stages_lib.pruned_count(l.input_channels, sparsity)
+            for l in layers]
+
+  def _run_stage(self, step):
+    self.model  # pylint: disable=pointless-statement  (syncs JAX state)
+    layers = self._pruned_layers
+    for layer in layers:
+      if not layer.update_scores():
+        logging.warning("%s: non-finite raw scores; the stage prunes by the "
+                        "scores of before.", layer.name)
+    scheduled = self._scheduled(layers, step)
+    rows, short = {}, []
+    for layer, count in zip(layers, scheduled):
+      layer.prune_to(max(count, len(layer.pruned_channels())))
+      pruned = len(layer.pruned_channels())
+      rows[layer.name] = (pruned, count, layer.input_channels)
+      if pruned < count:
+        short.append(layer.name)
+    self.history.append({"step": step, "layers": rows})
+    logging.info(
+        "Pruning stage at step %d: %d layers, %d of %d scheduled input "
+        "channels pruned; per layer (pruned/scheduled/channels): %s", step,
+        len(rows), sum(r[0] for r in rows.values()),
+        sum(r[1] for r in rows.values()),
+        ", ".join(f"{n} {p}/{s}/{c}" for n, (p, s, c) in rows.items()))
+    if step >= self.stage_steps[-1]:
+      for layer in layers:
+        layer.measuring.assign(0.0)
+    if short:
+      message = (f"Pruning stage at step {step} fell short in {len(short)} "
+                 "layers (pruned/scheduled/channels): " + ", ".join(
+                     f"{n} {rows[n][0]}/{rows[n][1]}/{rows[n][2]}"
+                     for n in short))
+      if self.raise_on_shortfall:
+        raise stages_lib.StageShortfallError(message)
+      logging.error(message)
