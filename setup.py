@@ -7,7 +7,7 @@ setuptools.setup(
     version="0.1.0",
     description=("Learn which concatenated inputs of a DenseNet matter, prune "
                  "the rest in stages with tfmot, and export a compact model."),
-    packages=["tfsdn"],
+    packages=["tfsdn", "tfsdn.keras3"],
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -30,6 +30,9 @@ setuptools.setup(
         "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0",
                  "backports.strenum"],
         "litert": ["ai-edge-litert==2.3.0"],
+        # The Keras 3 path's second backend (tests run it in its own
+        # process) and its TensorFlow-free CIFAR reader.
+        "keras3": ["keras>=3.6", "jax[cpu]>=0.4.34", "pillow"],
         "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
                  "matplotlib>=3.5", "pillow"],
     },

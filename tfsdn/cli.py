@@ -1,7 +1,8 @@
 """What the example scripts share: quiet TensorFlow logs and one-line errors.
 
 A script sets the C++ log level itself, before TensorFlow is first imported
-(importing this module imports TensorFlow):
+(this module does not import TensorFlow, so the Keras 3 script runs without
+it):
 
 ```python
 import os
@@ -26,9 +27,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
-import tensorflow as tf
-
-from tfsdn.compat import keras
 
 # Hides TensorFlow's C++ INFO, WARNING and ERROR lines, such as "failed call
 # to cuInit" on a machine without a GPU (the errors that matter reach Python
@@ -48,11 +46,11 @@ class _TensorFlowLogFilter(logging.Filter):
   apart.
   """
 
-  def __init__(self, level):
+  def __init__(self, level, modules):
     super().__init__()
     self.level = level
     self.directories = tuple(
-        os.path.dirname(module.__file__) + os.sep for module in (tf, keras))
+        os.path.dirname(module.__file__) + os.sep for module in modules)
 
   def filter(self, record):
     return (record.levelno >= self.level or
@@ -67,10 +65,13 @@ def quiet_tensorflow_python_log():
   untouched.
   """
   level = _PYTHON_LEVELS.get(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-  if level is None:
-    return
+  tf = sys.modules.get("tensorflow")
+  if level is None or tf is None:
+    return  # TensorFlow not in use (the Keras 3 script on JAX).
+  modules = [tf] + [m for m in (sys.modules.get("tf_keras"),) if m]
   tf.get_logger().setLevel(level)
-  absl_logging.get_absl_logger().addFilter(_TensorFlowLogFilter(level))
+  absl_logging.get_absl_logger().addFilter(
+      _TensorFlowLogFilter(level, modules))
 
 
 def error_line(message):

@@ -10,23 +10,14 @@ steps between the stage steps of `begin_epoch` and `end_epoch`
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfsdn import training_plan
 from tfsdn.compat import keras
 from tfsdn.allocation import GlobalAllocation
 from tfsdn.schedule import StagedSparsity
 
-
-def default_pruning_epochs(epochs, begin_epoch=None, end_epoch=None):
-  """`(begin_epoch, end_epoch)`: defaults `epochs // 8` and `epochs // 4`.
-
-  The last stage comes a quarter of the training before the first learning
-  rate drop (at `epochs // 2`), so the network recovers from it at the full
-  learning rate. In benchmarks/cifar_table.py's default setting, ending the
-  stages at the drop instead left expected_l1 at 46.3% held-out accuracy
-  rather than 53.5% (see README.md).
-  """
-  begin = epochs // 8 if begin_epoch is None else begin_epoch
-  end = max(begin, epochs // 4 if end_epoch is None else end_epoch)
-  return begin, end
+# TensorFlow-free, shared with the Keras 3 script.
+default_pruning_epochs = training_plan.default_pruning_epochs
+step_decay = training_plan.step_decay
 
 
 def staged_schedule(final_sparsity, num_stages, epochs, steps_per_epoch,
@@ -68,36 +59,6 @@ def global_schedule(mac_budget, num_stages, epochs, steps_per_epoch,
   begin, end = default_pruning_epochs(epochs, begin_epoch, end_epoch)
   return GlobalAllocation.evenly(mac_budget, num_stages, begin, end,
                                  steps_per_epoch=steps_per_epoch, floor=floor)
-
-
-def step_decay(learning_rate, epochs):
-  """Epoch -> learning rate: /10 at 50% and /100 at 75% of `epochs`.
-
-  The drops fall on epochs `int(0.5 * epochs)` and `int(0.75 * epochs)`.
-  In a run too short to keep them apart, a drop that would fall on epoch 0
-  or on the same epoch as the other is left out, so every drop divides the
-  rate by 10 only: 2 epochs train at `learning_rate` and then a tenth of it
-  (not a hundredth), 1 epoch at `learning_rate` throughout.
-
-  Args:
-    learning_rate: The initial learning rate.
-    epochs: Training epochs, >= 1.
-
-  Returns:
-    A function `(epoch, lr=None) -> learning rate` for
-    `keras.callbacks.LearningRateScheduler`.
-
-  Raises:
-    ValueError: if `epochs` < 1.
-  """
-  if epochs < 1:
-    raise ValueError(f"epochs must be >= 1. Received: epochs={epochs!r}")
-  drops = sorted({e for e in (int(0.5 * epochs), int(0.75 * epochs)) if e > 0})
-
-  def schedule(epoch, unused_lr=None):
-    return learning_rate / 10 ** sum(epoch >= drop for drop in drops)
-
-  return schedule
 
 
 def compile_for_training(model, learning_rate, jit_compile=False):

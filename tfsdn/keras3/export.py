@@ -13,10 +13,16 @@ nothing behind):
   path's `tfsdn.export_onnx`.
 * `"litert"` (LiteRT, float32): Keras' converter; checked with
   `ai_edge_litert`'s interpreter.
+
+ONNX and LiteRT are converted on the TensorFlow backend: from another
+backend the (stock-layer) model goes through a child process that uses it,
+and the result is checked against the model on the caller's backend.
 """
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import keras
@@ -29,6 +35,7 @@ from tfsdn.files import publish_directory
 from tfsdn.keras3.checks import require_keras3_model
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
+ONNX_OPSET = 17  # as the tfmot path's export_onnx
 INPUT_NAME = "images"
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
@@ -92,7 +99,9 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path!r} exists; pass overwrite=True.")
   images = _sample_images(model, sample_images)
-  expected = np.asarray(model.predict(images, verbose=0), np.float32)
+  # A direct call also marks the model as called, which Keras' exporters
+  # check for on JAX.
+  expected = np.asarray(model(images, training=False), np.float32)
   if format == "tf_saved_model":
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -107,14 +116,46 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
     return path
   suffix = ".onnx" if format == "onnx" else ".tflite"
   with atomic_path(path, suffix=suffix) as tmp:
-    if format == "onnx":
+    if keras.backend.backend() != "tensorflow":
+      _export_in_tensorflow_process(model, tmp, format)
+    elif format == "onnx":
       _write_onnx(model, tmp)
-      got = _run_onnx(tmp, images)
     else:
       model.export(tmp, format="litert", verbose=False)
-      got = _run_litert(tmp, images)
+    got = (_run_onnx if format == "onnx" else _run_litert)(tmp, images)
     _check(got, expected, format, atol)
   return path
+
+
+def _export_in_tensorflow_process(model, path, format):  # pylint: disable=redefined-builtin
+  """Exports through a child process on the TensorFlow backend.
+
+  Keras converts to LiteRT only from the TensorFlow (or PyTorch) backend,
+  and to ONNX from JAX only with the jax2onnx package (which pulls in flax
+  and orbax); the compact model is made of stock layers, so it is saved,
+  loaded on the TensorFlow backend in a child process and converted there.
+  The caller then checks the result against the model on this backend.
+  """
+  with tempfile.TemporaryDirectory() as scratch:
+    saved = os.path.join(scratch, "model.keras")
+    model.save(saved)
+    script = (
+        "import importlib, keras\n"
+        "e = importlib.import_module('tfsdn.keras3.export')\n"
+        f"m = keras.saving.load_model({saved!r})\n"
+        f"if {format!r} == 'onnx':\n"
+        f"  e._write_onnx(m, {path!r})\n"
+        "else:\n"
+        f"  m.export({path!r}, format='litert', verbose=False)\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow",
+             "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
+    if result.returncode:
+      raise RuntimeError(
+          f"The {format} export on the TensorFlow backend failed (it needs "
+          "TensorFlow installed; on JAX without TensorFlow, export "
+          "tf_saved_model is unavailable too):\n" + result.stderr[-3000:])
 
 
 def _check(got, expected, format, atol):  # pylint: disable=redefined-builtin
@@ -153,11 +194,40 @@ def _run_saved_model(directory, images):
 
 def _write_onnx(model, path):
   import onnx  # pylint: disable=g-import-not-at-top
-  model.export(path, format="onnx", verbose=False)
-  proto = onnx.load(path)
+  if keras.backend.backend() == "tensorflow":
+    proto = _frozen_onnx(model)
+  else:
+    model.export(path, format="onnx", verbose=False)
+    proto = onnx.load(path)
+  if len(proto.graph.input) != 1:
+    raise ValueError(
+        "The ONNX graph takes more than the images: "
+        f"{[i.name for i in proto.graph.input]}.")
   onnx_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
   onnx_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
   onnx.save(proto, path)
+
+
+def _frozen_onnx(model):
+  """ONNX through a frozen graph (TensorFlow backend).
+
+  Keras' own ONNX export on the TensorFlow backend turns the constants a
+  function captures (the `normalize` layer's mean and variance) into extra
+  graph inputs; freezing folds them, as the tfmot path's `export_onnx` does.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf2onnx  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  shape = (None,) + tuple(model.inputs[0].shape[1:])
+  run = tf.function(lambda images: model(images, training=False),
+                    input_signature=[tf.TensorSpec(shape, tf.float32,
+                                                   name=INPUT_NAME)])
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      run.get_concrete_function())
+  proto, _ = tf2onnx.convert.from_graph_def(
+      frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
+      output_names=[frozen.outputs[0].name], opset=ONNX_OPSET)
+  return proto
 
 
 def _run_onnx(path, images):

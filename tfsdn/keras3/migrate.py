@@ -9,6 +9,8 @@ their configs, `PrunableConcatConv` through its own (the Keras 3 layer has
 no `bn_synchronized`).
 """
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -34,9 +36,10 @@ def _plain(config):
   if isinstance(config, dict):
     if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
       return config["config"]["name"]
+    # input_axes/output_axes: tf_keras initializer options Keras 3 lacks.
     return {k: _plain(v) for k, v in config.items()
             if k not in ("module", "registered_name", "build_config",
-                         "compile_config")}
+                         "compile_config", "input_axes", "output_axes")}
   if isinstance(config, list):
     return [_plain(v) for v in config]
   return config
@@ -74,6 +77,28 @@ def _is_concat_conv(layer):
   return type(layer).__name__ == "PrunableConcatConv"
 
 
+def _stock_class(layers_module, layer):
+  """The class of the same name among `layers_module`'s stock layers."""
+  name = type(layer).__name__
+  target = getattr(layers_module, name, None)
+  if target is None:
+    raise TypeError(f"Layer {layer.name!r} is a {name}, which the other "
+                    "Keras has no stock layer for; only stock layers and "
+                    "PrunableConcatConv move between the two.")
+  return target
+
+
+def _accepted(cls, config):
+  """`config` without the keys `cls` (a stock layer class) does not take,
+  such as Keras 3's `quantization_config` for tf_keras."""
+  parameters = set()
+  for klass in cls.__mro__:
+    if "__init__" in vars(klass):
+      parameters |= set(inspect.signature(klass.__init__).parameters)
+  parameters |= {"name", "trainable", "dtype"}
+  return {k: v for k, v in config.items() if k in parameters}
+
+
 def _copy_weights(source, target):
   if _is_concat_conv(source):
     for path in _CONCAT_CONV_WEIGHTS:
@@ -107,8 +132,11 @@ def from_tf_keras(model):
     if _is_concat_conv(layer):
       config.pop("bn_synchronized", None)
       return PrunableConcatConv.from_config(config)
-    return keras.layers.deserialize(
-        {"class_name": type(layer).__name__, "config": config})
+    if isinstance(layer.get_config().get("axis"), list) and type(
+        layer).__name__ == "BatchNormalization" and len(config["axis"]) == 1:
+      config["axis"] = config["axis"][0]  # tf_keras writes the built [3]
+    target = _stock_class(keras.layers, layer)
+    return target.from_config(_accepted(target, config))
 
   def node_parts(node):
     takes_list = bool(node.call_args) and isinstance(node.call_args[0],
@@ -137,8 +165,8 @@ def to_tf_keras(model):
     config = _plain(layer.get_config())
     if isinstance(layer, PrunableConcatConv):
       return tfsdn.PrunableConcatConv.from_config(config)
-    return tf_keras.layers.deserialize(
-        {"class_name": type(layer).__name__, "config": config})
+    target = _stock_class(tf_keras.layers, layer)
+    return target.from_config(_accepted(target, config))
 
   def node_parts(node):
     args = node.arguments.args

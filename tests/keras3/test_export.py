@@ -1,0 +1,80 @@
+"""Keras 3 export: each format loads in its runtime and matches the model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfsdn.keras3 as sdn
+
+
+@pytest.fixture(name="compact")
+def _compact():
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  rng = np.random.default_rng(0)
+  for layer in sdn.prunable_layers(model):
+    layer.contribution_score.assign(
+        rng.uniform(0.1, 1, layer.input_channels).astype("float32"))
+    layer.prune_to(layer.input_channels // 2)
+  return sdn.strip(model).model
+
+
+def test_saved_model_has_the_serving_signature_in_a_fresh_process(
+    compact, tmp_path, pixels):
+  pytest.importorskip("tensorflow")
+  path = sdn.export(compact, tmp_path / "serving" / "1",
+                    sample_images=pixels)
+  shown = subprocess.run(
+      [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+       "show", "--dir", path, "--tag_set", "serve",
+       "--signature_def", "serving_default"],
+      capture_output=True, text=True, check=True).stdout
+  assert "inputs['images']" in shown and "outputs['logits']" in shown
+  assert "outputs['probabilities']" in shown
+  np.save(tmp_path / "x.npy", pixels)
+  script = (
+      "import sys, json, numpy as np, tensorflow as tf\n"
+      f"serve = tf.saved_model.load({path!r}).signatures['serving_default']\n"
+      f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+      "out = serve(images=tf.constant(x))\n"
+      "print(json.dumps({'logits': out['logits'].numpy().tolist(),\n"
+      "  'tfsdn': any(m.startswith('tfsdn') for m in sys.modules)}))\n")
+  result = json.loads(subprocess.run(
+      [sys.executable, "-c", script], capture_output=True, text=True,
+      check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  ).stdout.strip().splitlines()[-1])
+  assert not result["tfsdn"]
+  np.testing.assert_allclose(result["logits"], np.asarray(compact(pixels)),
+                             atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_export_runs_in_onnx_runtime(compact, tmp_path, pixels):
+  onnxruntime = pytest.importorskip("onnxruntime")
+  pytest.importorskip("tf2onnx")
+  path = sdn.export(compact, tmp_path / "m.onnx", format="onnx",
+                    sample_images=pixels)
+  session = onnxruntime.InferenceSession(path,
+                                         providers=["CPUExecutionProvider"])
+  assert [i.name for i in session.get_inputs()] == ["images"]
+  logits = session.run(["logits"], {"images": pixels})[0]
+  np.testing.assert_allclose(logits, np.asarray(compact(pixels)), atol=1e-4,
+                             rtol=1e-4)
+
+
+def test_litert_export_runs_in_litert(compact, tmp_path, pixels):
+  pytest.importorskip("ai_edge_litert")
+  path = sdn.export(compact, tmp_path / "m.tflite", format="litert",
+                    sample_images=pixels)
+  assert os.path.getsize(path) > 1000
+
+
+def test_bad_format_and_existing_path_are_refused(compact, tmp_path):
+  with pytest.raises(ValueError, match="format='pb'"):
+    sdn.export(compact, tmp_path / "x", format="pb")
+  (tmp_path / "taken.onnx").write_text("")
+  with pytest.raises(FileExistsError, match="taken.onnx"):
+    sdn.export(compact, tmp_path / "taken.onnx", format="onnx")
+  assert os.listdir(tmp_path) == ["taken.onnx"]  # nothing half-written

@@ -1,0 +1,117 @@
+"""The Keras 3 stages: exact counts at exact steps, global budgets, resume."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfsdn.keras3 as sdn
+from tfsdn import stages
+
+
+def _model(**kwargs):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4, **kwargs)
+  model.compile(optimizer=keras.optimizers.SGD(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+  return model
+
+
+def _data(count=32):
+  rng = np.random.default_rng(0)
+  return (rng.uniform(0, 255, (count, 32, 32, 3)).astype("float32"),
+          rng.integers(0, 10, count))
+
+
+class _PrunedPerStep(keras.callbacks.Callback):
+  """Records the pruned inputs of one layer before every batch."""
+
+  def __init__(self, name):
+    super().__init__()
+    self.name, self.seen = name, []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.seen.append(len(self.model.get_layer(self.name).pruned_channels()))
+
+
+def test_each_stage_prunes_exactly_its_count_at_its_step():
+  model = _model()
+  images, labels = _data()
+  pruning = sdn.Pruning([(3, 0.3), (6, 0.6)])
+  recorder = _PrunedPerStep("transition1")
+  model.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+            callbacks=[pruning, recorder])
+  channels = model.get_layer("transition1").input_channels
+  first = stages.pruned_count(channels, 0.3)
+  second = stages.pruned_count(channels, 0.6)
+  # Batch s (1-based) runs after the stage at step s.
+  assert recorder.seen == [0, 0, first, first, first, second, second, second]
+  assert [h["step"] for h in pruning.history] == [3, 6]
+  for layer in sdn.prunable_layers(model):
+    assert len(layer.pruned_channels()) == stages.pruned_count(
+        layer.input_channels, 0.6)
+    assert float(layer.measuring.numpy()) == 0.0  # no stage left
+
+
+def test_stages_continue_across_fit_calls_and_a_saved_model(tmp_path):
+  model = _model()
+  images, labels = _data()
+  model.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+            callbacks=[sdn.Pruning([(3, 0.3), (12, 0.6)])])
+  path = str(tmp_path / "half.keras")
+  model.save(path)
+  loaded = keras.saving.load_model(path)
+  layer = loaded.get_layer("block2_layer2")
+  assert len(layer.pruned_channels()) == stages.pruned_count(
+      layer.input_channels, 0.3)
+  pruning = sdn.Pruning([(3, 0.3), (12, 0.6)])
+  loaded.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+             callbacks=[pruning])
+  assert [h["step"] for h in pruning.history] == [12]
+  assert len(layer.pruned_channels()) == stages.pruned_count(
+      layer.input_channels, 0.6)
+
+
+def test_global_allocation_meets_its_mac_budget_after_strip():
+  model = _model()
+  images, labels = _data()
+  allocation = sdn.GlobalAllocation([(3, 0.7), (6, 0.5)], floor=0.2)
+  model.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+            callbacks=[sdn.Pruning(allocation)])
+  dense = sdn.dense_macs(model)
+  compact = sdn.strip(model).model
+  assert sdn.dense_macs(compact) <= 0.5 * dense
+  counts = [len(l.pruned_channels()) / l.input_channels
+            for l in sdn.prunable_layers(model)]
+  assert len(set(np.round(counts, 3))) > 1  # not one fraction everywhere
+  for layer in sdn.prunable_layers(model):
+    assert layer.live_mask().sum() >= np.ceil(0.2 * layer.input_channels)
+
+
+def test_layer_patterns_and_malformed_stages_are_refused():
+  with pytest.raises(ValueError, match="step=1"):
+    sdn.Pruning([(1, 0.5)])
+  with pytest.raises(ValueError, match="sparsity=1.5"):
+    sdn.Pruning([(5, 1.5)])
+  model = _model()
+  images, labels = _data(8)
+  with pytest.raises(ValueError, match=r"\['nope\*'\] match no"):
+    model.fit(images, labels, batch_size=4, verbose=0,
+              callbacks=[sdn.Pruning([(2, 0.5)], layers=["nope*"])])
+  chosen = sdn.Pruning([(2, 0.5)], layers=["block1_*"])
+  model.fit(images, labels, batch_size=4, verbose=0, callbacks=[chosen])
+  assert model.get_layer("block1_layer1").pruned_channels().size
+  assert not model.get_layer("block2_layer1").pruned_channels().size
+
+
+def test_layer_sparsity_is_the_least_that_meets_the_budget():
+  model = _model()
+  sparsity = sdn.layer_sparsity(model, 0.6)
+  layers = sdn.prunable_layers(model)
+  from tfsdn.global_allocation import layer_costs  # pylint: disable=g-import-not-at-top
+  costs = layer_costs(layers, "macs")
+  total = sdn.dense_macs(model)
+
+  def cost(s):
+    return total - sum(c * stages.pruned_count(l.input_channels, s)
+                       for c, l in zip(costs, layers))
+  assert cost(sparsity) <= 0.6 * total < cost(sparsity - 0.001)

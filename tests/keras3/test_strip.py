@@ -1,0 +1,94 @@
+"""Strip on Keras 3: same function, fewer channels, stock layers only."""
+
+import hypothesis
+from hypothesis import strategies as st
+import keras
+import numpy as np
+import pytest
+
+import tfsdn.keras3 as sdn
+
+
+def _prune_at_random(model, fraction, seed):
+  rng = np.random.default_rng(seed)
+  for layer in sdn.prunable_layers(model):
+    layer.contribution_score.assign(
+        rng.uniform(0.1, 1.0, layer.input_channels).astype("float32"))
+    layer.prune_to(int(fraction * layer.input_channels))
+
+
+def _randomise_statistics(model, seed):
+  # Non-trivial BatchNormalization statistics, so a wrong channel shows.
+  rng = np.random.default_rng(seed)
+  for layer in model.layers:
+    bns = ([layer.batch_norm] if isinstance(layer, sdn.PrunableConcatConv)
+           else [layer] if isinstance(layer, keras.layers.BatchNormalization)
+           else [])
+    for bn in bns:
+      n = bn.gamma.shape[0]
+      bn.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+      bn.beta.assign(rng.normal(size=n).astype("float32"))
+      bn.moving_mean.assign(rng.normal(size=n).astype("float32"))
+      bn.moving_variance.assign(rng.uniform(0.5, 2, n).astype("float32"))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(depth=10, growth_rate=4),
+    dict(depth=16, growth_rate=4, bottleneck=True, compression=0.5),
+])
+def test_compact_model_computes_the_same_function(kwargs, pixels):
+  model = sdn.densenet.DenseNet(**kwargs)
+  _randomise_statistics(model, 0)
+  _prune_at_random(model, 0.5, 1)
+  stripped = sdn.strip(model)
+  np.testing.assert_allclose(np.asarray(stripped.model(pixels)),
+                             np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
+  assert sdn.dense_macs(stripped.model) < 0.75 * sdn.dense_macs(model)
+  assert stripped.pruned
+  assert not any(isinstance(op, sdn.PrunableConcatConv)
+                 for op in stripped.model.operations)
+  # Only Keras' own layers and ops.
+  assert {type(op).__module__.split(".")[0] for op in
+          stripped.model.operations} == {"keras"}
+
+
+def test_a_layer_no_one_reads_is_removed_with_its_filters(pixels):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  _randomise_statistics(model, 0)
+  # block1_layer1's 4 maps are channels 16..19 of every later reader.
+  model.get_layer("block1_layer2").contribution_score.assign(
+      np.r_[np.ones(16), np.zeros(4)].astype("float32"))
+  model.get_layer("transition1").contribution_score.assign(
+      np.r_[np.ones(16), np.zeros(4), np.ones(4)].astype("float32"))
+  stripped = sdn.strip(model)
+  assert stripped.layers["block1_layer1"].filters_computed == 0
+  names = [layer.name for layer in stripped.model.layers]
+  assert "block1_layer1" not in names
+  np.testing.assert_allclose(np.asarray(stripped.model(pixels)),
+                             np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
+
+
+def test_compact_model_saves_and_loads_without_tfsdn(tmp_path, pixels):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  _prune_at_random(model, 0.4, 2)
+  compact = sdn.strip(model).model
+  path = str(tmp_path / "compact.keras")
+  compact.save(path)
+  loaded = keras.saving.load_model(path, safe_mode=True)
+  np.testing.assert_allclose(np.asarray(loaded(pixels)),
+                             np.asarray(compact(pixels)), atol=1e-5)
+
+
+@hypothesis.settings(max_examples=8, deadline=None)
+@hypothesis.given(fraction=st.sampled_from([0.0, 0.3, 0.9]),
+                  seed=st.integers(0, 1000))
+def test_any_live_pattern_keeps_the_function(fraction, seed):
+  keras.utils.set_random_seed(seed)
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=3,
+                                input_shape=(8, 8, 3))
+  _randomise_statistics(model, seed)
+  _prune_at_random(model, fraction, seed)
+  images = np.random.default_rng(seed).uniform(0, 255, (2, 8, 8, 3)).astype(
+      "float32")
+  np.testing.assert_allclose(np.asarray(sdn.strip(model).model(images)),
+                             np.asarray(model(images)), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,94 @@
+"""The Keras 3 path on its other backend and without TensorFlow.
+
+`tests/keras3` runs in this process on Keras 3's default backend
+(TensorFlow). Here it runs again on JAX in a process of its own (a backend
+is fixed when Keras is first imported, so Keras' own CI runs one backend per
+process), and a child process with TensorFlow, tf_keras and tfmot blocked
+builds, prunes in stages, strips and reads CIFAR records through
+`tfsdn.keras3` on JAX.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, backend, timeout):
+  return subprocess.run(
+      args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+      env={**os.environ, "KERAS_BACKEND": backend,
+           "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
+
+
+def test_the_keras3_suite_passes_on_jax():
+  pytest.importorskip("jax")
+  result = _run([sys.executable, "-m", "pytest", "-q", "-p",
+                 "no:cacheprovider", "tests/keras3"], "jax", timeout=1500)
+  assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+  assert " passed" in result.stdout
+
+
+NO_TENSORFLOW = textwrap.dedent("""
+    import importlib.abc, os, sys
+    BLOCKED = ("tensorflow", "tf_keras", "tensorflow_model_optimization",
+               "tf2onnx", "tensorflow_datasets")
+
+    class Blocker(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+          raise ModuleNotFoundError(f"{name} is blocked", name=name)
+        return None
+
+    sys.meta_path.insert(0, Blocker())
+    import numpy as np
+    import tfsdn
+    try:
+      tfsdn.prune_dense_connections
+      raise SystemExit("the tfmot path should be unavailable")
+    except ImportError as e:
+      assert "tfsdn.keras3" in str(e), e
+    import keras
+    import tfsdn.keras3 as sdn
+    assert keras.backend.backend() == "jax"
+    model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    pruning = sdn.Pruning([(2, 0.25), (3, 0.5)])
+    model.fit(images, rng.integers(0, 10, 16), batch_size=4, verbose=0,
+              callbacks=[pruning])
+    assert [h["step"] for h in pruning.history] == [2, 3]
+    layer = model.get_layer("transition2")
+    assert len(layer.pruned_channels()) == sdn.stages.pruned_count(
+        layer.input_channels, 0.5)
+    compact = sdn.strip(model).model
+    difference = np.abs(np.asarray(compact(images)) - np.asarray(model(images)))
+    assert difference.max() < 1e-4, difference.max()
+    record = os.environ.get("TFSDN_TEST_RECORD")
+    if record:
+      pixels, labels = sdn.data.read_tfrecord(record, limit=4)
+      assert pixels.shape == (4, 32, 32, 3), pixels.shape
+    loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    assert not loaded, loaded
+    print("OK")
+""")
+
+
+def test_the_keras3_path_runs_without_tensorflow(tmp_path):
+  pytest.importorskip("jax")
+  shared = os.path.join(ROOT, "..", "shared", "data", "cifar10",
+                        "test.tfrecord")
+  env_record = shared if os.path.exists(shared) else ""
+  result = subprocess.run(
+      [sys.executable, "-c", NO_TENSORFLOW], cwd=str(tmp_path),
+      capture_output=True, text=True, timeout=600, check=False,
+      env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": ROOT,
+           "TFSDN_TEST_RECORD": env_record})
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert result.stdout.strip().endswith("OK")
