@@ -92,3 +92,55 @@ def test_the_keras3_path_runs_without_tensorflow(tmp_path):
            "TFSDN_TEST_RECORD": env_record})
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stdout.strip().endswith("OK")
+
+
+def _write_cifar(directory, count):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for name in ("train", "test"):
+    with tf.io.TFRecordWriter(str(directory / f"{name}.tfrecord")) as writer:
+      for _ in range(count):
+        example = tf.train.Example(features=tf.train.Features(feature={
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[
+                tf.io.encode_png(rng.integers(0, 256, (32, 32, 3),
+                                              dtype=np.uint8)).numpy()])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(
+                value=[int(rng.integers(0, 10))]))}))
+        writer.write(example.SerializeToString())
+
+
+def test_the_jax_evidence_runner_is_deterministic_and_tabulates(tmp_path):
+  pytest.importorskip("jax")
+  import json  # pylint: disable=g-import-not-at-top
+  _write_cifar(tmp_path, 48)
+  outputs = []
+  for run in ("a", "b"):
+    output = tmp_path / run
+    result = _run([
+        sys.executable, "benchmarks/evidence_keras3.py", "--backend=jax",
+        f"--dataset=tfrecord:{tmp_path}", f"--output_dir={output}",
+        f"--work_dir={tmp_path / ('work' + run)}", "--depth=10",
+        "--growth_rate=3", "--epochs=3", "--trunk_epochs=1",
+        "--lr_drop_epochs=2", "--batch_size=8", "--train_size=32",
+        "--validation_size=16", "--seeds=0",
+        "--arms=dense,el1_global@0.5,random_matched@0.5"], "jax", 900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    outputs.append(output)
+  for arm in ("dense", "el1_global@0.5", "random_matched@0.5"):
+    first, second = (json.loads((o / "seed0" / f"{arm}.json").read_text())
+                     for o in outputs)
+    assert first["test_predictions"] == second["test_predictions"], arm
+    assert first["train_loss"] == second["train_loss"], arm
+  matched = json.loads((outputs[0] / "seed0" /
+                        "random_matched@0.5.json").read_text())
+  guided = json.loads((outputs[0] / "seed0" /
+                       "el1_global@0.5.json").read_text())
+  for stage, twin in zip(matched["stages"], guided["stages"]):
+    assert stage["step"] == twin["step"]
+    assert {n: r[0] for n, r in stage["layers"].items()} == {
+        n: r[0] for n, r in twin["layers"].items()}
+  table = _run([sys.executable, "benchmarks/evidence_table.py",
+                f"--results_dir={outputs[0]}"], "jax", 300)
+  assert table.returncode == 0, table.stderr[-3000:]
+  assert "random_matched@0.5" in table.stdout

@@ -115,3 +115,22 @@ def test_layer_sparsity_is_the_least_that_meets_the_budget():
     return total - sum(c * stages.pruned_count(l.input_channels, s)
                        for c, l in zip(costs, layers))
   assert cost(sparsity) <= 0.6 * total < cost(sparsity - 0.001)
+
+
+def test_a_dict_of_per_layer_stages_prunes_each_layer_its_own_counts():
+  model = _model()
+  images, labels = _data(16)
+  pruning = sdn.Pruning({"transition*": [(2, 0.5)],
+                         "block1_layer1": [(2, 0.25), (3, 0.5)],
+                         "block3_*": None})
+  model.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+            callbacks=[pruning])
+  transition = model.get_layer("transition1")
+  assert len(transition.pruned_channels()) == stages.pruned_count(
+      transition.input_channels, 0.5)
+  assert len(model.get_layer("block1_layer1").pruned_channels()) == (
+      stages.pruned_count(16, 0.5))
+  assert not model.get_layer("block3_layer1").pruned_channels().size
+  assert not model.get_layer("block2_layer1").pruned_channels().size
+  assert float(transition.measuring.numpy()) == 0.0
+  assert float(model.get_layer("block2_layer1").measuring.numpy()) == 0.0

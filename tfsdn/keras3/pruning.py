@@ -102,7 +102,10 @@ class Pruning(keras.callbacks.Callback):
 
   Args:
     schedule: `(step, sparsity)` stages (layer-wise: every pruned layer
-      keeps `max(round(C * (1 - sparsity)), 1)` of its C inputs), or a
+      keeps `max(round(C * (1 - sparsity)), 1)` of its C inputs), a dict
+      from layer name or `fnmatch` pattern to such stages (or None: not
+      pruned; the first matching pattern wins; as
+      `tfsdn.prune_dense_connections` takes a dict of schedules), or a
       `tfsdn.keras3.GlobalAllocation` (one ranking under a MAC or channel
       budget, with its floor, ignored layers and overrides).
     layers: With layer-wise stages, names or `fnmatch` patterns of the
@@ -123,9 +126,20 @@ class Pruning(keras.callbacks.Callback):
         raise ValueError("layers applies to layer-wise stages; a "
                          "GlobalAllocation has ignored_layers. Received: "
                          f"layers={layers!r}")
-      self.allocation, self.stages = schedule, None
+      self.allocation, self.stages, self.per_layer = schedule, None, None
+    elif isinstance(schedule, dict):
+      if layers is not None:
+        raise ValueError("layers applies to one list of stages; a dict "
+                         f"names its layers. Received: layers={layers!r}")
+      self.allocation, self.stages = None, None
+      self.per_layer = {
+          pattern: None if value is None else stages_lib.validate_stages(
+              value) for pattern, value in schedule.items()}
+      if not all(isinstance(p, str) for p in self.per_layer):
+        raise ValueError("A dict schedule maps layer names or patterns to "
+                         f"stages. Received keys: {list(self.per_layer)}")
     else:
-      self.allocation = None
+      self.allocation, self.per_layer = None, None
       self.stages = stages_lib.validate_stages(schedule)
     if layers is not None and (isinstance(layers, str) or not all(
         isinstance(p, str) for p in layers)):
@@ -142,7 +156,19 @@ class Pruning(keras.callbacks.Callback):
   def stage_steps(self):
     if self.allocation is not None:
       return self.allocation.stage_steps
+    if self.per_layer is not None:
+      return sorted({step for stages in self.per_layer.values() if stages
+                     for step, _ in stages})
     return [step for step, _ in self.stages]
+
+  def _stages_of(self, layer):
+    """The stages of `layer` (layer-wise or per-layer schedules)."""
+    if self.per_layer is None:
+      return self.stages
+    for pattern, stages in self.per_layer.items():
+      if fnmatch.fnmatchcase(layer.name, pattern):
+        return stages
+    return None
 
   def on_train_begin(self, logs=None):
     model = self.model
@@ -158,24 +184,31 @@ class Pruning(keras.callbacks.Callback):
       check_reachable(self.allocation, chosen, everything,
                       layer_costs(chosen, self.allocation.budget),
                       self._dense_cost(chosen), model.name)
-    elif self.layers is not None:
+    elif self.layers is not None or self.per_layer is not None:
       names = [l.name for l in everything]
-      unused = [p for p in self.layers
+      patterns = (self.layers if self.per_layer is None else
+                  list(self.per_layer))
+      unused = [p for p in patterns
                 if not any(fnmatch.fnmatchcase(n, p) for n in names)]
       if unused:
         raise ValueError(f"Pruning layers {unused} match no prunable layer "
                          f"of model {model.name!r} (its prunable layers: "
                          f"{names[:6]}...).")
-      chosen = [l for l in everything if any(
-          fnmatch.fnmatchcase(l.name, p) for p in self.layers)]
+      chosen = [l for l in everything if (
+          self._stages_of(l) is not None if self.per_layer is not None else
+          any(fnmatch.fnmatchcase(l.name, p) for p in self.layers))]
     else:
       chosen = everything
     self._pruned_layers = chosen
     self._step = int(np.asarray(model.optimizer.iterations.numpy()))
-    done = self._step >= self.stage_steps[-1]
     for layer in everything:
-      # Layers that are never pruned need no statistics.
-      layer.measuring.assign(0.0 if done or layer not in chosen else 1.0)
+      # Layers that are never pruned, or past their last stage, need no
+      # statistics.
+      last = (None if layer not in chosen else self.stage_steps[-1]
+              if self.allocation is not None else
+              self._stages_of(layer)[-1][0])
+      layer.measuring.assign(
+          0.0 if last is None or self._step >= last else 1.0)
 
   def _dense_cost(self, chosen):
     if self.allocation.budget == "channels":
@@ -201,9 +234,11 @@ class Pruning(keras.callbacks.Callback):
       keep = self.allocation.plan(
           layers, layer_costs(layers, self.allocation.budget), total, step)
       return [l.input_channels - k for l, k in zip(layers, keep)]
-    _, sparsity = stages_lib.stage_at(self.stages, step)
-    return [stages_lib.pruned_count(l.input_channels, sparsity)
-            for l in layers]
+    counts = []
+    for layer in layers:
+      _, sparsity = stages_lib.stage_at(self._stages_of(layer), step)
+      counts.append(stages_lib.pruned_count(layer.input_channels, sparsity))
+    return counts
 
   def _run_stage(self, step):
     self.model  # pylint: disable=pointless-statement  (syncs JAX state)
@@ -227,8 +262,11 @@ class Pruning(keras.callbacks.Callback):
         len(rows), sum(r[0] for r in rows.values()),
         sum(r[1] for r in rows.values()),
         ", ".join(f"{n} {p}/{s}/{c}" for n, (p, s, c) in rows.items()))
-    if step >= self.stage_steps[-1]:
-      for layer in layers:
+    for layer in layers:
+      # A layer's statistics stop after its own last stage.
+      last = (self.stage_steps[-1] if self.allocation is not None else
+              self._stages_of(layer)[-1][0])
+      if step >= last:
         layer.measuring.assign(0.0)
     if short:
       message = (f"Pruning stage at step {step} fell short in {len(short)} "
