@@ -250,6 +250,21 @@ def main(argv):
   with atomic_path(os.path.join(FLAGS.model_dir, "compact.keras"),
                    suffix=".keras") as tmp:
     compact.save(tmp)
+  before = sdn.model_report(sdn.densenet.DenseNet(
+      depth=FLAGS.depth, growth_rate=FLAGS.growth_rate,
+      bottleneck=FLAGS.bottleneck, compression=FLAGS.compression))
+  after = sdn.model_report(stripped)
+  with atomic_path(os.path.join(FLAGS.model_dir, "report.md")) as tmp:
+    with open(tmp, "w") as f:
+      f.write(f"# {FLAGS.model_dir}: DenseNet-{FLAGS.depth} on the "
+              f"{keras.backend.backend()} backend\n\n## Before vs after\n\n"
+              + sdn.comparison_markdown(before, after) + "\n\n" +
+              after.to_markdown() + "\n")
+  try:
+    sdn.plot_connectivity(after, os.path.join(FLAGS.model_dir,
+                                              "connectivity.png"))
+  except ImportError as e:
+    logging.warning("No connectivity.png: %s", e)
   for format in FLAGS.export:  # pylint: disable=redefined-builtin
     name = {"tf_saved_model": "saved_model/1", "onnx": "compact.onnx",
             "litert": "compact.tflite"}[format]

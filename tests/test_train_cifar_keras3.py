@@ -54,6 +54,8 @@ def test_trains_prunes_strips_and_exports(tmp_path, backend):
   assert results["test_strip_max_logit_difference"] < 1e-3
   assert results["test_accuracy"] == results["test_accuracy_before_strip"]
   assert (run_dir / "compact.keras").exists()
+  assert "| MACs per image |" in (run_dir / "report.md").read_text()
+  assert (run_dir / "connectivity.png").exists()
   assert (run_dir / "saved_model" / "1" / "saved_model.pb").exists()
 
 

@@ -6,8 +6,7 @@ import textwrap
 import numpy as np
 
 from tfsdn.files import atomic_path
-from tfsdn.report import ModelReport
-from tfsdn.report import model_report
+from tfsdn.reporting import ModelReport
 
 
 def plot_connectivity(report, path):
@@ -49,6 +48,7 @@ def plot_connectivity(report, path):
     raise ImportError(
         "plot_connectivity needs matplotlib: pip install 'tfsdn[plot]'") from e
   if not isinstance(report, ModelReport):
+    from tfsdn.report import model_report  # pylint: disable=g-import-not-at-top
     report = model_report(report)
   if not report.blocks:
     raise ValueError(

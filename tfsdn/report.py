@@ -11,9 +11,6 @@ report the `Stripped` record to see what its prunable layers read.
 The plot is in `tfsdn.plot`.
 """
 
-import collections
-import dataclasses
-
 import numpy as np
 
 from tfsdn import graph
@@ -23,150 +20,11 @@ from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prune import prunable_layers
 from tfsdn.prune import strip_wrappers
-
-
-@dataclasses.dataclass
-class LayerRow:
-  """One weight layer of the inference model.
-
-  Attributes:
-    name: Layer name (a `PrunableConcatConv` and its compact conv share it).
-    kind: `"prunable"` for `PrunableConcatConv`s, else `"conv"`/`"dense"`.
-    input_live: Input channels the layer reads.
-    input_offered: Input channels it is offered (its concatenated input).
-    filters: Output channels it computes.
-    params: Parameters (kernel, bias, and for prunable layers their input
-      BatchNormalization).
-    macs: Multiply-accumulates for one example.
-    prunes: For prunable layers, what their pruned inputs are:
-      `"connections"` or `"width"` (`StrippedLayer.prunes`); else "".
-  """
-  name: str
-  kind: str
-  input_live: int
-  input_offered: int
-  filters: int
-  params: int
-  macs: int
-  prunes: str = ""
-
-
-@dataclasses.dataclass
-class BlockConnectivity:
-  """Connectivity of one dense block.
-
-  Attributes:
-    consumers: Names of the prunable layers reading the block, in order.
-    sources: Names of the layers whose feature maps they read.
-    matrix: `matrix[i, j]` is the fraction of source j's feature maps that
-      consumer i still reads; NaN where i is not offered j at all.
-  """
-  consumers: list
-  sources: list
-  matrix: np.ndarray
-
-
-@dataclasses.dataclass
-class ModelReport:
-  """What a model computes: per-layer rows, totals and block connectivity."""
-  model_name: str
-  form: str
-  rows: list
-  total_params: int
-  total_macs: int
-  blocks: list
-
-  @property
-  def prunable_params(self):
-    return sum(r.params for r in self.rows if r.kind == "prunable")
-
-  @property
-  def prunable_macs(self):
-    return sum(r.macs for r in self.rows if r.kind == "prunable")
-
-  def rows_pruning(self, prunes):
-    """Rows of the prunable layers that prune `"connections"` or `"width"`."""
-    return [r for r in self.rows if r.prunes == prunes]
-
-  @property
-  def widths(self):
-    """`(name, live, offered)` of every layer that prunes a width."""
-    return [(r.name, r.input_live, r.input_offered)
-            for r in self.rows_pruning("width")]
-
-  def to_dict(self):
-    return {
-        "model_name": self.model_name,
-        "form": self.form,
-        "total_params": self.total_params,
-        "total_macs": self.total_macs,
-        "prunable_params": self.prunable_params,
-        "prunable_macs": self.prunable_macs,
-        "rows": [dataclasses.asdict(r) for r in self.rows],
-        "blocks": [{"consumers": b.consumers, "sources": b.sources,
-                    "matrix": np.where(np.isnan(b.matrix), None,
-                                       b.matrix).tolist()}
-                   for b in self.blocks],
-    }
-
-  def to_markdown(self):
-    """The report as a Markdown table with totals underneath."""
-    lines = [
-        f"### {self.model_name} ({self.form})", "",
-        "| layer | kind | live inputs / offered | filters | params | MACs |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in self.rows:
-      kind = f"{r.kind}: {r.prunes}" if r.prunes else r.kind
-      lines.append(f"| {r.name} | {kind} | {r.input_live} / "
-                   f"{r.input_offered} | {r.filters} | {r.params:,} | "
-                   f"{r.macs:,} |")
-    if self.form == "compact":
-      legend = ("Inputs are counted as the model has them: it has no record "
-                "of what pruning removed (report the `tfsdn.strip` record for "
-                "that).")
-    else:
-      legend = ("*live inputs / offered*: input channels the layer still "
-                "reads / channels of its concatenated input in the dense "
-                "model (the same in the dense and pruned tables); "
-                "*filters*: output channels it computes, fewer once no layer "
-                "reads some of them.")
-    lines += [
-        "",
-        legend,
-        "",
-        f"Total parameters: {self.total_params:,} (prunable layers: "
-        f"{self.prunable_params:,}); total MACs per image: "
-        f"{self.total_macs:,} (prunable layers: {self.prunable_macs:,}).",
-    ]
-    widths = [r for r in self.rows if r.prunes == "width"]
-    if widths:
-      lines += ["", f"Prunable layers by what they prune: "
-                f"{len(self.rows_pruning('connections'))} prune dense "
-                f"connections ({sum(r.macs for r in self.rows_pruning('connections')):,} "
-                f"MACs), {len(widths)} prune bottleneck widths "
-                f"({sum(r.macs for r in widths):,} MACs)."]
-    return "\n".join(lines)
-
-  def __str__(self):
-    return self.to_markdown()
-
-
-def comparison_markdown(before, after):
-  """A short Markdown table comparing two reports' totals (before / after)."""
-  def ratio(a, b):
-    return f"{a / b:.3f}" if b else "n/a"
-  return "\n".join([
-      "| | before | after | after / before |",
-      "| --- | --- | --- | --- |",
-      f"| parameters | {before.total_params:,} | {after.total_params:,} | "
-      f"{ratio(after.total_params, before.total_params)} |",
-      f"| parameters in prunable layers | {before.prunable_params:,} | "
-      f"{after.prunable_params:,} | "
-      f"{ratio(after.prunable_params, before.prunable_params)} |",
-      f"| MACs per image | {before.total_macs:,} | {after.total_macs:,} | "
-      f"{ratio(after.total_macs, before.total_macs)} |",
-  ])
+from tfsdn.reporting import BlockConnectivity  # noqa: F401  pylint: disable=unused-import
+from tfsdn.reporting import LayerRow
+from tfsdn.reporting import ModelReport
+from tfsdn.reporting import comparison_markdown  # noqa: F401  pylint: disable=unused-import
+from tfsdn.reporting import connectivity
 
 
 def _weight_rows(compact, stripped_layers):
@@ -201,32 +59,6 @@ def _weight_rows(compact, stripped_layers):
       rows[name].input_offered = len(record.offered)
       rows[name].prunes = record.prunes
   return rows
-
-
-def _connectivity(stripped_layers, source_channels):
-  """One `BlockConnectivity` per group of layers offered the same first map."""
-  blocks = collections.OrderedDict()
-  for name, record in stripped_layers.items():
-    if record.offered and record.prunes == "connections":
-      blocks.setdefault(record.offered[0][0], []).append(name)
-  result = []
-  for consumers in blocks.values():
-    sources = []
-    for name in consumers:
-      for source, _ in stripped_layers[name].offered:
-        if source not in sources:
-          sources.append(source)
-    matrix = np.full((len(consumers), len(sources)), np.nan)
-    for i, name in enumerate(consumers):
-      record = stripped_layers[name]
-      for j, source in enumerate(sources):
-        hits = [live for (s, _), live in zip(record.offered, record.live)
-                if s == source]
-        if hits:
-          matrix[i, j] = float(np.sum(hits)) / max(source_channels[source],
-                                                   len(hits))
-    result.append(BlockConnectivity(consumers, sources, matrix))
-  return result
 
 
 def model_report(model):
@@ -267,4 +99,4 @@ def model_report(model):
   return ModelReport(model.source_name, "pruned" if model.pruned else "dense",
                      list(rows.values()), int(model.model.count_params()),
                      int(sum(r.macs for r in rows.values())),
-                     _connectivity(model.layers, model.source_channels))
+                     connectivity(model.layers, model.source_channels))

@@ -46,3 +46,28 @@ def test_wrong_direction_gets_a_type_error(pixels):
     sdn.from_tf_keras(sdn.densenet.DenseNet(depth=10, growth_rate=4))
   with pytest.raises(TypeError, match="tfmot path"):
     sdn.to_tf_keras(tfsdn.densenet.DenseNet(depth=10, growth_rate=4))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(depth=10, growth_rate=4),
+    dict(depth=16, growth_rate=4, bottleneck=True, compression=0.5),
+])
+def test_the_keras3_report_and_heatmap_match_the_tfmot_path(kwargs, tmp_path):
+  model = tfsdn.densenet.DenseNet(**kwargs)
+  rng = np.random.default_rng(3)
+  for layer in tfsdn.prunable_layers(model):
+    scores = rng.uniform(0.1, 1, layer.input_channels).astype("float32")
+    scores[rng.random(layer.input_channels) < 0.5] = 0
+    scores[0] = 1.0  # keep one
+    layer.contribution_score.assign(scores)
+  theirs = tfsdn.model_report(model)
+  ours = sdn.model_report(sdn.from_tf_keras(model))
+  assert ours.total_params == theirs.total_params
+  assert ours.total_macs == theirs.total_macs
+  assert ours.rows == theirs.rows
+  assert len(ours.blocks) == len(theirs.blocks)
+  for mine, other in zip(ours.blocks, theirs.blocks):
+    assert mine.consumers == other.consumers
+    np.testing.assert_allclose(mine.matrix, other.matrix, equal_nan=True)
+  sdn.plot_connectivity(ours, tmp_path / "c.png")
+  assert (tmp_path / "c.png").stat().st_size > 1000

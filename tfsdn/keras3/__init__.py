@@ -61,8 +61,11 @@ from tfsdn.keras3.pruning import Pruning
 from tfsdn.keras3.pruning import dense_macs
 from tfsdn.keras3.pruning import layer_sparsity
 from tfsdn.keras3.pruning import prunable_layers
+from tfsdn.keras3.report import model_report
 from tfsdn.keras3.strip import Stripped
 from tfsdn.keras3.strip import strip
+from tfsdn.plot import plot_connectivity
+from tfsdn.reporting import comparison_markdown
 from tfsdn.stages import StageShortfallError
 
 __all__ = [
@@ -70,6 +73,7 @@ __all__ = [
     "Pruning",
     "PrunableConcatConv",
     "StageShortfallError",
+    "comparison_markdown",
     "Stripped",
     "data",
     "dense_macs",
@@ -77,6 +81,8 @@ __all__ = [
     "export",
     "from_tf_keras",
     "layer_sparsity",
+    "model_report",
+    "plot_connectivity",
     "prunable_layers",
     "stages",
     "strip",

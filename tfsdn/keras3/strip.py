@@ -33,25 +33,43 @@ _CHANNELWISE = (keras.layers.BatchNormalization, keras.layers.ReLU,
 class StrippedLayer:
   """What strip kept of one `PrunableConcatConv`.
 
+  The same record as the tfmot path's `tfsdn.compact.StrippedLayer`.
+
   Attributes:
     name: The layer's name; its compact Conv2D has the same name.
+    offered: One `(source layer name, channel)` per input channel.
     live: Boolean vector over its input channels: True where it reads one.
     filters: Output channels before the strip.
     filters_computed: Output channels the compact conv computes (0: no one
       reads the layer's output, and it is removed).
+    compact_layers: Names of the compact layers holding its parameters.
+    prunes: `"connections"` (it reads feature maps other layers read too)
+      or `"width"` (it alone reads one layer's output: a DenseNet-B
+      bottleneck's 3x3 conv).
   """
   name: str
+  offered: list
   live: np.ndarray
   filters: int
   filters_computed: int
+  compact_layers: tuple = ()
+  prunes: str = "connections"
 
 
 @dataclasses.dataclass
 class Stripped:
-  """The result of `strip`: the compact model and what each layer kept."""
+  """The result of `strip`: the compact model and what each layer kept.
+
+  Attributes:
+    model: The compact model (stock Keras 3 layers and ops).
+    source_name: Name of the stripped model.
+    layers: `StrippedLayer` per `PrunableConcatConv` name, in model order.
+    source_channels: Output channels of every layer before the strip.
+  """
   model: keras.Model
   source_name: str
   layers: dict
+  source_channels: dict
 
   @property
   def pruned(self):
@@ -120,6 +138,14 @@ def strip(model):
   """
   require_keras3_model(model)
   reads = _reads(model)
+  readers = {}  # tensor id -> number of nodes reading it
+  for node in _nodes(model):
+    for tensor in _inputs(node):
+      readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+  source_channels = {}
+  for node in _nodes(model):
+    for tensor in node.output_tensors:
+      source_channels[node.operation.name] = _channels(tensor)
   # New tensor per old tensor id, and the old channel ids it holds, in order.
   new, kept = {}, {}
   for tensor in model.inputs:
@@ -143,6 +169,11 @@ def strip(model):
     if isinstance(layer, PrunableConcatConv):
       records[layer.name] = _strip_concat_conv(layer, inputs, output, needed,
                                                reads, new, kept)
+      records[layer.name].offered = [
+          (tensor._keras_history.operation.name, channel)  # pylint: disable=protected-access
+          for tensor in inputs for channel in range(_channels(tensor))]
+      if len(inputs) == 1 and readers.get(id(inputs[0])) == 1:
+        records[layer.name].prunes = "width"
     elif isinstance(layer, keras.layers.Conv2D) and layer.groups == 1 and (
         type(layer) is keras.layers.Conv2D):  # pylint: disable=unidiomatic-typecheck
       _strip_conv(layer, inputs[0], output, needed, reads, new, kept)
@@ -170,7 +201,7 @@ def strip(model):
       new_inputs if len(new_inputs) > 1 else new_inputs[0],
       outputs if len(outputs) > 1 else outputs[0],
       name=f"{model.name}_compact")
-  return Stripped(compact, model.name, records)
+  return Stripped(compact, model.name, records, source_channels)
 
 
 def _select(tensor, channels, new, kept):
@@ -256,7 +287,7 @@ def _copy_layer(layer, node, inputs, output, new, kept):
 
 def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept):
   live = layer.live_mask()
-  record = StrippedLayer(layer.name, live, layer.filters, 0)
+  record = StrippedLayer(layer.name, [], live, layer.filters, 0)
   if not needed.any():
     return record  # No one reads its output: removed.
   bounds = np.cumsum([0] + [_channels(t) for t in inputs])
@@ -285,4 +316,8 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept):
   conv.set_weights([layer.conv.kernel.numpy()[:, :, read][..., filters]])
   new[id(output)], kept[id(output)] = x, filters
   record.filters_computed = len(filters)
+  record.compact_layers = tuple(
+      name for name in (f"{layer.name}_concat" if len(parts) > 1 else None,
+                        f"{layer.name}_bn", f"{layer.name}_relu", layer.name)
+      if name)
   return record
