@@ -31,11 +31,9 @@ Paper scale, on a GPU:
       --seeds=0,1,2,3,4 --output_dir=docs/evidence/cifar10_d40
 """
 
-import base64
 import hashlib
 import json
 import os
-import subprocess
 import time
 
 from absl import app
@@ -45,6 +43,7 @@ import numpy as np
 
 import arms as arms_lib
 import experiment
+import results_io
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiment)
@@ -106,37 +105,10 @@ def check_flags(config):
   return arms_lib.ordered(chosen), seeds
 
 
-def prepare_output_dir(config):
-  """Creates OUTPUT_DIR, or checks that its results used `config`."""
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
-  path = os.path.join(FLAGS.output_dir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    changed = {k: (previous.get(k), v) for k, v in config.items()
-               if previous.get(k) != v}
-    if changed:
-      raise app.UsageError(
-          f"--output_dir={FLAGS.output_dir!r} holds results made with other "
-          f"flags (previous, now): {changed}. Move them to a folder of their "
-          "own or use a new --output_dir.")
-  else:
-    from tfsdn.files import write_json  # pylint: disable=g-import-not-at-top
-    write_json(path, config)
-
-
 def learning_rate(config):
   drops = config["lr_drop_epochs"]
   return lambda epoch, unused_lr=None: config["learning_rate"] * 0.1**sum(
       epoch >= d for d in drops)
-
-
-def encode(values):
-  return base64.b64encode(np.asarray(values, np.uint8).tobytes()).decode()
-
-
-def decode(text):
-  return np.frombuffer(base64.b64decode(text), np.uint8)
 
 
 class Runner:
@@ -196,7 +168,7 @@ class Runner:
 
   def trunk(self, seed):
     """Path of the seed's trunk weights, training it first if needed."""
-    directory = os.path.join(FLAGS.work_dir, _digest(self.config)[:12],
+    directory = os.path.join(FLAGS.work_dir, results_io.digest(self.config)[:12],
                              f"seed{seed}")
     path = os.path.join(directory, "trunk.weights.h5")
     if not os.path.exists(path):
@@ -216,7 +188,7 @@ class Runner:
     """Trains one arm for one seed; returns (result dict, compact model)."""
     tfsdn, keras, config = self.tfsdn, self.keras, self.config
     result = {"arm": arm.name, "kind": arm.kind, "keep": arm.keep,
-              "seed": seed, "config_digest": _digest(config)}
+              "seed": seed, "config_digest": results_io.digest(config)}
     callbacks = []
     if arm.kind in arms_lib.FROM_SCRATCH:
       if arm.kind == "narrow_dense":
@@ -279,7 +251,7 @@ class Runner:
       predicted = np.argmax(compact.predict(data, verbose=0), -1)
       result[f"{split}_accuracy"] = float(np.mean(
           predicted == self.labels[split]))
-      result[f"{split}_predictions"] = encode(predicted)
+      result[f"{split}_predictions"] = results_io.encode(predicted)
       result[f"{split}_examples"] = int(len(predicted))
     return result, compact
 
@@ -293,29 +265,6 @@ def _data_seed(seed, part):
   return 1000 * seed + (1 if part == "trunk" else 2)
 
 
-def _digest(config):
-  return hashlib.sha256(json.dumps(config, sort_keys=True).encode()
-                        ).hexdigest()
-
-
-def save_result(result, compact, directory, arm_name):
-  from tfsdn import files  # pylint: disable=g-import-not-at-top
-  os.makedirs(directory, exist_ok=True)
-  model_path = os.path.join(directory, f"{arm_name}.keras")
-  with files.atomic_path(model_path, suffix=".keras") as tmp:
-    compact.save(tmp)
-  result["model_path"] = model_path
-  path = os.path.join(directory, f"{arm_name}.json")
-  files.write_json(path, result)
-  return [path, model_path]
-
-
-def git_commit(paths, message):
-  subprocess.run(["git", "add", "--", *paths], check=True)
-  subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths],
-                 check=True)
-
-
 def main(argv):
   del argv
   config = run_config()
@@ -325,12 +274,15 @@ def main(argv):
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
   tf.config.experimental.enable_op_determinism()
-  prepare_output_dir(config)
+  try:
+    results_io.prepare_output_dir(FLAGS.output_dir, config)
+  except results_io.ConfigMismatch as e:
+    raise app.UsageError(str(e)) from None
   runner = Runner(config)
   labels_path = os.path.join(FLAGS.output_dir, "labels.json")
   if not os.path.exists(labels_path):
     from tfsdn.files import write_json  # pylint: disable=g-import-not-at-top
-    write_json(labels_path, {split: encode(values)
+    write_json(labels_path, {split: results_io.encode(values)
                              for split, values in runner.labels.items()})
   logging.info("%d training images, %d steps per epoch, dense MACs %d",
                runner.train_examples, runner.steps_per_epoch,
@@ -348,12 +300,12 @@ def main(argv):
           needed = json.load(f)
       logging.info("%s, seed %d: training", arm.name, seed)
       result, compact = runner.run(arm, seed, needed)
-      written = save_result(result, compact, directory, arm.name)
+      written = results_io.save_result(result, compact, directory, arm.name)
       logging.info("%s, seed %d: validation %.4f, test %.4f, %.3fx MACs",
                    arm.name, seed, result["validation_accuracy"],
                    result["test_accuracy"], result["macs_vs_dense"])
       if FLAGS.git_commit:
-        git_commit(written + [os.path.join(FLAGS.output_dir, "config.json"),
+        results_io.git_commit(written + [os.path.join(FLAGS.output_dir, "config.json"),
                               labels_path],
                    f"Evidence: {arm.name}, seed {seed} (test "
                    f"{result['test_accuracy']:.4f}, "

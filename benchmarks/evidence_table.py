@@ -19,6 +19,7 @@ from absl import flags
 import numpy as np
 
 import paired
+import results_io
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", "docs/evidence/cifar10_d16",
@@ -30,17 +31,12 @@ TFSDN_KINDS = ("el1_global", "el1_layer", "bn_gamma_global",
                "weight_l1_global")
 
 
-def _decode(text):
-  import base64  # pylint: disable=g-import-not-at-top
-  return np.frombuffer(base64.b64decode(text), np.uint8)
-
-
 def load(results_dir):
   """`(config, labels, {arm: {seed: result}})`."""
   with open(os.path.join(results_dir, "config.json")) as f:
     config = json.load(f)
   with open(os.path.join(results_dir, "labels.json")) as f:
-    labels = {k: _decode(v) for k, v in json.load(f).items()}
+    labels = {k: results_io.decode(v) for k, v in json.load(f).items()}
   results = collections.defaultdict(dict)
   for path in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
     with open(path) as f:
@@ -50,7 +46,7 @@ def load(results_dir):
 
 
 def correct(results, labels, arm, seeds, split="test"):
-  return np.stack([_decode(results[arm][s][f"{split}_predictions"]) ==
+  return np.stack([results_io.decode(results[arm][s][f"{split}_predictions"]) ==
                    labels[split] for s in seeds])
 
 

@@ -5,8 +5,10 @@ three ways, each in its own process, one after the other on one machine:
 the tfmot path (tf_keras + tfmot), and the Keras 3 path on the TensorFlow
 and on the JAX backend. Every child reads the CIFAR TFRecords with the
 TensorFlow-free reader (`tfsdn.keras3.data`), so all see identical pixels,
-and trains on them as numpy arrays without augmentation (the same input
-handling in both Kerases). It reports training images per second (median
+and trains on them as numpy arrays without augmentation, in one fixed
+order (the same batches in both Kerases), from the same initial weights
+(the first child writes them, the others load them by layer name). It
+reports training images per second (median
 epoch after the first, which compiles), the compact model's test accuracy
 and MACs, and writes JSON.
 
@@ -43,14 +45,52 @@ RUNS = ("tfmot", "keras3:tensorflow", "keras3:jax")
 
 
 def _data():
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from tfsdn.keras3 import data  # pylint: disable=g-import-not-at-top
   directory = FLAGS.dataset[len("tfrecord:"):]
   train = data.read_tfrecord(os.path.join(directory, "train.tfrecord"),
                              limit=FLAGS.train_size)
+  # One fixed shuffle for every child; fit then keeps this order.
+  order = np.random.default_rng(FLAGS.seed).permutation(len(train[0]))
+  train = (train[0][order], train[1][order])
   test = data.read_tfrecord(os.path.join(directory, "test.tfrecord"),
                             limit=FLAGS.test_size)
   return ((train[0].astype("float32"), train[1]),
           (test[0].astype("float32"), test[1]))
+
+
+_CONCAT_CONV_WEIGHTS = (
+    "batch_norm.gamma", "batch_norm.beta", "batch_norm.moving_mean",
+    "batch_norm.moving_variance", "conv.kernel", "contribution_score",
+    "input_abs_mean", "measuring")
+
+
+def _layer_weights(layer):
+  """A layer's weights as a list, PrunableConcatConvs by attribute path."""
+  if type(layer).__name__ == "PrunableConcatConv":
+    values = []
+    for path in _CONCAT_CONV_WEIGHTS:
+      value = layer
+      for name in path.split("."):
+        value = getattr(value, name)
+      values.append(value)
+    return values
+  return list(layer.weights)
+
+
+def _same_start(model):
+  """Loads the shared initial weights, or writes them if first."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path = FLAGS.output + ".init.npz"
+  if os.path.exists(path):
+    saved = np.load(path)
+    for layer in model.layers:
+      for i, variable in enumerate(_layer_weights(layer)):
+        variable.assign(saved[f"{layer.name}|{i}"])
+  else:
+    np.savez(path, **{f"{layer.name}|{i}": np.asarray(variable.numpy())
+                      for layer in model.layers
+                      for i, variable in enumerate(_layer_weights(layer))})
 
 
 def _stages(steps_per_epoch):
@@ -85,21 +125,23 @@ def _child_tfmot(train, test):
   keras.utils.set_random_seed(FLAGS.seed)
   model = tfsdn.densenet.DenseNet(depth=FLAGS.depth,
                                   growth_rate=FLAGS.growth_rate)
+  _same_start(model)
   steps = len(train[0]) // FLAGS.batch_size
   pruned = tfsdn.prune_dense_connections(
       model, tfsdn.StagedSparsity(_stages(steps)))
   recipe.compile_for_training(pruned, 0.1)
   times = []
-  pruned.fit(train[0][:steps * FLAGS.batch_size],
+  history = pruned.fit(train[0][:steps * FLAGS.batch_size],
              train[1][:steps * FLAGS.batch_size], batch_size=FLAGS.batch_size,
-             epochs=FLAGS.epochs, verbose=2, callbacks=[
+             epochs=FLAGS.epochs, verbose=2, shuffle=False, callbacks=[
                  tfmot.sparsity.keras.UpdatePruningStep(),
                  tfsdn.UpdateScores(),
                  keras.callbacks.LearningRateScheduler(_lr),
                  _epoch_timer(keras, times)])
   compact = tfsdn.strip_to_compact(tfmot.sparsity.keras.strip_pruning(pruned))
   predicted = np.argmax(compact.predict(test[0], verbose=0), -1)
-  return times, float(np.mean(predicted == test[1])), (
+  return times, history.history["loss"], float(np.mean(
+      predicted == test[1])), (
       tfsdn.model_report(compact).total_macs /
       tfsdn.model_report(model).total_macs)
 
@@ -111,21 +153,23 @@ def _child_keras3(train, test):
   keras.utils.set_random_seed(FLAGS.seed)
   model = sdn.densenet.DenseNet(depth=FLAGS.depth,
                                 growth_rate=FLAGS.growth_rate)
+  _same_start(model)
   steps = len(train[0]) // FLAGS.batch_size
   model.compile(
       optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"])
   times = []
-  model.fit(train[0][:steps * FLAGS.batch_size],
+  history = model.fit(train[0][:steps * FLAGS.batch_size],
             train[1][:steps * FLAGS.batch_size], batch_size=FLAGS.batch_size,
-            epochs=FLAGS.epochs, verbose=2, callbacks=[
+            epochs=FLAGS.epochs, verbose=2, shuffle=False, callbacks=[
                 sdn.Pruning(_stages(steps)),
                 keras.callbacks.LearningRateScheduler(_lr),
                 _epoch_timer(keras, times)])
   compact = sdn.strip(model).model
   predicted = np.argmax(np.asarray(compact.predict(test[0], verbose=0)), -1)
-  return times, float(np.mean(predicted == test[1])), (
+  return times, history.history["loss"], float(np.mean(
+      predicted == test[1])), (
       sdn.dense_macs(compact) / sdn.dense_macs(model))
 
 
@@ -150,17 +194,24 @@ def main(argv):
   if FLAGS.child:
     train, test = _data()
     run = _child_tfmot if FLAGS.child == "tfmot" else _child_keras3
-    times, accuracy, mac_ratio = run(train, test)
+    times, losses, accuracy, mac_ratio = run(train, test)
     steady = sorted(times[1:])[len(times[1:]) // 2]
     images = (len(train[0]) // FLAGS.batch_size) * FLAGS.batch_size
     print(json.dumps({"path": FLAGS.child, "epoch_seconds": times,
+                      "epoch_loss": losses,
                       "train_images_per_second": images / steady,
                       "test_accuracy": accuracy, "mac_ratio": mac_ratio}))
     return
   unknown = [p for p in FLAGS.paths if p not in RUNS]
   if unknown:
     raise app.UsageError(f"--paths: unknown {unknown}; choose from {RUNS}")
-  rows = [_run_child(path) for path in FLAGS.paths]
+  if os.path.exists(FLAGS.output + ".init.npz"):
+    os.remove(FLAGS.output + ".init.npz")
+  try:
+    rows = [_run_child(path) for path in FLAGS.paths]
+  finally:
+    if os.path.exists(FLAGS.output + ".init.npz"):
+      os.remove(FLAGS.output + ".init.npz")
   base = next((r for r in rows if r["path"] == "tfmot"), rows[0])
   for row in rows:
     row["speed_vs_tfmot"] = (row["train_images_per_second"] /

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from tests.test_data import write_tfrecords
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -94,26 +96,10 @@ def test_the_keras3_path_runs_without_tensorflow(tmp_path):
   assert result.stdout.strip().endswith("OK")
 
 
-def _write_cifar(directory, count):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  for name in ("train", "test"):
-    with tf.io.TFRecordWriter(str(directory / f"{name}.tfrecord")) as writer:
-      for _ in range(count):
-        example = tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[
-                tf.io.encode_png(rng.integers(0, 256, (32, 32, 3),
-                                              dtype=np.uint8)).numpy()])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(rng.integers(0, 10))]))}))
-        writer.write(example.SerializeToString())
-
-
 def test_the_jax_evidence_runner_is_deterministic_and_tabulates(tmp_path):
   pytest.importorskip("jax")
   import json  # pylint: disable=g-import-not-at-top
-  _write_cifar(tmp_path, 48)
+  write_tfrecords(tmp_path, count=48)
   outputs = []
   for run in ("a", "b"):
     output = tmp_path / run
@@ -144,3 +130,27 @@ def test_the_jax_evidence_runner_is_deterministic_and_tabulates(tmp_path):
                 f"--results_dir={outputs[0]}"], "jax", 300)
   assert table.returncode == 0, table.stderr[-3000:]
   assert "random_matched@0.5" in table.stdout
+
+
+def test_the_three_paths_train_alike_from_the_same_start(tmp_path):
+  # tfmot, Keras 3 on TensorFlow and Keras 3 on JAX, from the same initial
+  # weights on the same batches: the same first-epoch loss, and the same
+  # compact MACs after two stages up to the few near-tied channels that
+  # float rounding can order differently.
+  pytest.importorskip("jax")
+  import json  # pylint: disable=g-import-not-at-top
+  write_tfrecords(tmp_path, count=96)
+  output = tmp_path / "side.json"
+  result = _run([sys.executable, "benchmarks/keras3_side_by_side.py",
+                 f"--dataset=tfrecord:{tmp_path}", f"--output={output}",
+                 "--depth=10", "--growth_rate=4", "--train_size=96",
+                 "--test_size=32", "--epochs=4", "--batch_size=16"],
+                "tensorflow", 900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  runs = {r["path"]: r for r in json.loads(output.read_text())["runs"]}
+  assert set(runs) == {"tfmot", "keras3:tensorflow", "keras3:jax"}
+  first = [r["epoch_loss"][0] for r in runs.values()]
+  assert max(first) - min(first) < 1e-3 * max(first), first
+  ratios = [r["mac_ratio"] for r in runs.values()]
+  assert max(ratios) - min(ratios) < 0.02, ratios
+  assert not list(tmp_path.glob("*.init.npz"))  # the shared start is removed

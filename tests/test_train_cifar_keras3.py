@@ -5,26 +5,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import tensorflow as tf
+
+from tests.test_data import write_tfrecords
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_cifar_keras3.py")
-
-
-def _write_cifar(directory, count):
-  rng = np.random.default_rng(0)
-  for name in ("train", "test"):
-    with tf.io.TFRecordWriter(str(directory / f"{name}.tfrecord")) as writer:
-      for _ in range(count):
-        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        example = tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                value=[tf.io.encode_jpeg(image).numpy()])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(rng.integers(0, 10))]))}))
-        writer.write(example.SerializeToString())
 
 
 def _run(args, backend="tensorflow"):
@@ -38,7 +24,7 @@ def _run(args, backend="tensorflow"):
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_trains_prunes_strips_and_exports(tmp_path, backend):
   pytest.importorskip(backend)
-  _write_cifar(tmp_path, 48)
+  write_tfrecords(tmp_path, count=48)
   run_dir = tmp_path / "run"
   result = _run([f"--backend={backend}", f"--dataset=tfrecord:{tmp_path}",
                  f"--model_dir={run_dir}", "--depth=10", "--growth_rate=4",
@@ -66,7 +52,7 @@ def test_trains_prunes_strips_and_exports(tmp_path, backend):
     (["--export=pb"], "unknown formats"),
 ])
 def test_bad_flags_end_in_one_line(tmp_path, args, message):
-  _write_cifar(tmp_path, 2)
+  write_tfrecords(tmp_path, count=2)
   base = [f"--dataset=tfrecord:{tmp_path}", f"--model_dir={tmp_path}/r"]
   result = _run(base + args)
   assert result.returncode == 1

@@ -1,41 +1,12 @@
-"""Global allocation: one ranking across layers, under a budget in MACs.
+"""Global allocation inside tfmot's loop.
 
-`StagedSparsity` gives every layer the same fraction of pruned inputs. A
-`GlobalAllocation` instead decides at each stage how many inputs each layer
-keeps, from one ranking of all live input channels of all layers, so that
-the compact model fits a budget: a fraction of the dense model's MACs
-(`budget="macs"`, what a user pays for at inference) or of its prunable
-input channels (`budget="channels"`).
-
-What is ranked. A layer's scores are normalised to mean 1 over its live
-channels (`criteria.normalize_scores`), so a raw score is not comparable
-across layers: its scale depends on the layer's input statistics and kernel.
-What is comparable is the *share* of the layer's measured contribution a
-channel carries: `score / live_channels` (its normalised score divided by
-the sum of the layer's normalised live scores). A channel is then ranked by
-its share per unit of cost, `share / cost`, where cost is the MACs one input
-channel of that layer costs (`kh * kw * filters * out_h * out_w`; 1 with
-`budget="channels"`), and the channels with the lowest share per cost go
-first: the choice a fractional knapsack makes when each layer's output
-matters equally. A channel of a 32x32 layer costs 16 times one of an 8x8
-layer, so at equal shares the larger feature maps lose inputs first.
-
-With `criterion="random"` the scores are fixed draws, not normalised, so
-the "share" is a random number too: the allocation is random but still
-cost-aware.
-
-The MACs are estimated as the dense model's MACs (every Conv2D, Dense and
-PrunableConcatConv, as `model_report` counts them) minus what the pruned
-inputs cost. The strip step may remove more (producer filters that nobody
-reads any more), so the compact model's MACs are at most the estimate,
-and can be well below it (in a DenseNet-B net the bottleneck filter behind
-every pruned width input goes too); compare allocations by the compact
-model's MACs (`model_report`), not by their budgets.
-
-The allocation runs inside tfmot's loop: every allocated layer gets its own
+The allocation itself (what is ranked, the budget, the MAC estimate) is
+TensorFlow-free and documented in `tfsdn.global_allocation`; the Keras 3
+path uses it too. Here every allocated layer gets its own
 `AllocatedSparsity` schedule (a tfmot `PruningSchedule`) whose sparsity
-`tfsdn.UpdateScores` sets right before each stage, after the scores are
-computed; tfmot then prunes exactly that many inputs of that layer.
+`tfsdn.UpdateScores` sets right before each stage (`allocate`), after the
+scores are computed; tfmot then prunes exactly that many inputs of that
+layer.
 """
 
 

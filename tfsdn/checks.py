@@ -57,3 +57,49 @@ def boolean(name, value):
   if not isinstance(value, bool):
     raise TypeError(f"{name} must be True or False. Received: {name}={value!r}")
   return value
+
+
+def pair(name, value):
+  """A positive int or a pair of them, as a pair of ints."""
+  if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    value = (int(value), int(value))
+  value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+  if len(value) != 2 or not all(
+      isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+      for v in value):
+    raise ValueError(
+        f"{name} must be a positive int or a pair of them. "
+        f"Received: {name}={value!r}")
+  return tuple(int(v) for v in value)
+
+
+def concat_conv_arguments(filters, kernel_size, strides, padding, criterion,
+                          score_momentum, group_lasso, bn_momentum,
+                          bn_epsilon, criteria):
+  """The checked, normalised arguments of either path's PrunableConcatConv.
+
+  Returns:
+    A dict of them, by name.
+
+  Raises:
+    ValueError: naming the bad argument and its value.
+  """
+  if criterion not in criteria:
+    raise ValueError(f"criterion must be one of {criteria}. "
+                     f"Received: criterion={criterion!r}")
+  padding = str(padding).lower()
+  if padding not in ("same", "valid"):
+    raise ValueError(
+        f"padding must be 'same' or 'valid'. Received: padding={padding!r}")
+  return {
+      "filters": integer("filters", filters, low=1),
+      "kernel_size": pair("kernel_size", kernel_size),
+      "strides": pair("strides", strides),
+      "padding": padding,
+      "criterion": criterion,
+      "score_momentum": real("score_momentum", score_momentum, 0.0, 1.0,
+                             high_open=True),
+      "group_lasso": real("group_lasso", group_lasso, low=0.0),
+      "bn_momentum": real("bn_momentum", bn_momentum, 0.0, 1.0),
+      "bn_epsilon": real("bn_epsilon", bn_epsilon, 0.0, low_open=True),
+  }

@@ -81,31 +81,13 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
                conv_trainable=True,
                **kwargs):
     super().__init__(**kwargs)
-    filters = checks.integer("filters", filters, low=1)
-    if criterion not in criteria.CRITERIA:
-      raise ValueError(
-          f"criterion must be one of {criteria.CRITERIA}. "
-          f"Received: criterion={criterion!r}")
-    score_momentum = checks.real("score_momentum", score_momentum, 0.0, 1.0,
-                                 high_open=True)
-    group_lasso = checks.real("group_lasso", group_lasso, low=0.0)
-    bn_momentum = checks.real("bn_momentum", bn_momentum, 0.0, 1.0)
-    bn_epsilon = checks.real("bn_epsilon", bn_epsilon, 0.0, low_open=True)
-    padding = str(padding).lower()
-    if padding not in ("same", "valid"):
-      raise ValueError(
-          f"padding must be 'same' or 'valid'. Received: padding={padding!r}")
-    self.filters = int(filters)
-    self.kernel_size = _pair(kernel_size, "kernel_size")
-    self.strides = _pair(strides, "strides")
-    self.padding = padding
+    arguments = checks.concat_conv_arguments(
+        filters, kernel_size, strides, padding, criterion, score_momentum,
+        group_lasso, bn_momentum, bn_epsilon, criteria.CRITERIA)
+    for name, value in arguments.items():
+      setattr(self, name, value)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
     self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-    self.criterion = criterion
-    self.score_momentum = float(score_momentum)
-    self.group_lasso = float(group_lasso)
-    self.bn_momentum = float(bn_momentum)
-    self.bn_epsilon = float(bn_epsilon)
     self.bn_synchronized = bool(bn_synchronized)
     self.batch_norm = keras.layers.BatchNormalization(
         momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="bn",
@@ -307,15 +289,3 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
         "conv_trainable": self.conv.trainable,
     }
     return {**super().get_config(), **config}
-
-
-def _pair(value, name):
-  if isinstance(value, (int, np.integer)):
-    value = (int(value), int(value))
-  value = tuple(value)
-  if len(value) != 2 or not all(
-      isinstance(v, (int, np.integer)) and v > 0 for v in value):
-    raise ValueError(
-        f"{name} must be a positive int or a pair of them. "
-        f"Received: {name}={value!r}")
-  return tuple(int(v) for v in value)

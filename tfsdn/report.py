@@ -11,8 +11,6 @@ report the `Stripped` record to see what its prunable layers read.
 The plot is in `tfsdn.plot`.
 """
 
-import numpy as np
-
 from tfsdn import graph
 from tfsdn.compact import Stripped
 from tfsdn.compact import strip
@@ -21,44 +19,16 @@ from tfsdn.compat import require_functional
 from tfsdn.prune import prunable_layers
 from tfsdn.prune import strip_wrappers
 from tfsdn.reporting import BlockConnectivity  # noqa: F401  pylint: disable=unused-import
-from tfsdn.reporting import LayerRow
+from tfsdn.reporting import LayerRow  # noqa: F401  pylint: disable=unused-import
 from tfsdn.reporting import ModelReport
 from tfsdn.reporting import comparison_markdown  # noqa: F401  pylint: disable=unused-import
 from tfsdn.reporting import connectivity
+from tfsdn.reporting import weight_rows
 
 
 def _weight_rows(compact, stripped_layers):
-  """Rows for every Conv2D and Dense layer of a stock (compact) model.
-
-  `stripped_layers` (from the strip record) says which convs were
-  `PrunableConcatConv`s and which BatchNormalization belongs to each.
-  """
-  rows = {}
-  for layer in compact.layers:
-    if isinstance(layer, keras.layers.Conv2D):
-      kh, kw = layer.kernel_size
-      cin = int(layer.input_shape[-1])
-      out_h, out_w = layer.output_shape[1:3]
-      params = layer.count_params()
-      kind = "conv"
-      record = stripped_layers.get(layer.name)
-      if record is not None:
-        kind = "prunable"
-        params += sum(compact.get_layer(name).count_params()
-                      for name in record.compact_layers if name != layer.name)
-      macs = kh * kw * (cin // layer.groups) * layer.filters * out_h * out_w
-      rows[layer.name] = LayerRow(layer.name, kind, cin, cin, layer.filters,
-                                  params, int(macs))
-    elif isinstance(layer, keras.layers.Dense):
-      cin = int(layer.input_shape[-1])
-      rows[layer.name] = LayerRow(layer.name, "dense", cin, cin, layer.units,
-                                  layer.count_params(), cin * layer.units)
-  for name, record in stripped_layers.items():
-    if name in rows:
-      rows[name].input_live = int(np.sum(record.live))
-      rows[name].input_offered = len(record.offered)
-      rows[name].prunes = record.prunes
-  return rows
+  return weight_rows(compact, stripped_layers, keras,
+                     lambda layer: (layer.input_shape, layer.output_shape))
 
 
 def model_report(model):

@@ -154,6 +154,49 @@ def comparison_markdown(before, after):
   ])
 
 
+def weight_rows(model, stripped_layers, keras, shapes):
+  """Rows for every Conv2D and Dense layer of a stock (compact) model.
+
+  Args:
+    model: The compact model.
+    stripped_layers: The strip record's `StrippedLayer`s by name: which
+      convs were `PrunableConcatConv`s and which layers hold their
+      parameters.
+    keras: The Keras module of `model` (tf_keras or Keras 3).
+    shapes: `layer -> (input shape, output shape)` in that Keras.
+
+  Returns:
+    A dict from layer name to `LayerRow`.
+  """
+  rows = {}
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.Conv2D):
+      input_shape, output_shape = shapes(layer)
+      kh, kw = layer.kernel_size
+      cin = int(input_shape[-1])
+      out_h, out_w = output_shape[1:3]
+      params = layer.count_params()
+      kind = "conv"
+      record = stripped_layers.get(layer.name)
+      if record is not None:
+        kind = "prunable"
+        params += sum(model.get_layer(name).count_params()
+                      for name in record.compact_layers if name != layer.name)
+      macs = kh * kw * (cin // layer.groups) * layer.filters * out_h * out_w
+      rows[layer.name] = LayerRow(layer.name, kind, cin, cin, layer.filters,
+                                  params, int(macs))
+    elif isinstance(layer, keras.layers.Dense):
+      cin = int(shapes(layer)[0][-1])
+      rows[layer.name] = LayerRow(layer.name, "dense", cin, cin, layer.units,
+                                  layer.count_params(), cin * layer.units)
+  for name, record in stripped_layers.items():
+    if name in rows:
+      rows[name].input_live = int(np.sum(record.live))
+      rows[name].input_offered = len(record.offered)
+      rows[name].prunes = record.prunes
+  return rows
+
+
 def connectivity(stripped_layers, source_channels):
   """One `BlockConnectivity` per group of layers offered the same first map."""
   blocks = collections.OrderedDict()

@@ -19,19 +19,6 @@ from tfsdn import scores as scores_lib
 from tfsdn.criteria_names import CRITERIA
 
 
-def _pair(value, name):
-  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-    value = (int(value), int(value))
-  value = tuple(value)
-  if len(value) != 2 or not all(
-      isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-      for v in value):
-    raise ValueError(
-        f"{name} must be a positive int or a pair of them. "
-        f"Received: {name}={value!r}")
-  return tuple(int(v) for v in value)
-
-
 def _shapes(input_shape):
   if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
       input_shape[0], (list, tuple)):
@@ -94,27 +81,13 @@ class PrunableConcatConv(keras.layers.Layer):
                conv_trainable=True,
                **kwargs):
     super().__init__(**kwargs)
-    filters = checks.integer("filters", filters, low=1)
-    if criterion not in CRITERIA:
-      raise ValueError(f"criterion must be one of {CRITERIA}. "
-                       f"Received: criterion={criterion!r}")
-    padding = str(padding).lower()
-    if padding not in ("same", "valid"):
-      raise ValueError(
-          f"padding must be 'same' or 'valid'. Received: padding={padding!r}")
-    self.filters = int(filters)
-    self.kernel_size = _pair(kernel_size, "kernel_size")
-    self.strides = _pair(strides, "strides")
-    self.padding = padding
+    arguments = checks.concat_conv_arguments(
+        filters, kernel_size, strides, padding, criterion, score_momentum,
+        group_lasso, bn_momentum, bn_epsilon, CRITERIA)
+    for name, value in arguments.items():
+      setattr(self, name, value)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
     self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-    self.criterion = criterion
-    self.score_momentum = float(checks.real(
-        "score_momentum", score_momentum, 0.0, 1.0, high_open=True))
-    self.group_lasso = float(checks.real("group_lasso", group_lasso, low=0.0))
-    self.bn_momentum = float(checks.real("bn_momentum", bn_momentum, 0.0, 1.0))
-    self.bn_epsilon = float(checks.real("bn_epsilon", bn_epsilon, 0.0,
-                                        low_open=True))
     self.batch_norm = keras.layers.BatchNormalization(
         momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="bn",
         dtype=self.dtype_policy)

@@ -6,44 +6,19 @@ and the connectivity come from `tfsdn.reporting`), so
 """
 
 import keras
-import numpy as np
 
 from tfsdn.keras3.checks import require_keras3_model
 from tfsdn.keras3.pruning import prunable_layers
 from tfsdn.keras3.strip import Stripped
 from tfsdn.keras3.strip import strip
-from tfsdn.reporting import LayerRow
 from tfsdn.reporting import ModelReport
 from tfsdn.reporting import connectivity
+from tfsdn.reporting import weight_rows
 
 
 def _weight_rows(compact, stripped_layers):
-  rows = {}
-  for layer in compact.layers:
-    if isinstance(layer, keras.layers.Conv2D):
-      kh, kw = layer.kernel_size
-      cin = int(layer.input.shape[-1])
-      out_h, out_w = layer.output.shape[1:3]
-      params = layer.count_params()
-      kind = "conv"
-      record = stripped_layers.get(layer.name)
-      if record is not None:
-        kind = "prunable"
-        params += sum(compact.get_layer(name).count_params()
-                      for name in record.compact_layers if name != layer.name)
-      macs = kh * kw * (cin // layer.groups) * layer.filters * out_h * out_w
-      rows[layer.name] = LayerRow(layer.name, kind, cin, cin, layer.filters,
-                                  params, int(macs))
-    elif isinstance(layer, keras.layers.Dense):
-      cin = int(layer.input.shape[-1])
-      rows[layer.name] = LayerRow(layer.name, "dense", cin, cin, layer.units,
-                                  layer.count_params(), cin * layer.units)
-  for name, record in stripped_layers.items():
-    if name in rows:
-      rows[name].input_live = int(np.sum(record.live))
-      rows[name].input_offered = len(record.offered)
-      rows[name].prunes = record.prunes
-  return rows
+  return weight_rows(compact, stripped_layers, keras,
+                     lambda layer: (layer.input.shape, layer.output.shape))
 
 
 def model_report(model):

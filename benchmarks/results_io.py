@@ -1,0 +1,75 @@
+"""How the evidence runners write results, shared by both paths (no TF).
+
+`evidence.py` (tfmot) and `evidence_keras3.py` (Keras 3) write the same
+files, which `evidence_table.py` reads: OUTPUT_DIR/config.json (the flags
+every result was made with), labels.json, and per (arm, seed) ARM.json and
+ARM.keras under seedS/.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+
+import numpy as np
+
+from tfsdn import files
+
+
+class ConfigMismatch(ValueError):
+  """OUTPUT_DIR holds results made with other flags."""
+
+
+def encode(values):
+  """Class indices (< 256) as base64 text."""
+  return base64.b64encode(np.asarray(values, np.uint8).tobytes()).decode()
+
+
+def decode(text):
+  return np.frombuffer(base64.b64decode(text), np.uint8)
+
+
+def digest(config):
+  return hashlib.sha256(json.dumps(config, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+def prepare_output_dir(output_dir, config):
+  """Creates `output_dir`, or checks that its results used `config`.
+
+  Raises:
+    ConfigMismatch: naming the flags that differ (previous, now).
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changed = {k: (previous.get(k), v) for k, v in config.items()
+               if previous.get(k) != v}
+    if changed:
+      raise ConfigMismatch(
+          f"--output_dir={output_dir!r} holds results made with other "
+          f"flags (previous, now): {changed}. Move them to a folder of their "
+          "own or use a new --output_dir.")
+  else:
+    files.write_json(path, config)
+
+
+def save_result(result, compact, directory, arm_name):
+  """Writes ARM.keras and ARM.json (in that order); returns both paths."""
+  os.makedirs(directory, exist_ok=True)
+  model_path = os.path.join(directory, f"{arm_name}.keras")
+  with files.atomic_path(model_path, suffix=".keras") as tmp:
+    compact.save(tmp)
+  result["model_path"] = model_path
+  path = os.path.join(directory, f"{arm_name}.json")
+  files.write_json(path, result)
+  return [path, model_path]
+
+
+def git_commit(paths, message):
+  subprocess.run(["git", "add", "--", *paths], check=True)
+  subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths],
+                 check=True)
