@@ -78,3 +78,10 @@ def test_augmented_batches_are_seeded_and_shaped():
   assert sorted(y.tolist()) == sorted(set(y.tolist()))
   with pytest.raises(ValueError, match="batch_size=20"):
     data.AugmentedImages(images, labels, batch_size=20)
+
+
+def test_nothing_read_is_an_error_naming_the_file(tmp_path):
+  _write_records(tmp_path / "r.tfrecord", np.zeros((2, 4, 4, 3), np.uint8),
+                 [1, 2])
+  with pytest.raises(ValueError, match=r"r.tfrecord.*limit=0"):
+    data.read_tfrecord(tmp_path / "r.tfrecord", limit=0)

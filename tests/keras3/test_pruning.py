@@ -134,3 +134,32 @@ def test_a_dict_of_per_layer_stages_prunes_each_layer_its_own_counts():
   assert not model.get_layer("block2_layer1").pruned_channels().size
   assert float(transition.measuring.numpy()) == 0.0
   assert float(model.get_layer("block2_layer1").measuring.numpy()) == 0.0
+
+
+@pytest.mark.parametrize("stage_list, expected_steps", [
+    ([(2, 0.3), (3, 0.6)], [2, 3]),   # two stages in one call of 4
+    ([(7, 0.3), (11, 0.6)], [7, 11]),  # step 7 after a short last call
+])
+def test_steps_per_execution_runs_every_stage_once(stage_list,
+                                                   expected_steps):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  model.compile(optimizer=keras.optimizers.SGD(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True), steps_per_execution=4)
+  images, labels = _data(24)  # 6 batches of 4 per epoch: calls of 4 and 2
+  pruning = sdn.Pruning(stage_list)
+  model.fit(images, labels, batch_size=4, epochs=2, verbose=0,
+            callbacks=[pruning])
+  assert [h["step"] for h in pruning.history] == expected_steps
+  layer = model.get_layer("transition1")
+  assert len(layer.pruned_channels()) == stages.pruned_count(
+      layer.input_channels, 0.6)
+
+
+def test_a_model_already_past_its_stages_is_refused():
+  model = _model()
+  images, labels = _data(24)
+  model.fit(images, labels, batch_size=4, epochs=1, verbose=0)  # 6 steps
+  with pytest.raises(stages.StageShortfallError, match="optimizer step 6"):
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+              callbacks=[sdn.Pruning([(3, 0.5)])])

@@ -151,6 +151,7 @@ class Pruning(keras.callbacks.Callback):
     self._pruned_layers = []
     self._step = 0
     self._begin = 0
+    self._last_stage = 0
 
   @property
   def stage_steps(self):
@@ -201,6 +202,8 @@ class Pruning(keras.callbacks.Callback):
       chosen = everything
     self._pruned_layers = chosen
     self._step = int(np.asarray(model.optimizer.iterations.numpy()))
+    self._last_stage = self._step
+    self._check_passed_stages(model.name)
     for layer in everything:
       # Layers that are never pruned, or past their last stage, need no
       # statistics.
@@ -209,6 +212,38 @@ class Pruning(keras.callbacks.Callback):
               self._stages_of(layer)[-1][0])
       layer.measuring.assign(
           0.0 if last is None or self._step >= last else 1.0)
+
+  def _check_passed_stages(self, model_name):
+    """Refuses to start past stages that never ran on this model.
+
+    Stage steps count the optimizer's steps (`optimizer.iterations`): a
+    model trained before without this callback, or by another schedule,
+    may already be past some stages. Their effect must be there.
+    """
+    passed = [s for s in self.stage_steps if s <= self._step]
+    if not passed:
+      return
+    if self.allocation is not None:
+      layers = self._pruned_layers
+      costs = layer_costs(layers, self.allocation.budget)
+      total = self._dense_cost(layers)
+      pruned_cost = sum(c * len(l.pruned_channels())
+                        for c, l in zip(costs, layers))
+      short = (total - pruned_cost >
+               self.allocation.keep_at(passed[-1]) * total * (1 + 1e-9))
+    else:
+      short = any(
+          len(l.pruned_channels()) < stages_lib.pruned_count(
+              l.input_channels,
+              stages_lib.stage_at(self._stages_of(l), self._step)[1])
+          for l in self._pruned_layers)
+    if short:
+      raise stages_lib.StageShortfallError(
+          f"Pruning: model {model_name!r} starts at optimizer step "
+          f"{self._step}, past the stages at steps {passed}, but is not "
+          "pruned as they require. Stage steps count the optimizer's steps "
+          "(optimizer.iterations): put the stages after the current step, "
+          "or compile the model afresh (a new optimizer starts at 0).")
 
   def _dense_cost(self, chosen):
     if self.allocation.budget == "channels":
@@ -219,12 +254,22 @@ class Pruning(keras.callbacks.Callback):
     self._begin = batch
     steps_per_execution = int(getattr(self._model, "steps_per_execution", 1)
                               or 1)
-    coming = range(self._step + 1, self._step + 1 + steps_per_execution)
-    due = [s for s in self.stage_steps if s in coming]
-    if due:
-      self._run_stage(due[0])
+    # The call holds at most the batches left in the epoch.
+    left = (self.params or {}).get("steps")
+    size = steps_per_execution if left is None else max(
+        1, min(steps_per_execution, int(left) - batch))
+    coming = range(self._step + 1, self._step + 1 + size)
+    for step in self.stage_steps:
+      # Every stage in the call, in order, each once.
+      if step in coming and step > self._last_stage:
+        self._run_stage(step)
+        self._last_stage = step
 
   def on_train_batch_end(self, batch, logs=None):
+    left = (self.params or {}).get("steps")
+    if left is not None:
+      # Keras may report a short last call as a full one.
+      batch = min(batch, int(left) - 1)
     self._step += max(batch - self._begin, 0) + 1
 
   def _scheduled(self, layers, step):

@@ -166,12 +166,17 @@ def strip(model):
     output = node.output_tensors[0]
     needed = np.any(reads.get(id(output), [np.zeros(_channels(output), bool)]),
                     axis=0)
+    if not needed.any():
+      # No one reads this output (a removed layer, or what follows it).
+      if isinstance(layer, PrunableConcatConv):
+        records[layer.name] = StrippedLayer(layer.name, [], layer.live_mask(),
+                                            layer.filters, 0)
+        records[layer.name].offered = _offered(inputs)
+      continue
     if isinstance(layer, PrunableConcatConv):
       records[layer.name] = _strip_concat_conv(layer, inputs, output, needed,
                                                reads, new, kept)
-      records[layer.name].offered = [
-          (tensor._keras_history.operation.name, channel)  # pylint: disable=protected-access
-          for tensor in inputs for channel in range(_channels(tensor))]
+      records[layer.name].offered = _offered(inputs)
       if len(inputs) == 1 and readers.get(id(inputs[0])) == 1:
         records[layer.name].prunes = "width"
     elif isinstance(layer, keras.layers.Conv2D) and layer.groups == 1 and (
@@ -202,6 +207,12 @@ def strip(model):
       outputs if len(outputs) > 1 else outputs[0],
       name=f"{model.name}_compact")
   return Stripped(compact, model.name, records, source_channels)
+
+
+def _offered(inputs):
+  """`(source layer name, channel)` per channel of a layer's inputs."""
+  return [(tensor._keras_history.operation.name, channel)  # pylint: disable=protected-access
+          for tensor in inputs for channel in range(_channels(tensor))]
 
 
 def _select(tensor, channels, new, kept):
