@@ -5,10 +5,9 @@ conv per input channel, the dense model's MACs counted as `model_report`
 counts them, and the layer-wise sparsity with the same estimated cost.
 """
 
-from tfsdn import checks
 from tfsdn.compat import keras
-from tfsdn.global_allocation import layer_costs  # pylint: disable=unused-import
-from tfsdn.schedule import pruned_count
+from tfsdn.global_allocation import layer_costs
+from tfsdn.global_allocation import least_layerwise_sparsity
 
 
 def dense_macs(model):
@@ -67,17 +66,6 @@ def layerwise_sparsity(model, keep, budget="macs"):
     ValueError: if no sparsity below 1 reaches the budget.
   """
   from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
-  checks.real("keep", keep, 0.0, 1.0, low_open=True)
   layers = prunable_layers(model)
-  costs = layer_costs(layers, budget)
-  total = dense_cost(model, budget, layers)
-  for milli in range(0, 1000):
-    sparsity = milli / 1000
-    cost = total - sum(c * pruned_count(l.input_channels, sparsity)
-                       for c, l in zip(costs, layers))
-    if cost <= keep * total:
-      return sparsity
-  raise ValueError(f"No per-layer sparsity below 1 reaches keep={keep} of "
-                   f"the dense {budget} of model {model.name!r}.")
-
-
+  return least_layerwise_sparsity(
+      layers, dense_cost(model, budget, layers), keep, budget, model.name)

@@ -347,3 +347,29 @@ def _stage_pairs(stages):
           f"Each stage must be a (step, keep) pair. Received: {stage!r}")
     pairs.append((stage[0], float(stage[1])))
   return pairs
+
+
+def least_layerwise_sparsity(layers, total, keep, budget, model_name):
+  """The least per-layer sparsity (a multiple of 1/1000) whose estimated
+  cost is <= `keep` x `total`: the layer-wise counterpart of a budget.
+
+  Args:
+    layers: The prunable layers (every one is pruned).
+    total: The dense cost (`budget`'s unit).
+    keep: The budget, a fraction of `total` in (0, 1].
+    budget: `"macs"` or `"channels"`.
+    model_name: For the message.
+
+  Raises:
+    ValueError: if no sparsity below 1 reaches the budget.
+  """
+  checks.real("keep", keep, 0.0, 1.0, low_open=True)
+  costs = layer_costs(layers, budget)
+  for milli in range(0, 1000):
+    sparsity = milli / 1000
+    cost = total - sum(c * pruned_count(l.input_channels, sparsity)
+                       for c, l in zip(costs, layers))
+    if cost <= keep * total:
+      return sparsity
+  raise ValueError(f"No per-layer sparsity below 1 reaches keep={keep} of "
+                   f"the dense {budget} of model {model_name!r}.")

@@ -20,6 +20,7 @@ from tfsdn import stages as stages_lib
 from tfsdn.global_allocation import GlobalAllocation
 from tfsdn.global_allocation import check_reachable
 from tfsdn.global_allocation import layer_costs
+from tfsdn.global_allocation import least_layerwise_sparsity
 from tfsdn.keras3.checks import require_keras3_model
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -67,17 +68,9 @@ def layer_sparsity(model, keep, budget="macs"):
   `tfsdn.allocation.layerwise_sparsity` computes it for tf_keras).
   """
   layers = prunable_layers(require_keras3_model(model))
-  costs = layer_costs(layers, budget)
   total = (sum(l.input_channels for l in layers) if budget == "channels"
            else dense_macs(model))
-  for milli in range(1000):
-    cost = total - sum(c * stages_lib.pruned_count(l.input_channels,
-                                                   milli / 1000)
-                       for c, l in zip(costs, layers))
-    if cost <= keep * total:
-      return milli / 1000
-  raise ValueError(f"No per-layer sparsity below 1 reaches keep={keep} of "
-                   f"the dense {budget} of model {model.name!r}.")
+  return least_layerwise_sparsity(layers, total, keep, budget, model.name)
 
 
 class Pruning(keras.callbacks.Callback):
