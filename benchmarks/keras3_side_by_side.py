@@ -59,38 +59,20 @@ def _data():
           (test[0].astype("float32"), test[1]))
 
 
-_CONCAT_CONV_WEIGHTS = (
-    "batch_norm.gamma", "batch_norm.beta", "batch_norm.moving_mean",
-    "batch_norm.moving_variance", "conv.kernel", "contribution_score",
-    "input_abs_mean", "measuring")
-
-
-def _layer_weights(layer):
-  """A layer's weights as a list, PrunableConcatConvs by attribute path."""
-  if type(layer).__name__ == "PrunableConcatConv":
-    values = []
-    for path in _CONCAT_CONV_WEIGHTS:
-      value = layer
-      for name in path.split("."):
-        value = getattr(value, name)
-      values.append(value)
-    return values
-  return list(layer.weights)
-
-
 def _same_start(model):
   """Loads the shared initial weights, or writes them if first."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfsdn.keras3.migrate import layer_variables  # pylint: disable=g-import-not-at-top
   path = FLAGS.output + ".init.npz"
   if os.path.exists(path):
     saved = np.load(path)
     for layer in model.layers:
-      for i, variable in enumerate(_layer_weights(layer)):
+      for i, variable in enumerate(layer_variables(layer)):
         variable.assign(saved[f"{layer.name}|{i}"])
   else:
     np.savez(path, **{f"{layer.name}|{i}": np.asarray(variable.numpy())
                       for layer in model.layers
-                      for i, variable in enumerate(_layer_weights(layer))})
+                      for i, variable in enumerate(layer_variables(layer))})
 
 
 def _stages(steps_per_epoch):

@@ -99,11 +99,21 @@ def _accepted(cls, config):
   return {k: v for k, v in config.items() if k in parameters}
 
 
+def layer_variables(layer):
+  """A layer's variables in an order both Kerases share.
+
+  A `PrunableConcatConv` (either path's) by attribute path, since the two
+  create their variables in different orders; any other layer's `weights`.
+  """
+  if _is_concat_conv(layer):
+    return [_attribute(layer, path) for path in _CONCAT_CONV_WEIGHTS]
+  return list(layer.weights)
+
+
 def _copy_weights(source, target):
   if _is_concat_conv(source):
-    for path in _CONCAT_CONV_WEIGHTS:
-      _attribute(target, path).assign(
-          np.asarray(_attribute(source, path).numpy()))
+    for mine, theirs in zip(layer_variables(target), layer_variables(source)):
+      mine.assign(np.asarray(theirs.numpy()))
     return
   target.set_weights(source.get_weights())
 
