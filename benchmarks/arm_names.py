@@ -9,13 +9,14 @@ import dataclasses
 
 KINDS = ("dense", "el1_layer", "el1_global", "bn_gamma_global",
          "weight_l1_global", "random_matched", "tfmot_unstructured",
-         "narrow_dense", "retrained")
+         "narrow_dense", "retrained", "retrained_layer")
 CRITERION = {"el1_layer": "expected_l1", "el1_global": "expected_l1",
              "bn_gamma_global": "bn_gamma", "weight_l1_global": "weight_l1",
              "random_matched": "random"}
 # Arms whose result another arm of the same seed and budget needs first.
-NEEDS = {"random_matched": "el1_global", "retrained": "el1_global"}
-FROM_SCRATCH = ("narrow_dense", "retrained")
+NEEDS = {"random_matched": "el1_global", "retrained": "el1_global",
+         "retrained_layer": "el1_layer"}
+FROM_SCRATCH = ("narrow_dense", "retrained", "retrained_layer")
 
 
 @dataclasses.dataclass(frozen=True)

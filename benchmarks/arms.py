@@ -3,8 +3,8 @@
 An arm is named `KIND` or `KIND@KEEP`, where KEEP is a budget, the fraction
 of the dense model's MACs the compact model may keep (e.g. `el1_global@0.45`).
 Branch arms start from the seed's trunk (the dense model trained up to where
-pruning begins) and see the same data order; `narrow_dense` and `retrained`
-train a different architecture from scratch for the whole run.
+pruning begins) and see the same data order; `narrow_dense` and the
+`retrained` arms train a different architecture from scratch for the whole run.
 
   dense              the trunk trained on, unpruned
   el1_layer          expected_l1, every layer pruned by the same fraction, the
@@ -20,6 +20,7 @@ train a different architecture from scratch for the whole run.
                      fit the budget, from scratch
   retrained          el1_global's stripped architecture at the same budget
                      and seed, re-initialised and trained from scratch
+  retrained_layer    the same for el1_layer's stripped architecture
 """
 
 import math

@@ -7,8 +7,8 @@ augmentation and the same learning-rate schedule (`--learning_rate`,
 divided by 10 at each of `--lr_drop_epochs`) up to `--epochs`. Pruning
 stages fall on the branch's epochs `--prune_begin_epoch` to
 `--prune_end_epoch` (counted from the first epoch after the trunk).
-`narrow_dense` and `retrained` train their own architecture from scratch for
-all `--epochs`. Training is deterministic (`enable_op_determinism`, fixed
+`narrow_dense`, `retrained` and `retrained_layer` train their own
+architecture from scratch for all `--epochs`. Training is deterministic (`enable_op_determinism`, fixed
 seeds): a rerun reproduces an arm bit for bit.
 
 Each finished (arm, seed) writes OUTPUT_DIR/seedS/ARM.json (accuracies, the

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+import arm_names
 import paired
 import results_io
 
@@ -125,9 +126,13 @@ def comparisons(results, labels, rows):
          "per-layer counts"),
         (f"narrow_dense{tag}", "beats a dense net narrowed to the same MACs"),
         (f"retrained{tag}", "beats its stripped architecture retrained "
-         "from scratch")):
-      # random_matched has el1_global's counts, retrained its architecture.
-      subject = (best if other.startswith("narrow") else f"el1_global{tag}")
+         "from scratch"),
+        (f"retrained_layer{tag}", "beats its stripped architecture "
+         "retrained from scratch")):
+      # random_matched has el1_global's counts; each retrained arm has the
+      # architecture of the arm it needs.
+      needs = arm_names.NEEDS.get(other.partition("@")[0])
+      subject = f"{needs}{tag}" if needs else best
       c = compare(results, labels, subject, other)
       verdict = ("not run yet" if c is None else
                  "holds" if c["low"] > 0 else "not shown")

@@ -16,7 +16,8 @@ sys.path.insert(0, BENCHMARKS)
 import paired  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ARMS = ("dense,el1_global@0.6,random_matched@0.6,el1_layer@0.6,"
-        "narrow_dense@0.6,retrained@0.6,tfmot_unstructured@0.6")
+        "narrow_dense@0.6,retrained@0.6,retrained_layer@0.6,"
+        "tfmot_unstructured@0.6")
 
 
 def _run(script, check=True, **flags):
@@ -73,6 +74,11 @@ def test_every_arm_prunes_what_it_says(first_run):
   assert retrained["params"] == glob["params"]
   assert retrained["macs"] == glob["macs"]
   assert retrained["weights_sha256"] != glob["weights_sha256"]
+  # retrained_layer: el1_layer's architecture instead.
+  retrained_layer = _result(first_run, "retrained_layer@0.6")
+  assert retrained_layer["params"] == layer["params"]
+  assert retrained_layer["macs"] == layer["macs"]
+  assert retrained_layer["weights_sha256"] != layer["weights_sha256"]
   narrow = _result(first_run, "narrow_dense@0.6")
   assert narrow["growth_rate"] < 4 and narrow["macs_vs_dense"] <= 0.6
   tfmot = _result(first_run, "tfmot_unstructured@0.6")
@@ -116,6 +122,9 @@ def test_table_pairs_arms_and_states_each_claim(first_run):
                 "global allocation at least as accurate"):
     assert claim in table
   assert "| el1_global@0.6 | 1 |" in table
+  # Each retrained arm is compared with the arm whose architecture it has.
+  assert "el1_global@0.6 - retrained@0.6 = " in table
+  assert "el1_layer@0.6 - retrained_layer@0.6 = " in table
 
 
 def test_mcnemar_is_exact():
