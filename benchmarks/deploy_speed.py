@@ -53,6 +53,9 @@ flags.DEFINE_integer("calibration_images", 256, "int8 calibration images.")
 flags.DEFINE_integer("eval_images", 1000, "Test images for accuracy.")
 flags.DEFINE_string("output", "docs/deploy_speed.json", "JSON results.")
 flags.DEFINE_integer("seed", 0, "Seed of random patterns and images.")
+flags.DEFINE_list("slice_cost_macs", ["0", "500000"],
+                  "One compact model per value: tfsdn.strip's slice_cost_macs "
+                  "(0: exact live channels; more: fewer slices, more MACs).")
 
 
 class _Result:
@@ -161,6 +164,18 @@ def _pruned_and_dense():
   return pruned, dense, patterns
 
 
+def _compact_name(cost):
+  """`compact` for the exact strip, `compact_s500000` for slice cost 500,000."""
+  return f"compact_s{cost:g}" if cost else "compact"
+
+
+def _slice_count(model):
+  """Channel slices in the compact Keras model (TF `strided_slice` ops)."""
+  return sum(1 for layer in model.layers
+             if "strided_slice" in type(layer).__name__.lower() or
+             layer.name.startswith("tf.__operators__.getitem"))
+
+
 def _accuracy(serve, data):
   correct = total = 0
   for images, labels in data:
@@ -173,9 +188,13 @@ def _accuracy(serve, data):
 def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+  costs = [float(c) for c in FLAGS.slice_cost_macs]
   pruned, dense_source, patterns = _pruned_and_dense()
-  stripped = {"dense": tfsdn.strip(dense_source), "compact": tfsdn.strip(pruned)}
+  stripped = {"dense": tfsdn.strip(dense_source)}
+  for cost in costs:
+    stripped[_compact_name(cost)] = tfsdn.strip(pruned, slice_cost_macs=cost)
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
+  compacts = [name for name in stripped if name != "dense"]
   if FLAGS.dataset:
     calibration = tfsdn.data.representative_images(
         FLAGS.dataset, FLAGS.calibration_images)
@@ -188,14 +207,15 @@ def main(argv):
     served.update(export_all(name, record.model, workdir, calibration))
   images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
       "float32")
-  reference = stripped["compact"].model(images, training=False).numpy()
+  reference = stripped[compacts[0]].model(images, training=False).numpy()
   max_diff = {key: float(np.abs(serve(images=images)["logits"].numpy() -
                                 reference).max())
               for key, (serve, _, _) in served.items()
-              if key.startswith("compact/")}
+              if key.startswith("compact")}
   throughput = time_rounds({k: v[0] for k, v in served.items()}, batch_sizes,
                            FLAGS.rounds, FLAGS.seconds)
-  ideal = reports["dense"].total_macs / reports["compact"].total_macs
+  ideal = reports["dense"].total_macs / min(
+      reports[name].total_macs for name in compacts)
   results = {
       "patterns": patterns, "rounds": FLAGS.rounds,
       "seconds_per_round": FLAGS.seconds, "threads": FLAGS.threads,
@@ -207,30 +227,48 @@ def main(argv):
       "images_per_second": {f"{k}@{b}": v for (k, b), v in throughput.items()},
       "file_bytes": {k: _size(v[1]) for k, v in served.items()},
       "ops": {k: v[2] for k, v in served.items() if v[2]},
-      "speedup": {},
+      "slice_cost_macs": {name: cost for name, cost in zip(compacts, costs)},
+      "slices": {name: _slice_count(record.model)
+                 for name, record in stripped.items()},
+      # Compact (the exact strip) against dense, then every compact model,
+      # then the best compact model for each runtime and batch size.
+      "speedup": {}, "speedup_by_model": {name: {} for name in compacts},
+      "best": {},
   }
-  lines = ["| runtime | batch | dense img/s | compact img/s | compact / dense |"
-           " dense file | compact file |", "| --- |" * 7]
+  lines = ["| runtime | batch | dense img/s | " + " | ".join(
+      f"{name} img/s (vs dense)" for name in compacts) + " | dense file | " +
+           " | ".join(f"{name} file" for name in compacts) + " |",
+           "| --- |" * (4 + 2 * len(compacts))]
   for runtime in FLAGS.runtimes:
     sizes = [results["file_bytes"][f"{n}/{runtime}"] for n in stripped]
     for b in batch_sizes:
       dense_speed = throughput[(f"dense/{runtime}", b)]
-      compact_speed = throughput[(f"compact/{runtime}", b)]
-      ratio = compact_speed / dense_speed
-      results["speedup"][f"{runtime}@{b}"] = ratio
-      lines.append(f"| {runtime} | {b} | {dense_speed:.1f} | "
-                   f"{compact_speed:.1f} | {ratio:.2f}x | "
-                   f"{sizes[0] / 1e6:.2f} MB | {sizes[1] / 1e6:.2f} MB |")
+      cells = []
+      for name in compacts:
+        speed = throughput[(f"{name}/{runtime}", b)]
+        results["speedup_by_model"][name][f"{runtime}@{b}"] = (
+            speed / dense_speed)
+        cells.append(f"{speed:.1f} ({speed / dense_speed:.2f}x)")
+      results["speedup"][f"{runtime}@{b}"] = results["speedup_by_model"][
+          compacts[0]][f"{runtime}@{b}"]
+      best = max(compacts, key=lambda n, key=f"{runtime}@{b}": results[
+          "speedup_by_model"][n][key])
+      results["best"][f"{runtime}@{b}"] = {
+          "model": best,
+          "speedup": results["speedup_by_model"][best][f"{runtime}@{b}"]}
+      lines.append(f"| {runtime} | {b} | {dense_speed:.1f} | " +
+                   " | ".join(cells) + " | " +
+                   " | ".join(f"{size / 1e6:.2f} MB" for size in sizes) + " |")
   if FLAGS.dataset and FLAGS.eval_images:
     test = tfsdn.data.make_dataset(FLAGS.dataset, "test", 64,
                                    size=FLAGS.eval_images)
-    keras_model = stripped["compact"].model
+    keras_model = stripped[compacts[0]].model
     results["compact_accuracy"] = {"keras": _accuracy(
         lambda images: {"logits": _Result(keras_model(
             images, training=False).numpy())}, test)}
     for key, (serve, _, _) in served.items():
-      if key.startswith("compact/") and not key.endswith("_xla"):
-        results["compact_accuracy"][key.split("/")[1]] = _accuracy(serve, test)
+      if key.startswith("compact") and not key.endswith("_xla"):
+        results["compact_accuracy"][key] = _accuracy(serve, test)
     results["eval_images"] = FLAGS.eval_images
   print("\n".join(lines))
   print(f"ideal (MAC ratio) {ideal:.2f}x; patterns: {patterns}")

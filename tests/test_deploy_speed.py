@@ -19,6 +19,7 @@ def test_dense_and_compact_side_by_side(tmp_path):
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
        "--batch_sizes=1,2", "--rounds=1", "--seconds=0.05",
        "--calibration_images=4", f"--runtimes={','.join(runtimes)}",
+       "--slice_cost_macs=0,1e12",
        f"--output={output}"],
       capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -30,6 +31,16 @@ def test_dense_and_compact_side_by_side(tmp_path):
                                      for b in (1, 2)}
   assert results["macs"]["compact"] < results["macs"]["dense"]
   assert results["compact_max_abs_diff_from_keras"]["compact/tf"] < 1e-4
+  # The second compact model reads whole feature maps: no slice, more MACs,
+  # the same function.
+  merged = "compact_s1e+12"
+  assert results["slices"][merged] == 0 < results["slices"]["compact"]
+  assert results["macs"]["compact"] < results["macs"][merged]
+  assert results["compact_max_abs_diff_from_keras"][f"{merged}/tf"] < 1e-4
+  assert set(results["speedup_by_model"]) == {"compact", merged}
+  for key, best in results["best"].items():
+    assert best["speedup"] == max(results["speedup_by_model"][m][key]
+                                  for m in ("compact", merged))
   # At this size a file is mostly its graph, so only check one is there.
   assert all(results["file_bytes"][f"{model}/{runtime}"] > 0
-             for model in ("dense", "compact") for runtime in runtimes)
+             for model in ("dense", "compact", merged) for runtime in runtimes)

@@ -1,3 +1,7 @@
+import re
+
+import hypothesis
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -88,3 +92,71 @@ def test_nested_patterns_need_one_slice_per_producer_and_width(images,
                              atol=1e-4)
   slices = _compact_ops(compact, tmp_path).count("STRIDED_SLICE")
   assert 0 < slices <= len(widths)
+
+
+@hypothesis.settings(deadline=None, max_examples=200)
+@hypothesis.given(
+    positions=st.lists(st.integers(0, 39), unique=True).map(sorted),
+    extra=st.integers(0, 8), max_gap=st.integers(-1, 12))
+def test_merged_runs_cover_every_read_and_leave_only_wide_gaps(
+    positions, extra, max_gap):
+  length = (max(positions) + 1 if positions else 0) + extra
+  ranges = channel_order.runs(positions)
+  merged = channel_order.merge_runs(ranges, length, max_gap)
+  covered = [c for a, b in merged for c in range(a, b)]
+  assert covered == sorted(set(covered))  # Sorted, disjoint.
+  assert set(positions) <= set(covered)
+  assert len(merged) <= len(ranges)
+  if max_gap <= 0 or not ranges:  # Nothing read stays nothing read.
+    assert merged == ranges
+  elif merged != [(0, length)]:
+    # Every gap left is wider than max_gap, and so is what is left unread.
+    assert all(b1 - a0 > max_gap for (_, a0), (b1, _) in zip(merged,
+                                                             merged[1:]))
+    assert length - len(covered) > max_gap
+  # Nothing outside the first and last position is read, unless the whole
+  # tensor is.
+  if positions and merged != [(0, length)]:
+    assert min(covered) == positions[0] and max(covered) == positions[-1]
+
+
+def _slices_and_macs(compact, tmp_path, name):
+  path = tfsdn.export_tflite(compact, tmp_path / f"{name}.tflite")
+  interpreter = tf.lite.Interpreter(model_path=path)
+  ops = [op["op_name"] for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
+  return ops.count("STRIDED_SLICE"), tfsdn.model_report(compact).total_macs
+
+
+def test_slice_cost_trades_macs_for_slices_with_the_same_function(
+    images, tmp_path):
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model, 3)
+  helpers.prune_randomly(model, 0.5, 3)
+  reference = model(images, training=False).numpy()
+  exact = tfsdn.strip(model)
+  figures = [_slices_and_macs(exact.model, tmp_path, "exact")]
+  for cost in (20_000, 200_000, 1e12):
+    stripped = tfsdn.strip(model, slice_cost_macs=cost)
+    np.testing.assert_allclose(
+        stripped.model(images, training=False).numpy(), reference, atol=1e-4)
+    figures.append(_slices_and_macs(stripped.model, tmp_path, f"c{cost:g}"))
+    for name, record in stripped.layers.items():
+      # The record still says what is live; read-only channels multiply
+      # zero kernel rows.
+      np.testing.assert_array_equal(record.live, exact.layers[name].live)
+      kernel = stripped.model.get_layer(name).get_weights()[0]
+      zero_rows = int((np.abs(kernel).sum(axis=(0, 1, 3)) == 0).sum())
+      exact_kernel = exact.model.get_layer(name).get_weights()[0]
+      assert kernel.shape[2] - exact_kernel.shape[2] <= zero_rows
+  slices, macs = zip(*figures)
+  assert list(slices) == sorted(slices, reverse=True)
+  assert list(macs) == sorted(macs)
+  assert slices[0] > slices[-1] == 0  # Infinite cost: whole maps only.
+  assert macs[0] < macs[-1]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1e5", True])
+def test_slice_cost_must_be_a_finite_number(bad):
+  model = helpers.tiny_densenet()
+  with pytest.raises(ValueError, match=re.escape(f"slice_cost_macs={bad!r}")):
+    tfsdn.strip(model, slice_cost_macs=bad)

@@ -7,6 +7,7 @@ read that record instead of reverse-engineering the compact model.
 """
 
 import dataclasses
+import numbers
 
 import numpy as np
 
@@ -123,10 +124,10 @@ def _split(mask, tensors):
   return [mask[bounds[i]:bounds[i + 1]] for i in range(len(tensors))]
 
 
-def strip_to_compact(model):
+def strip_to_compact(model, slice_cost_macs=0):
   """Returns a compact stock-Keras model without the pruned channels.
 
-  Same as `strip(model).model`; see `strip`.
+  Same as `strip(model, slice_cost_macs).model`; see `strip`.
 
   Example:
 
@@ -137,14 +138,15 @@ def strip_to_compact(model):
 
   Args:
     model: A model pruned by tfsdn (see `strip`).
+    slice_cost_macs: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
-  return strip(model).model
+  return strip(model, slice_cost_macs).model
 
 
-def strip(model):
+def strip(model, slice_cost_macs=0):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -162,6 +164,17 @@ def strip(model):
   tfsdn. In inference mode it computes the same function as the pruned
   model.
 
+  `slice_cost_macs` trades MACs for fewer ops, for runtimes and batch sizes
+  where an op's fixed cost counts (LiteRT or ONNX Runtime at batch 1): a
+  layer then also reads the channels in a gap between two ranges it needs
+  when they cost it fewer than `slice_cost_macs` MACs, and multiplies them
+  by zero kernel rows, so one slice and one concatenation input fewer. The
+  function is unchanged (a zero row adds exactly 0 for finite
+  activations); the model report counts the MACs and parameters the
+  compact model executes and stores, zero rows included.
+  `benchmarks/deploy_speed.py --slice_cost_macs=...` measures a value on
+  the target machine.
+
   Example:
 
   ```python
@@ -175,6 +188,10 @@ def strip(model):
       through `tfmot.sparsity.keras.strip_pruning`. Nested functional models
       are inlined (`graph.flatten`).
 
+    slice_cost_macs: The MACs one more slice costs in the target runtime,
+      a number >= 0. 0 (the default) reads exactly the live channels: the
+      fewest MACs, best at large batch sizes.
+
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
     kept.
@@ -182,9 +199,16 @@ def strip(model):
   Raises:
     TypeError: for Keras 3 objects and subclassed models.
     ValueError: if the model has no `PrunableConcatConv`, or a layer has an
-      invalid score or no live input channel.
+      invalid score or no live input channel, or for a negative or
+      non-finite `slice_cost_macs`.
   """
   require_functional(model)
+  if isinstance(slice_cost_macs, bool) or not isinstance(
+      slice_cost_macs, numbers.Real) or not (
+          0 <= slice_cost_macs < float("inf")):
+    raise ValueError(
+        "slice_cost_macs must be a finite number >= 0 (MACs). Received: "
+        f"slice_cost_macs={slice_cost_macs!r}")
   model = graph.flatten(strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
@@ -220,7 +244,8 @@ def strip(model):
       keep_filters = orders.get(layer.name, np.flatnonzero(out_need))
       new[id(output)] = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
-          [present.get(id(t)) for t in inputs], keep_filters, slices)
+          [present.get(id(t)) for t in inputs], keep_filters, slices,
+          slice_cost_macs, int(np.prod(output.shape[1:3])))
       present[id(output)] = keep_filters
       record[layer.name] = StrippedLayer(
           layer.name, [s for t in inputs for s in sources[id(t)]],
@@ -327,16 +352,23 @@ def _read_ranges(tensor, ranges, slices):
   return parts
 
 
-def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices):
+def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
+                         slice_cost_macs, output_pixels):
   """Stock layers computing `layer` on its live inputs and computed filters.
 
   Reads, of every input, the ranges of channels it needs (slices shared with
-  other layers through `slices`), concatenates them, and orders its
-  BatchNormalization and kernel rows the same way.
+  other layers through `slices`; ranges merged across gaps cheaper than
+  `slice_cost_macs`), concatenates them, and orders its BatchNormalization
+  and kernel rows the same way. Channels read but not live get zero kernel
+  rows.
   """
   live = layer.live_channels()
   if not len(live):
     raise ValueError(f"{layer.name} has no live input channel left.")
+  # MACs of one input channel: every computed filter at every output pixel.
+  per_channel = (output_pixels * int(np.prod(layer.kernel_size)) *
+                 len(keep_filters))
+  max_gap = int(slice_cost_macs // per_channel)
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
   parts, read = [], []
   for j, carried in enumerate(present_inputs):
@@ -349,8 +381,12 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices):
     if any(int(c) not in position for c in local):
       raise AssertionError(f"{layer.name} reads a channel that was removed")
     where = np.sort([position[int(c)] for c in local]).astype(int)
-    parts += _read_ranges(inputs[j], channel_order.runs(where), slices)
-    read.append(np.asarray(carried, int)[where] + offsets[j])
+    ranges = channel_order.merge_runs(channel_order.runs(where), len(carried),
+                                      max_gap)
+    parts += _read_ranges(inputs[j], ranges, slices)
+    read.append(np.asarray(carried, int)[
+        np.concatenate([np.arange(a, b, dtype=int) for a, b in ranges] or
+                       [np.zeros(0, int)])] + offsets[j])
   read = np.concatenate(read)  # Offered channel of each channel read.
   dtype = layer.dtype_policy.name
   x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
@@ -365,6 +401,7 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices):
       len(keep_filters), layer.kernel_size, strides=layer.strides,
       padding=layer.padding, use_bias=False, name=layer.name, dtype=dtype)
   x = conv(x)
-  kernel = layer.conv.get_weights()[0]
-  conv.set_weights([kernel[:, :, read, :][..., keep_filters]])
+  kernel = layer.conv.get_weights()[0][:, :, read, :][..., keep_filters]
+  kernel[:, :, ~np.isin(read, live)] = 0.0  # Read only to save a slice.
+  conv.set_weights([kernel])
   return x
