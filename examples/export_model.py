@@ -40,6 +40,11 @@ flags.DEFINE_string("dataset", "tfrecord:../shared/data/cifar10",
                     "Where to take the verification images from.")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
 flags.DEFINE_integer("verify_images", 64, "Real images to verify with (>= 1).")
+flags.DEFINE_float(
+    "slice_cost_macs", 0.0,
+    "tfsdn.strip's slice_cost_macs: 0 reads exactly the live channels (best "
+    "at large batches); about 500000 cut ops for LiteRT at batch 1 here "
+    "(benchmarks/deploy_speed.py measures it on your machine).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
@@ -64,6 +69,10 @@ def check_flags():
     raise app.UsageError(
         f"--version must be >= 1 (TF Serving serves versions 1, 2, ...). "
         f"Received: {FLAGS.version}")
+  if not 0 <= FLAGS.slice_cost_macs < float("inf"):
+    raise app.UsageError(
+        f"--slice_cost_macs must be a finite number >= 0. Received: "
+        f"{FLAGS.slice_cost_macs}")
   if FLAGS.verify_images < 1:
     raise app.UsageError(
         f"--verify_images must be >= 1. Received: {FLAGS.verify_images}")
@@ -97,7 +106,8 @@ def main(argv):
   # Only the weights: the optimizer state of training is not exported.
   model = keras.models.load_model(check_flags(), compile=False)
   has_prunable = bool(tfsdn.prunable_layers(model))
-  stripped = tfsdn.strip(model) if has_prunable else None
+  stripped = (tfsdn.strip(model, slice_cost_macs=FLAGS.slice_cost_macs)
+               if has_prunable else None)
   compact = stripped.model if has_prunable else model
   report = tfsdn.model_report(stripped if has_prunable else model)
   print(report.to_markdown())

@@ -33,6 +33,8 @@ def paths(tmp_path):
      "directory holding final_model.keras nor a .keras file."),
     (dict(dataset="tfrecord:nowhere"), "--dataset: TFRecord directory "
      "'nowhere' does not exist"),
+    (dict(slice_cost_macs=-5), "--slice_cost_macs must be a finite number "
+     ">= 0. Received: -5.0"),
     (dict(model=None), "flag --model=None: Flag --model must have a value "
      "other than None."),
 ])
