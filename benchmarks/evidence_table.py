@@ -128,7 +128,10 @@ def comparisons(results, labels, rows):
         (f"retrained{tag}", "beats its stripped architecture retrained "
          "from scratch"),
         (f"retrained_layer{tag}", "beats its stripped architecture "
-         "retrained from scratch")):
+         "retrained from scratch"),
+        (f"tfmot_unstructured{tag}", "beats tfmot's unstructured pruning "
+         "of the same convolutions (zeros, no speed-up without sparse "
+         "kernels)")):
       # random_matched has el1_global's counts; each retrained arm has the
       # architecture of the arm it needs.
       needs = arm_names.NEEDS.get(other.partition("@")[0])
