@@ -164,9 +164,25 @@ def _pruned_and_dense():
   return pruned, dense, patterns
 
 
+def _slice_costs(values):
+  """--slice_cost_macs as sorted, distinct whole numbers of MACs."""
+  try:
+    costs = [int(float(v)) for v in values]
+  except (ValueError, OverflowError) as e:
+    raise app.UsageError(
+        f"--slice_cost_macs takes whole numbers of MACs >= 0. Received: "
+        f"{','.join(values)}") from e
+  if not costs or min(costs) < 0 or len(set(costs)) != len(costs) or any(
+      float(v) != c for v, c in zip(values, costs)):
+    raise app.UsageError(
+        "--slice_cost_macs takes distinct whole numbers of MACs >= 0, at "
+        f"least one. Received: {','.join(values)}")
+  return sorted(costs)
+
+
 def _compact_name(cost):
   """`compact` for the exact strip, `compact_s500000` for slice cost 500,000."""
-  return f"compact_s{cost:g}" if cost else "compact"
+  return f"compact_s{cost}" if cost else "compact"
 
 
 def _slice_count(model):
@@ -188,7 +204,7 @@ def _accuracy(serve, data):
 def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-  costs = [float(c) for c in FLAGS.slice_cost_macs]
+  costs = _slice_costs(FLAGS.slice_cost_macs)
   pruned, dense_source, patterns = _pruned_and_dense()
   stripped = {"dense": tfsdn.strip(dense_source)}
   for cost in costs:
@@ -230,8 +246,9 @@ def main(argv):
       "slice_cost_macs": {name: cost for name, cost in zip(compacts, costs)},
       "slices": {name: _slice_count(record.model)
                  for name, record in stripped.items()},
-      # Compact (the exact strip) against dense, then every compact model,
-      # then the best compact model for each runtime and batch size.
+      # The compact model of the lowest slice cost (the exact strip when 0
+      # is given) against dense, then every compact model, then the best
+      # compact model for each runtime and batch size.
       "speedup": {}, "speedup_by_model": {name: {} for name in compacts},
       "best": {},
   }

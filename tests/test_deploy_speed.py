@@ -1,10 +1,14 @@
 """benchmarks/deploy_speed.py end to end, tiny."""
 
+import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+from absl import app
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "deploy_speed.py")
@@ -19,7 +23,7 @@ def test_dense_and_compact_side_by_side(tmp_path):
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
        "--batch_sizes=1,2", "--rounds=1", "--seconds=0.05",
        "--calibration_images=4", f"--runtimes={','.join(runtimes)}",
-       "--slice_cost_macs=0,1e12",
+       "--slice_cost_macs=1e12,0",
        f"--output={output}"],
       capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -33,7 +37,7 @@ def test_dense_and_compact_side_by_side(tmp_path):
   assert results["compact_max_abs_diff_from_keras"]["compact/tf"] < 1e-4
   # The second compact model reads whole feature maps: no slice, more MACs,
   # the same function.
-  merged = "compact_s1e+12"
+  merged = "compact_s1000000000000"
   assert results["slices"][merged] == 0 < results["slices"]["compact"]
   assert results["macs"]["compact"] < results["macs"][merged]
   assert results["compact_max_abs_diff_from_keras"][f"{merged}/tf"] < 1e-4
@@ -44,3 +48,12 @@ def test_dense_and_compact_side_by_side(tmp_path):
   # At this size a file is mostly its graph, so only check one is there.
   assert all(results["file_bytes"][f"{model}/{runtime}"] > 0
              for model in ("dense", "compact", merged) for runtime in runtimes)
+
+
+@pytest.mark.parametrize("values", ["0,0.0", "-5", "1.5", "abc", "1e400"])
+def test_slice_costs_must_be_distinct_whole_numbers(values):
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  deploy_speed = importlib.import_module("deploy_speed")
+  with pytest.raises(app.UsageError, match="--slice_cost_macs"):
+    deploy_speed._slice_costs(values.split(","))  # pylint: disable=protected-access
+  assert deploy_speed._slice_costs(["500000", "0"]) == [0, 500000]  # pylint: disable=protected-access

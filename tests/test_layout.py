@@ -160,3 +160,17 @@ def test_slice_cost_must_be_a_finite_number(bad):
   model = helpers.tiny_densenet()
   with pytest.raises(ValueError, match=re.escape(f"slice_cost_macs={bad!r}")):
     tfsdn.strip(model, slice_cost_macs=bad)
+
+
+def test_slice_cost_needs_a_known_spatial_size_only_when_above_zero(images):
+  model = tfsdn.densenet.DenseNet(7, 4, input_shape=(None, None, 3))
+  helpers.randomize_batch_norm(model, 0)
+  helpers.prune_randomly(model, 0.5, 0)
+  compact = tfsdn.strip_to_compact(model)  # The default needs no size.
+  np.testing.assert_allclose(compact(images, training=False).numpy(),
+                             model(images, training=False).numpy(), atol=1e-4)
+  with pytest.raises(ValueError, match="slice_cost_macs=100000.0 needs the "
+                     "spatial size"):
+    tfsdn.strip(model, slice_cost_macs=1e5)
+  with pytest.raises(ValueError, match=r"slice_cost_macs=10{400}"):
+    tfsdn.strip(model, slice_cost_macs=10**400)

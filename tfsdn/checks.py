@@ -22,8 +22,12 @@ def real(name, value, low=None, high=None, low_open=False, high_open=False):
     ValueError: naming `name` and `value`, for a non-number (bools
       included), a non-finite number or one out of range.
   """
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value)):
+  try:
+    finite = (not isinstance(value, bool) and
+              isinstance(value, numbers.Real) and math.isfinite(value))
+  except OverflowError:  # An int too large for a float.
+    finite = False
+  if not finite:
     raise ValueError(
         f"{name} must be a finite number. Received: {name}={value!r}")
   too_low = low is not None and (value <= low if low_open else value < low)
@@ -31,7 +35,8 @@ def real(name, value, low=None, high=None, low_open=False, high_open=False):
                                    value > high)
   if too_low or too_high:
     interval = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
-                f"{'inf' if high is None else high}{')' if high_open else ']'}")
+                f"{'inf' if high is None else high}"
+                f"{')' if high_open or high is None else ']'}")
     raise ValueError(
         f"{name} must be in {interval}. Received: {name}={value!r}")
   return float(value)

@@ -7,11 +7,11 @@ read that record instead of reverse-engineering the compact model.
 """
 
 import dataclasses
-import numbers
 
 import numpy as np
 
 from tfsdn import channel_order
+from tfsdn import checks
 from tfsdn import graph
 from tfsdn import layout
 from tfsdn.compat import keras
@@ -167,7 +167,7 @@ def strip(model, slice_cost_macs=0):
   `slice_cost_macs` trades MACs for fewer ops, for runtimes and batch sizes
   where an op's fixed cost counts (LiteRT or ONNX Runtime at batch 1): a
   layer then also reads the channels in a gap between two ranges it needs
-  when they cost it fewer than `slice_cost_macs` MACs, and multiplies them
+  when they cost it at most `slice_cost_macs` MACs, and multiplies them
   by zero kernel rows, so one slice and one concatenation input fewer. The
   function is unchanged (a zero row adds exactly 0 for finite
   activations); the model report counts the MACs and parameters the
@@ -190,7 +190,8 @@ def strip(model, slice_cost_macs=0):
 
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0. 0 (the default) reads exactly the live channels: the
-      fewest MACs, best at large batch sizes.
+      fewest MACs, best at large batch sizes. Above 0 the model needs a
+      known input height and width.
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -200,15 +201,11 @@ def strip(model, slice_cost_macs=0):
     TypeError: for Keras 3 objects and subclassed models.
     ValueError: if the model has no `PrunableConcatConv`, or a layer has an
       invalid score or no live input channel, or for a negative or
-      non-finite `slice_cost_macs`.
+      non-finite `slice_cost_macs` (or one above 0 on a model of unknown
+      input height or width).
   """
   require_functional(model)
-  if isinstance(slice_cost_macs, bool) or not isinstance(
-      slice_cost_macs, numbers.Real) or not (
-          0 <= slice_cost_macs < float("inf")):
-    raise ValueError(
-        "slice_cost_macs must be a finite number >= 0 (MACs). Received: "
-        f"slice_cost_macs={slice_cost_macs!r}")
+  slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   model = graph.flatten(strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
@@ -245,7 +242,7 @@ def strip(model, slice_cost_macs=0):
       new[id(output)] = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
           [present.get(id(t)) for t in inputs], keep_filters, slices,
-          slice_cost_macs, int(np.prod(output.shape[1:3])))
+          slice_cost_macs, _pixels(output.shape))
       present[id(output)] = keep_filters
       record[layer.name] = StrippedLayer(
           layer.name, [s for t in inputs for s in sources[id(t)]],
@@ -328,6 +325,13 @@ def _classify(record, nodes, sources):
       layer.prunes = "width"
 
 
+def _pixels(shape):
+  """Height x width of an NHWC shape, or None if either is unknown."""
+  if shape[1] is None or shape[2] is None:
+    return None
+  return int(shape[1]) * int(shape[2])
+
+
 def _require_all(inputs, present, layer):
   """The order of the channels of `inputs[0]`, checked to be all there."""
   for tensor in inputs:
@@ -357,7 +361,7 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
   """Stock layers computing `layer` on its live inputs and computed filters.
 
   Reads, of every input, the ranges of channels it needs (slices shared with
-  other layers through `slices`; ranges merged across gaps cheaper than
+  other layers through `slices`; ranges merged across gaps costing at most
   `slice_cost_macs`), concatenates them, and orders its BatchNormalization
   and kernel rows the same way. Channels read but not live get zero kernel
   rows.
@@ -365,10 +369,17 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
   live = layer.live_channels()
   if not len(live):
     raise ValueError(f"{layer.name} has no live input channel left.")
-  # MACs of one input channel: every computed filter at every output pixel.
-  per_channel = (output_pixels * int(np.prod(layer.kernel_size)) *
-                 len(keep_filters))
-  max_gap = int(slice_cost_macs // per_channel)
+  max_gap = 0
+  if slice_cost_macs:
+    if output_pixels is None:
+      raise ValueError(
+          f"slice_cost_macs={slice_cost_macs!r} needs the spatial size of "
+          f"{layer.name!r}'s output, which is unknown; build the model with "
+          "a fixed input_shape, or pass slice_cost_macs=0.")
+    # MACs of one input channel: every computed filter at every output
+    # pixel.
+    max_gap = int(slice_cost_macs // (
+        output_pixels * int(np.prod(layer.kernel_size)) * len(keep_filters)))
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
   parts, read = [], []
   for j, carried in enumerate(present_inputs):

@@ -124,3 +124,31 @@ def test_a_dead_layer_behind_dropout_is_removed(kwargs, pixels):
   assert stripped.layers[dead].filters_computed == 0
   np.testing.assert_allclose(np.asarray(stripped.model(pixels)),
                              np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
+
+
+def _slices(model):
+  return sum(1 for op in model.operations
+             if "slice" in type(op).__name__.lower() or
+             "getitem" in type(op).__name__.lower())
+
+
+def test_slice_cost_trades_macs_for_slices_with_the_same_function(pixels):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  _randomise_statistics(model, 2)
+  _prune_at_random(model, 0.5, 2)
+  exact = sdn.strip(model)
+  figures = [(_slices(exact.model), sdn.dense_macs(exact.model))]
+  for cost in (20_000, 1e12):
+    stripped = sdn.strip(model, slice_cost_macs=cost)
+    np.testing.assert_allclose(np.asarray(stripped.model(pixels)),
+                               np.asarray(model(pixels)), atol=1e-4,
+                               rtol=1e-4)
+    for name, record in stripped.layers.items():
+      np.testing.assert_array_equal(record.live, exact.layers[name].live)
+    figures.append((_slices(stripped.model), sdn.dense_macs(stripped.model)))
+  slices, macs = zip(*figures)
+  assert list(slices) == sorted(slices, reverse=True)
+  assert list(macs) == sorted(macs)
+  assert slices[0] > slices[-1] == 0  # Whole feature maps only.
+  with pytest.raises(ValueError, match="slice_cost_macs=-1"):
+    sdn.strip(model, slice_cost_macs=-1)

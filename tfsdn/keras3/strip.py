@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from tfsdn import channel_order
+from tfsdn import checks
 from tfsdn.keras3.checks import require_keras3_model
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -122,12 +123,19 @@ def _last_axis(layer):
   return layer.axis in (-1, 3)
 
 
-def strip(model):
+def strip(model, slice_cost_macs=0):
   """Rebuilds `model` without its pruned input channels and dead filters.
+
+  `slice_cost_macs` means what it means in `tfsdn.strip`: a layer also
+  reads the channels in a gap between two ranges it needs when they cost it
+  at most that many MACs, with zero kernel rows (fewer slices, more MACs, the
+  same function).
 
   Args:
     model: A functional Keras 3 model with `tfsdn.keras3.PrunableConcatConv`
       layers.
+    slice_cost_macs: The MACs one more slice costs in the target runtime,
+      a number >= 0; 0 (the default) reads exactly the live channels.
 
   Returns:
     A `Stripped`: `model` is the compact model (stock Keras 3 layers and
@@ -135,8 +143,10 @@ def strip(model):
 
   Raises:
     TypeError: for a tf_keras or subclassed model.
+    ValueError: for a negative or non-finite `slice_cost_macs`.
   """
   require_keras3_model(model)
+  slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   reads = _reads(model)
   readers = {}  # tensor id -> number of nodes reading it
   for node in _nodes(model):
@@ -175,7 +185,8 @@ def strip(model):
       continue
     if isinstance(layer, PrunableConcatConv):
       records[layer.name] = _strip_concat_conv(layer, inputs, output, needed,
-                                               reads, new, kept)
+                                               reads, new, kept,
+                                               slice_cost_macs)
       records[layer.name].offered = _offered(inputs)
       if len(inputs) == 1 and readers.get(id(inputs[0])) == 1:
         records[layer.name].prunes = "width"
@@ -215,22 +226,25 @@ def _offered(inputs):
           for tensor in inputs for channel in range(_channels(tensor))]
 
 
-def _select(tensor, channels, new, kept):
+def _select(tensor, channels, new, kept, max_gap=0):
   """The new tensor's `channels` (old ids), sliced in contiguous ranges.
 
+  Ranges closer than `max_gap` channels are read as one
+  (`channel_order.merge_runs`), so more channels may come back.
+
   Returns:
-    `(tensor, ids)`: a tensor holding those channels and their old ids in
-    its order (the new tensor's order, not `channels`' order).
+    `(tensor, ids)`: a tensor holding (at least) those channels and their
+    old ids in its order (the new tensor's order, not `channels`' order).
   """
   source, order = new[id(tensor)], kept[id(tensor)]
-  wanted = np.isin(order, channels)
-  if wanted.all():
+  ranges = channel_order.merge_runs(
+      channel_order.runs(np.flatnonzero(np.isin(order, channels))),
+      len(order), max_gap)
+  if ranges == [(0, len(order))]:
     return source, order
-  positions = np.flatnonzero(wanted)
-  parts = [source[..., start:stop] for start, stop in
-           channel_order.runs(positions)]
+  parts = [source[..., start:stop] for start, stop in ranges]
   part = parts[0] if len(parts) == 1 else keras.ops.concatenate(parts, axis=-1)
-  return part, order[positions]
+  return part, order[np.concatenate([np.arange(a, b) for a, b in ranges])]
 
 
 def _filter_order(output, needed, reads):
@@ -296,18 +310,32 @@ def _copy_layer(layer, node, inputs, output, new, kept):
   kept[id(output)] = np.arange(_channels(output))
 
 
-def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept):
+def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
+                       slice_cost_macs):
   live = layer.live_mask()
   record = StrippedLayer(layer.name, [], live, layer.filters, 0)
   if not needed.any():
     return record  # No one reads its output: removed.
+  filters = _filter_order(output, needed, reads)
+  max_gap = 0
+  if slice_cost_macs:
+    if None in output.shape[1:3]:
+      raise ValueError(
+          f"slice_cost_macs={slice_cost_macs!r} needs the spatial size of "
+          f"{layer.name!r}'s output, which is unknown; build the model with "
+          "a fixed input_shape, or pass slice_cost_macs=0.")
+    # MACs of one input channel: every computed filter at every output
+    # pixel.
+    max_gap = int(slice_cost_macs // (
+        int(np.prod(output.shape[1:3])) * int(np.prod(layer.kernel_size)) *
+        len(filters)))
   bounds = np.cumsum([0] + [_channels(t) for t in inputs])
   parts, ids = [], []
   for tensor, start in zip(inputs, bounds):
     want = np.flatnonzero(live[start:start + _channels(tensor)])
     if not len(want):
       continue
-    part, part_ids = _select(tensor, want, new, kept)
+    part, part_ids = _select(tensor, want, new, kept, max_gap)
     parts.append(part)
     ids.append(part_ids + start)
   read = np.concatenate(ids)
@@ -319,12 +347,13 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept):
   x = bn(x)
   bn.set_weights([w[read] for w in layer.batch_norm.get_weights()])
   x = keras.layers.ReLU(name=f"{layer.name}_relu")(x)
-  filters = _filter_order(output, needed, reads)
   conv = keras.layers.Conv2D(
       len(filters), layer.kernel_size, strides=layer.strides,
       padding=layer.padding, use_bias=False, name=layer.name)
   x = conv(x)
-  conv.set_weights([layer.conv.kernel.numpy()[:, :, read][..., filters]])
+  kernel = layer.conv.kernel.numpy()[:, :, read][..., filters]
+  kernel[:, :, ~live[read]] = 0.0  # Read only to save a slice.
+  conv.set_weights([kernel])
   new[id(output)], kept[id(output)] = x, filters
   record.filters_computed = len(filters)
   record.compact_layers = tuple(
