@@ -60,6 +60,36 @@ def merge_runs(ranges, length, max_gap):
   return merged
 
 
+def max_gap(slice_cost_macs, output_size, kernel_size, filters, layer_name):
+  """Unread channels worth reading, with zero kernel rows, to save a slice.
+
+  Args:
+    slice_cost_macs: The MACs one slice costs (`strip`'s argument), >= 0.
+    output_size: The layer's output (height, width); may hold None when the
+      cost is 0.
+    kernel_size: The conv's (height, width).
+    filters: Filters the compact conv computes.
+    layer_name: For the error.
+
+  Returns:
+    The largest gap (in channels) that costs at most `slice_cost_macs`: one
+    input channel costs every filter at every output pixel.
+
+  Raises:
+    ValueError: if the cost is above 0 and the output size is unknown.
+  """
+  if not slice_cost_macs:
+    return 0
+  if None in tuple(output_size):
+    raise ValueError(
+        f"slice_cost_macs={slice_cost_macs!r} needs the spatial size of "
+        f"{layer_name!r}'s output, which is unknown; build the model with a "
+        "fixed input_shape, or pass slice_cost_macs=0.")
+  per_channel = (int(np.prod(output_size)) * int(np.prod(kernel_size)) *
+                 filters)
+  return int(slice_cost_macs // per_channel)
+
+
 def count_runs(reads, order):
   """Contiguous ranges the consumers read when the channels are in `order`.
 

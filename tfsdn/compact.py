@@ -242,7 +242,7 @@ def strip(model, slice_cost_macs=0):
       new[id(output)] = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
           [present.get(id(t)) for t in inputs], keep_filters, slices,
-          slice_cost_macs, _pixels(output.shape))
+          slice_cost_macs, tuple(output.shape[1:3]))
       present[id(output)] = keep_filters
       record[layer.name] = StrippedLayer(
           layer.name, [s for t in inputs for s in sources[id(t)]],
@@ -325,13 +325,6 @@ def _classify(record, nodes, sources):
       layer.prunes = "width"
 
 
-def _pixels(shape):
-  """Height x width of an NHWC shape, or None if either is unknown."""
-  if shape[1] is None or shape[2] is None:
-    return None
-  return int(shape[1]) * int(shape[2])
-
-
 def _require_all(inputs, present, layer):
   """The order of the channels of `inputs[0]`, checked to be all there."""
   for tensor in inputs:
@@ -357,7 +350,7 @@ def _read_ranges(tensor, ranges, slices):
 
 
 def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
-                         slice_cost_macs, output_pixels):
+                         slice_cost_macs, output_size):
   """Stock layers computing `layer` on its live inputs and computed filters.
 
   Reads, of every input, the ranges of channels it needs (slices shared with
@@ -369,17 +362,9 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
   live = layer.live_channels()
   if not len(live):
     raise ValueError(f"{layer.name} has no live input channel left.")
-  max_gap = 0
-  if slice_cost_macs:
-    if output_pixels is None:
-      raise ValueError(
-          f"slice_cost_macs={slice_cost_macs!r} needs the spatial size of "
-          f"{layer.name!r}'s output, which is unknown; build the model with "
-          "a fixed input_shape, or pass slice_cost_macs=0.")
-    # MACs of one input channel: every computed filter at every output
-    # pixel.
-    max_gap = int(slice_cost_macs // (
-        output_pixels * int(np.prod(layer.kernel_size)) * len(keep_filters)))
+  max_gap = channel_order.max_gap(slice_cost_macs, output_size,
+                                  layer.kernel_size, len(keep_filters),
+                                  layer.name)
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
   parts, read = [], []
   for j, carried in enumerate(present_inputs):

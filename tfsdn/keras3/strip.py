@@ -229,7 +229,7 @@ def _offered(inputs):
 def _select(tensor, channels, new, kept, max_gap=0):
   """The new tensor's `channels` (old ids), sliced in contiguous ranges.
 
-  Ranges closer than `max_gap` channels are read as one
+  Ranges separated by at most `max_gap` channels are read as one
   (`channel_order.merge_runs`), so more channels may come back.
 
   Returns:
@@ -317,18 +317,8 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
   if not needed.any():
     return record  # No one reads its output: removed.
   filters = _filter_order(output, needed, reads)
-  max_gap = 0
-  if slice_cost_macs:
-    if None in output.shape[1:3]:
-      raise ValueError(
-          f"slice_cost_macs={slice_cost_macs!r} needs the spatial size of "
-          f"{layer.name!r}'s output, which is unknown; build the model with "
-          "a fixed input_shape, or pass slice_cost_macs=0.")
-    # MACs of one input channel: every computed filter at every output
-    # pixel.
-    max_gap = int(slice_cost_macs // (
-        int(np.prod(output.shape[1:3])) * int(np.prod(layer.kernel_size)) *
-        len(filters)))
+  max_gap = channel_order.max_gap(slice_cost_macs, output.shape[1:3],
+                                  layer.kernel_size, len(filters), layer.name)
   bounds = np.cumsum([0] + [_channels(t) for t in inputs])
   parts, ids = [], []
   for tensor, start in zip(inputs, bounds):
