@@ -14,6 +14,9 @@ from tests import helpers
 def test_runs_are_maximal_ranges_of_consecutive_positions():
   assert channel_order.runs([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
   assert channel_order.runs([]) == []
+  assert list(channel_order.positions([(0, 3), (5, 6), (7, 9)])) == [
+      0, 1, 2, 5, 7, 8]
+  assert not len(channel_order.positions([]))
 
 
 def test_nested_selections_become_prefixes():

@@ -29,6 +29,12 @@ def runs(positions):
           for a, b in zip(starts, stops)]
 
 
+def positions(ranges):
+  """The positions `(start, stop)` ranges cover, in order (inverse of `runs`)."""
+  return np.concatenate([np.arange(start, stop, dtype=int)
+                         for start, stop in ranges] or [np.zeros(0, int)])
+
+
 def merge_runs(ranges, length, max_gap):
   """Ranges joined across gaps of at most `max_gap` channels.
 

@@ -380,9 +380,8 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
     ranges = channel_order.merge_runs(channel_order.runs(where), len(carried),
                                       max_gap)
     parts += _read_ranges(inputs[j], ranges, slices)
-    read.append(np.asarray(carried, int)[
-        np.concatenate([np.arange(a, b, dtype=int) for a, b in ranges] or
-                       [np.zeros(0, int)])] + offsets[j])
+    read.append(np.asarray(carried, int)[channel_order.positions(ranges)] +
+                offsets[j])
   read = np.concatenate(read)  # Offered channel of each channel read.
   dtype = layer.dtype_policy.name
   x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(

@@ -244,7 +244,7 @@ def _select(tensor, channels, new, kept, max_gap=0):
     return source, order
   parts = [source[..., start:stop] for start, stop in ranges]
   part = parts[0] if len(parts) == 1 else keras.ops.concatenate(parts, axis=-1)
-  return part, order[np.concatenate([np.arange(a, b) for a, b in ranges])]
+  return part, order[channel_order.positions(ranges)]
 
 
 def _filter_order(output, needed, reads):
