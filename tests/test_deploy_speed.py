@@ -57,3 +57,18 @@ def test_slice_costs_must_be_distinct_whole_numbers(values):
   with pytest.raises(app.UsageError, match="--slice_cost_macs"):
     deploy_speed._slice_costs(values.split(","))  # pylint: disable=protected-access
   assert deploy_speed._slice_costs(["500000", "0"]) == [0, 500000]  # pylint: disable=protected-access
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("ai_edge_litert"),
+                    reason="needs the litert extra")
+def test_xnnpack_takes_a_concatenation_of_at_most_five_inputs(tmp_path):
+  # The fact that makes a compact layer's ~20-input concatenation cost a
+  # delegate partition (README, "Deployment speed"), for the pinned LiteRT.
+  output = tmp_path / "concat.json"
+  subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "xnnpack_concat.py"),
+       "--inputs=5,6", f"--output={output}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300, check=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert json.loads(output.read_text())["delegate_partitions"] == {
+      "5": 1, "6": 2}
