@@ -255,7 +255,7 @@ def main(argv):
   lines = ["| runtime | batch | dense img/s | " + " | ".join(
       f"{name} img/s (vs dense)" for name in compacts) + " | dense file | " +
            " | ".join(f"{name} file" for name in compacts) + " |",
-           "| --- |" * (4 + 2 * len(compacts))]
+           "|" + " --- |" * (4 + 2 * len(compacts))]
   for runtime in FLAGS.runtimes:
     sizes = [results["file_bytes"][f"{n}/{runtime}"] for n in stripped]
     for b in batch_sizes:

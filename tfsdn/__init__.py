@@ -4,8 +4,9 @@ The public API is what this module exports (`__all__`), plus the modules
 `tfsdn.densenet` (builders), `tfsdn.allocation` (global allocation under a
 MAC budget: `GlobalAllocation`, `layerwise_sparsity`), `tfsdn.criteria`
 (contribution criteria and the definition of live/pruned), `tfsdn.schedule`
-(`epoch_step`, `pruned_count`, `sparsity_for_count`) and `tfsdn.data` (CIFAR
-input pipelines). The data flows one way:
+(`epoch_step`, `pruned_count`, `sparsity_for_count`), `tfsdn.quantize`
+(`quantize_aware`, `fold_batch_norms`: quantization-aware training of a
+compact model) and `tfsdn.data` (CIFAR input pipelines). The data flows one way:
 
   layer (PrunableConcatConv, make_prunable) -> prune (prune_dense_connections,
   StagedSparsity or GlobalAllocation, UpdateScores) -> strip (strip: compact
@@ -58,6 +59,7 @@ if not _MISSING:
   from tfsdn.prunable_concat_conv import PrunableConcatConv
   from tfsdn.prune import prunable_layers
   from tfsdn.prune import prune_dense_connections
+  from tfsdn.quantize import quantize_aware
   from tfsdn.report import ModelReport
   from tfsdn.report import comparison_markdown
   from tfsdn.report import model_report
@@ -87,6 +89,7 @@ __all__ = [
     "plot_connectivity",
     "prunable_layers",
     "prune_dense_connections",
+    "quantize_aware",
     "schedule",
     "strip",
     "strip_to_compact",

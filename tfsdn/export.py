@@ -182,7 +182,9 @@ def export_tflite(model, path, optimizations=None, quantization=None,
   ```
 
   Args:
-    model: A tf_keras model (usually `strip_to_compact`'s result).
+    model: A tf_keras model (usually `strip_to_compact`'s result, or its
+      `tfsdn.quantize_aware` copy after fine-tuning, whose learned ranges
+      the int8 conversion then uses).
     path: Where to write the `.tflite` file.
     optimizations: Optional list of `tf.lite.Optimize` values (ignored
       when `quantization` is set, which sets them).
