@@ -3,10 +3,11 @@ r"""Dense against compact DenseNet where models are deployed, side by side.
 Exports a dense DenseNet and the compact model `tfsdn.strip` makes of a
 pruned one to every runtime asked for, and times both in one process,
 interleaving rounds so machine noise hits both alike (median of --rounds):
-TF SavedModel (plain and XLA), LiteRT (float32 and full-integer int8,
-XNNPACK, --threads threads) and ONNX Runtime (via tf2onnx). Reports
-images/s, compact/dense ratios, file sizes, op counts of the converted
-graphs, and how far each runtime's compact output is from the Keras model.
+TF SavedModel (plain and XLA), LiteRT (float32, float16 weights and
+full-integer int8, XNNPACK, --threads threads) and ONNX Runtime (via
+tf2onnx). Reports images/s, compact/dense ratios, file sizes, op counts of
+the converted graphs, and how far each runtime's compact output is from
+the Keras model.
 
 The pruned model is a `final_model.keras` of examples/train_cifar.py
 (--pruned_model: sparsity patterns tfsdn's training produced); without it,
@@ -43,7 +44,9 @@ flags.DEFINE_integer("growth_rate", 12, "Growth rate (random patterns only).")
 flags.DEFINE_float("sparsity", 0.5, "Sparsity (random patterns only).")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
-                               "onnx"], "Runtimes to time.")
+                               "onnx"],
+                  "Runtimes to time: tf, tf_xla, litert (float32), "
+                  "litert_f16 (float16 weights), litert_int8, onnx.")
 flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 flags.DEFINE_float("seconds", 2.0, "Seconds per model per round and batch.")
 flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
@@ -121,6 +124,10 @@ def _size(path):
              for d, _, files in os.walk(path) for f in files)
 
 
+_LITERT_QUANTIZATION = {"litert": None, "litert_f16": "float16",
+                        "litert_int8": "int8"}
+
+
 def export_all(name, model, workdir, calibration):
   """`{runtime key: (serve, path, op counts)}` for one model."""
   out = {}
@@ -131,10 +138,10 @@ def export_all(name, model, workdir, calibration):
                                       xla=runtime == "tf_xla")
       out[key] = (tf.saved_model.load(path).signatures["serving_default"],
                   path, {})
-    elif runtime.startswith("litert"):
+    elif runtime in _LITERT_QUANTIZATION:
       path = tfsdn.export_tflite(
           model, os.path.join(workdir, f"{name}_{runtime}.tflite"),
-          quantization="int8" if runtime == "litert_int8" else None,
+          quantization=_LITERT_QUANTIZATION[runtime],
           representative_images=calibration)
       serve, ops = _litert(path)
       out[key] = (serve, path, ops)

@@ -17,7 +17,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "deploy_speed.py")
 def test_dense_and_compact_side_by_side(tmp_path):
   runtimes = ["tf"]
   if importlib.util.find_spec("ai_edge_litert"):
-    runtimes.append("litert_int8")
+    runtimes += ["litert_f16", "litert_int8"]
   output = tmp_path / "deploy.json"
   subprocess.run(
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
