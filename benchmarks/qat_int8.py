@@ -15,6 +15,10 @@ compact and dense models), on the same --eval_images real test images:
   post-training int8. QAT minus this control is what quantization
   awareness adds beyond more training.
 
+Differences are paired per image: McNemar's test and a bootstrap interval
+over the test images (one fine-tuning run each, so the variation between
+runs is not in the interval).
+
 Also reports each int8 file's size, its op counts (QUANTIZE ops between two
 int8 tensors are requantizations, mostly of concatenation inputs) and its
 batch-1 LiteRT throughput, PTQ and QAT side by side in one run.
@@ -37,6 +41,7 @@ import tfsdn
 from tfsdn import quantize
 from tfsdn.compat import keras
 from tfsdn.files import write_json
+import paired
 from serving_timing import time_rounds
 
 _EVIDENCE = os.path.join(os.path.dirname(__file__), os.pardir, "docs",
@@ -101,13 +106,17 @@ def _litert(path):
   return serve, dict(ops)
 
 
-def _accuracy(serve, test):
-  correct = total = 0
-  for images, labels in test:
-    logits = serve(images.numpy())
-    correct += int((np.argmax(logits, -1) == labels.numpy()).sum())
-    total += len(labels)
-  return correct / total
+def _correct(serve, test):
+  """Booleans, one per test image: the prediction is right."""
+  return np.concatenate([
+      np.argmax(serve(images.numpy()), -1) == labels.numpy()
+      for images, labels in test])
+
+
+# (A, B): A - B per image, paired (McNemar and a bootstrap over images).
+COMPARISONS = (("ptq_int8", "float"), ("qat_int8", "ptq_int8"),
+               ("qat_int8", "finetuned_ptq_int8"),
+               ("finetuned_ptq_int8", "ptq_int8"))
 
 
 def _keras_serve(model):
@@ -139,14 +148,19 @@ def evaluate(path, test, calibration, workdir):
   activation = getattr(model.layers[-1], "activation", None)
   from_logits = getattr(activation, "__name__", "") != "softmax"
   result = {"path": os.path.relpath(path), "accuracy": {}, "file_bytes": {},
-            "ops": {}, "fine_tune_loss": {}}
-  served = {}
-  result["accuracy"]["float"] = _accuracy(_keras_serve(model), test)
+            "ops": {}, "fine_tune_loss": {}, "paired": {}}
+  served, correct = {}, {}
+
+  def measure(variant, serve):
+    correct[variant] = _correct(serve, test)
+    result["accuracy"][variant] = float(correct[variant].mean())
+
+  measure("float", _keras_serve(model))
 
   def add_int8(variant, keras_model):
     file = os.path.join(workdir, f"{name}_{variant}.tflite")
     serve, ops = _int8(keras_model, file, calibration)
-    result["accuracy"][variant] = _accuracy(serve, test)
+    measure(variant, serve)
     result["file_bytes"][variant] = os.path.getsize(file)
     result["ops"][variant] = ops
     served[f"{name}/{variant}"] = serve
@@ -154,13 +168,19 @@ def evaluate(path, test, calibration, workdir):
   add_int8("ptq_int8", model)
   control = quantize.fold_batch_norms(model)
   result["fine_tune_loss"]["control"] = _fine_tune(control, from_logits)
-  result["accuracy"]["finetuned_float"] = _accuracy(_keras_serve(control),
-                                                    test)
+  measure("finetuned_float", _keras_serve(control))
   add_int8("finetuned_ptq_int8", control)
   qat = quantize.quantize_aware(model)
   result["fine_tune_loss"]["qat"] = _fine_tune(qat, from_logits)
-  result["accuracy"]["qat_keras"] = _accuracy(_keras_serve(qat), test)
+  measure("qat_keras", _keras_serve(qat))
   add_int8("qat_int8", qat)
+  for a, b in COMPARISONS:
+    only_a, only_b, p_value = paired.mcnemar(correct[a], correct[b])
+    mean, low, high = paired.bootstrap_difference(correct[a][None],
+                                                  correct[b][None])
+    result["paired"][f"{a} - {b}"] = {
+        "points": 100 * mean, "interval_95": [100 * low, 100 * high],
+        "only_a_right": only_a, "only_b_right": only_b, "p_mcnemar": p_value}
   logging.info("%s: %s", name, result["accuracy"])
   return name, result, served
 
@@ -201,6 +221,12 @@ def main(argv):
                    for k in ("ptq_int8", "qat_int8")) + " | " +
         " / ".join(f"{speed.get(k, float('nan')):.0f}"
                    for k in ("ptq_int8", "qat_int8")) + " |")
+  for name, r in results.items():
+    for key, d in r["paired"].items():
+      lines.append(f"- {name}: {key} = {d['points']:+.2f} points "
+                   f"[{d['interval_95'][0]:+.2f}, {d['interval_95'][1]:+.2f}]"
+                   f" (McNemar {d['only_a_right']}:{d['only_b_right']}, "
+                   f"p={d['p_mcnemar']:.3g})")
   print("\n".join(lines))
   write_json(FLAGS.output, {
       "models": results, "steps": FLAGS.steps,

@@ -195,5 +195,11 @@ def test_qat_benchmark_end_to_end(tmp_path):
   assert "DEPTHWISE_CONV_2D" not in result["ops"]["ptq_int8"]
   # Float only at the input (and its Normalization) and the output.
   assert result["ops"]["qat_int8"].get("QUANTIZE (float -> int8)", 0) <= 2
+  accuracy = result["accuracy"]
+  for key, d in result["paired"].items():
+    a, b = key.split(" - ")
+    assert d["points"] == pytest.approx(100 * (accuracy[a] - accuracy[b]))
+    assert d["only_a_right"] - d["only_b_right"] == round(
+        24 * (accuracy[a] - accuracy[b]))
   assert set(result["images_per_second_batch1"]) == {
       "ptq_int8", "finetuned_ptq_int8", "qat_int8"}
