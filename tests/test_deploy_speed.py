@@ -72,3 +72,34 @@ def test_xnnpack_takes_a_concatenation_of_at_most_five_inputs(tmp_path):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert json.loads(output.read_text())["delegate_partitions"] == {
       "5": 1, "6": 2}
+
+
+def test_medians_of_separate_runs():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  median = importlib.import_module("deploy_speed_median")
+
+  def run(a, b, extra=None):
+    ratios = {"compact": {"tf@1": a}, "compact_s5": {"tf@1": b}}
+    if extra is not None:
+      ratios["compact"]["litert_f16@1"] = extra
+    return {"patterns": "trained", "slice_cost_macs": {"compact": 0},
+            "macs": {"dense": 10}, "speedup_by_model": ratios}
+
+  by_model, best = median.medians(
+      [run(0.8, 1.3), run(1.5, 0.9, extra=1.2), run(1.0, 1.0)])
+  assert by_model["compact"]["tf@1"] == {"median": 1.0,
+                                         "runs": [0.8, 1.5, 1.0]}
+  assert by_model["compact_s5"]["tf@1"]["median"] == 1.0
+  assert best["litert_f16@1"] == {"model": "compact", "median": 1.2,
+                                  "runs": 1}
+  # Ties go to the first model; a higher median wins whatever one run says.
+  assert best["tf@1"]["model"] == "compact"
+  by_model, best = median.medians([run(0.8, 1.3), run(1.5, 1.4),
+                                   run(1.0, 1.1)])
+  assert best["tf@1"] == {"model": "compact_s5", "median": 1.3, "runs": 3}
+  other = run(1.0, 1.0)
+  other["patterns"] = "random"
+  with pytest.raises(ValueError, match="'patterns'"):
+    median.medians([run(1.0, 1.0), other])
+  with pytest.raises(ValueError, match="at least one run"):
+    median.medians([])

@@ -1,0 +1,90 @@
+r"""Medians over separate runs of benchmarks/deploy_speed.py.
+
+One run's ratios move by up to 0.3x between runs on this machine, so the
+targets are read as medians of three runs (separate processes, same
+command). This reads the runs' JSON files and writes, per compact model and
+(runtime, batch size), the median compact / dense ratio and every run's
+ratio, and the best compact model per (runtime, batch) by median. Runtimes
+that only some runs timed get the median of those runs, with their count.
+
+  python benchmarks/deploy_speed_median.py --runs=docs/deploy_speed_run1.json,\
+docs/deploy_speed.json,docs/deploy_speed_run3.json \
+      --output=docs/deploy_speed_median.json
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from tfsdn.files import write_json
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("runs", None, "deploy_speed.py JSON files, one per run.",
+                  required=True)
+flags.DEFINE_string("output", None, "Optional JSON of the medians.")
+
+
+def medians(runs):
+  """`{model: {runtime@batch: {"median", "runs"}}}` and the best per key.
+
+  Args:
+    runs: The parsed JSON of each run.
+
+  Returns:
+    `(by_model, best)`.
+
+  Raises:
+    ValueError: if the runs were made with different patterns or compact
+      models (slice costs), which would make their ratios incomparable.
+  """
+  if not runs:
+    raise ValueError("Need at least one run. Received: runs=[]")
+  for field in ("patterns", "slice_cost_macs", "macs"):
+    values = {json.dumps(run.get(field), sort_keys=True) for run in runs}
+    if len(values) > 1:
+      raise ValueError(f"The runs differ in {field!r}: {sorted(values)}")
+  by_model = {}
+  for run in runs:
+    for model, ratios in run["speedup_by_model"].items():
+      for key, ratio in ratios.items():
+        by_model.setdefault(model, {}).setdefault(key, []).append(ratio)
+  by_model = {model: {key: {"median": float(np.median(values)),
+                            "runs": values}
+                      for key, values in sorted(ratios.items())}
+              for model, ratios in by_model.items()}
+  best = {}
+  for key in sorted({k for ratios in by_model.values() for k in ratios}):
+    model = max((m for m in by_model if key in by_model[m]),
+                key=lambda m, key=key: by_model[m][key]["median"])
+    best[key] = {"model": model, "median": by_model[model][key]["median"],
+                 "runs": len(by_model[model][key]["runs"])}
+  return by_model, best
+
+
+def main(argv):
+  del argv
+  runs = []
+  for path in FLAGS.runs:
+    with open(path) as f:
+      runs.append(json.load(f))
+  try:
+    by_model, best = medians(runs)
+  except ValueError as e:
+    raise app.UsageError(f"--runs: {e}") from e
+  models = list(by_model)
+  print("| runtime@batch | " + " | ".join(models) + " | best |")
+  print("|" + " --- |" * (len(models) + 2))
+  for key, choice in best.items():
+    cells = [f"{by_model[m][key]['median']:.2f}x" if key in by_model[m]
+             else "-" for m in models]
+    print(f"| {key} | " + " | ".join(cells) +
+          f" | {choice['model']} ({choice['runs']} runs) |")
+  if FLAGS.output:
+    write_json(FLAGS.output, {"runs": FLAGS.runs,
+                              "speedup_by_model": by_model, "best": best})
+
+
+if __name__ == "__main__":
+  app.run(main)
