@@ -47,6 +47,10 @@ flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                                "onnx"],
                   "Runtimes to time: tf, tf_xla, litert (float32), "
                   "litert_f16 (float16 weights), litert_int8, onnx.")
+flags.DEFINE_list("channel_reads", ["slice"],
+                  "How compact models read channel ranges (strip's "
+                  "channel_reads): slice and/or split; split models get a "
+                  "_split suffix.")
 flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 flags.DEFINE_float("seconds", 2.0, "Seconds per model per round and batch.")
 flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
@@ -193,10 +197,10 @@ def _compact_name(cost):
 
 
 def _slice_count(model):
-  """Channel slices in the compact Keras model (TF `strided_slice` ops)."""
+  """Channel slices (or splits) in the compact Keras model."""
   return sum(1 for layer in model.layers
              if "strided_slice" in type(layer).__name__.lower() or
-             layer.name.startswith("tf.__operators__.getitem"))
+             layer.name.startswith(("tf.__operators__.getitem", "tf.split")))
 
 
 def _accuracy(serve, data):
@@ -213,9 +217,19 @@ def main(argv):
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   costs = _slice_costs(FLAGS.slice_cost_macs)
   pruned, dense_source, patterns = _pruned_and_dense()
-  stripped = {"dense": tfsdn.strip(dense_source)}
+  reads = FLAGS.channel_reads
+  if not reads or set(reads) - set(tfsdn.compact.CHANNEL_READS) or len(
+      set(reads)) != len(reads):
+    raise app.UsageError(
+        f"--channel_reads takes distinct values of "
+        f"{tfsdn.compact.CHANNEL_READS}. Received: {','.join(reads)}")
+  stripped, model_costs = {"dense": tfsdn.strip(dense_source)}, {}
   for cost in costs:
-    stripped[_compact_name(cost)] = tfsdn.strip(pruned, slice_cost_macs=cost)
+    for read in reads:
+      name = _compact_name(cost) + ("_split" if read == "split" else "")
+      stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
+                                   channel_reads=read)
+      model_costs[name] = cost
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
   compacts = [name for name in stripped if name != "dense"]
   if FLAGS.dataset:
@@ -250,7 +264,7 @@ def main(argv):
       "images_per_second": {f"{k}@{b}": v for (k, b), v in throughput.items()},
       "file_bytes": {k: _size(v[1]) for k, v in served.items()},
       "ops": {k: v[2] for k, v in served.items() if v[2]},
-      "slice_cost_macs": {name: cost for name, cost in zip(compacts, costs)},
+      "slice_cost_macs": model_costs,
       "slices": {name: _slice_count(record.model)
                  for name, record in stripped.items()},
       # The compact model of the lowest slice cost (the exact strip when 0

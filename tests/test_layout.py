@@ -177,3 +177,39 @@ def test_slice_cost_needs_a_known_spatial_size_only_when_above_zero(images):
     tfsdn.strip(model, slice_cost_macs=1e5)
   with pytest.raises(ValueError, match=r"slice_cost_macs=10{400}"):
     tfsdn.strip(model, slice_cost_macs=10**400)
+
+
+@pytest.mark.parametrize("cost", [0, 200_000])
+def test_split_reads_are_one_op_per_feature_map_with_the_same_function(
+    images, tmp_path, cost):
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model, 4)
+  helpers.prune_randomly(model, 0.5, 4)
+  sliced = tfsdn.strip(model, slice_cost_macs=cost)
+  split = tfsdn.strip(model, slice_cost_macs=cost, channel_reads="split")
+  np.testing.assert_array_equal(split.model(images, training=False),
+                                sliced.model(images, training=False))
+  for name, record in split.layers.items():
+    np.testing.assert_array_equal(record.live, sliced.layers[name].live)
+  assert tfsdn.model_report(split).total_macs == tfsdn.model_report(
+      sliced).total_macs
+  # One split per feature map read in part, where there was a slice per
+  # range: as many splits as distinct sliced tensors.
+  sliced_maps = {layer.inbound_nodes[0].call_args[0].name
+                 for layer in sliced.model.layers
+                 if layer.name.startswith("tf.__operators__.getitem")}
+  splits = [layer for layer in split.model.layers
+            if layer.name.startswith("tf.split")]
+  assert len(splits) == len(sliced_maps) > 0
+  assert not any(layer.name.startswith("tf.__operators__.getitem")
+                 for layer in split.model.layers)
+  path = tmp_path / "split.keras"
+  split.model.save(path)
+  np.testing.assert_array_equal(
+      tfsdn.compat.keras.models.load_model(path)(images, training=False),
+      split.model(images, training=False))
+
+
+def test_channel_reads_must_be_known():
+  with pytest.raises(ValueError, match="channel_reads='gather'"):
+    tfsdn.strip(helpers.tiny_densenet(), channel_reads="gather")

@@ -6,9 +6,11 @@ read that record instead of reverse-engineering the compact model.
 `strip_to_compact(model)` is `strip(model).model`.
 """
 
+import collections
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
 from tfsdn import channel_order
 from tfsdn import checks
@@ -124,10 +126,10 @@ def _split(mask, tensors):
   return [mask[bounds[i]:bounds[i + 1]] for i in range(len(tensors))]
 
 
-def strip_to_compact(model, slice_cost_macs=0):
+def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice"):
   """Returns a compact stock-Keras model without the pruned channels.
 
-  Same as `strip(model, slice_cost_macs).model`; see `strip`.
+  Same as `strip(model, slice_cost_macs, channel_reads).model`; see `strip`.
 
   Example:
 
@@ -139,14 +141,18 @@ def strip_to_compact(model, slice_cost_macs=0):
   Args:
     model: A model pruned by tfsdn (see `strip`).
     slice_cost_macs: See `strip`.
+    channel_reads: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
-  return strip(model, slice_cost_macs).model
+  return strip(model, slice_cost_macs, channel_reads).model
 
 
-def strip(model, slice_cost_macs=0):
+CHANNEL_READS = ("slice", "split")
+
+
+def strip(model, slice_cost_macs=0, channel_reads="slice"):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -175,6 +181,12 @@ def strip(model, slice_cost_macs=0):
   `benchmarks/deploy_speed.py --slice_cost_macs=...` measures a value on
   the target machine.
 
+  `channel_reads="split"` reads the ranges of a feature map with one split
+  op (`tf.split`: SPLIT_V in TFLite, Split in ONNX) at every boundary any
+  reader needs, instead of one slice per range: one op per feature map
+  instead of one per range, for more (smaller) concatenation inputs. The
+  function and the record are the same.
+
   Example:
 
   ```python
@@ -192,6 +204,8 @@ def strip(model, slice_cost_macs=0):
       a number >= 0. 0 (the default) reads exactly the live channels: the
       fewest MACs, best at large batch sizes. Above 0 the model needs a
       known input height and width.
+    channel_reads: `"slice"` (the default) or `"split"`, how ranges of
+      channels are read (see above).
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -202,10 +216,13 @@ def strip(model, slice_cost_macs=0):
     ValueError: if the model has no `PrunableConcatConv`, or a layer has an
       invalid score or no live input channel, or for a negative or
       non-finite `slice_cost_macs` (or one above 0 on a model of unknown
-      input height or width).
+      input height or width), or an unknown `channel_reads`.
   """
   require_functional(model)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
+  if channel_reads not in CHANNEL_READS:
+    raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
+                     f"Received: channel_reads={channel_reads!r}")
   model = graph.flatten(strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
@@ -216,7 +233,24 @@ def strip(model, slice_cost_macs=0):
   needed = channel_liveness(model)
   sources = graph.channel_sources(model)
   orders = layout.filter_orders(model, nodes, needed)
-  slices = {}   # (id(new tensor), start, stop) -> the slice, shared
+  reads = _Reads()
+  if channel_reads == "split":
+    # A first build finds every range read of each feature map; the second
+    # splits each map once at all of their boundaries.
+    _build(model, nodes, needed, sources, orders, slice_cost_macs, reads)
+    reads = _Reads(split_at=reads.recorded)
+  compact, record = _build(model, nodes, needed, sources, orders,
+                           slice_cost_macs, reads)
+  _classify(record, nodes, sources)
+  source_channels = {
+      layer.name: (graph.channels(graph.node_output(node))
+                   if graph.node_output(node).shape.rank else 1)
+      for node, layer in nodes}
+  return Stripped(compact, model.name, record, source_channels)
+
+
+def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads):
+  """The compact model and the record, reading channels through `reads`."""
   record = {}
   new = {}      # id(original tensor) -> new tensor
   present = {}  # id(original tensor) -> original channel indices it carries
@@ -241,7 +275,8 @@ def strip(model, slice_cost_macs=0):
       keep_filters = orders.get(layer.name, np.flatnonzero(out_need))
       new[id(output)] = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
-          [present.get(id(t)) for t in inputs], keep_filters, slices,
+          [present.get(id(t)) for t in inputs], [id(t) for t in inputs],
+          keep_filters, reads,
           slice_cost_macs, tuple(output.shape[1:3]))
       present[id(output)] = keep_filters
       record[layer.name] = StrippedLayer(
@@ -293,13 +328,7 @@ def strip(model, slice_cost_macs=0):
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
           output.shape[-1] if output.shape.rank else 1)
-  _classify(record, nodes, sources)
-  source_channels = {
-      layer.name: (graph.channels(graph.node_output(node))
-                   if graph.node_output(node).shape.rank else 1)
-      for node, layer in nodes}
-  return Stripped(graph.model_like(model, new_inputs, new), model.name, record,
-                  source_channels)
+  return graph.model_like(model, new_inputs, new), record
 
 
 def _classify(record, nodes, sources):
@@ -335,26 +364,52 @@ def _require_all(inputs, present, layer):
   return present[id(inputs[0])] if inputs else None
 
 
-def _read_ranges(tensor, ranges, slices):
-  """The channel ranges of `tensor`, each a slice shared by all readers."""
-  parts = []
-  for start, stop in ranges:
-    if (start, stop) == (0, graph.channels(tensor)):
-      parts.append(tensor)
-      continue
-    key = (id(tensor), start, stop)
-    if key not in slices:
-      slices[key] = tensor[:, :, :, start:stop]
-    parts.append(slices[key])
-  return parts
+class _Reads:
+  """Reads channel ranges of feature maps: a slice per range, or splits.
+
+  With `split_at` None, every range is a slice, shared by all layers that
+  read it, and `recorded` collects each map's range boundaries. With
+  `split_at` (a `recorded` of an earlier build), each map is split once at
+  all its boundaries and a range is the run of pieces it covers.
+  """
+
+  def __init__(self, split_at=None):
+    self.split_at = split_at
+    self.recorded = collections.defaultdict(set)
+    self._made = {}
+
+  def read(self, key, tensor, ranges):
+    """The parts of `tensor` (original tensor id `key`) covering `ranges`."""
+    parts = []
+    for start, stop in ranges:
+      if (start, stop) == (0, graph.channels(tensor)):
+        parts.append(tensor)
+        continue
+      self.recorded[key].update((start, stop))
+      if self.split_at is None:
+        if (key, start, stop) not in self._made:
+          self._made[(key, start, stop)] = tensor[:, :, :, start:stop]
+        parts.append(self._made[(key, start, stop)])
+      else:
+        pieces, cuts = self._pieces(key, tensor)
+        parts += pieces[cuts.index(start):cuts.index(stop)]
+    return parts
+
+  def _pieces(self, key, tensor):
+    if key not in self._made:
+      cuts = sorted(self.split_at[key] | {0, graph.channels(tensor)})
+      pieces = tf.split(tensor, np.diff(cuts).tolist(), axis=-1)
+      self._made[key] = (pieces, cuts)
+    return self._made[key]
 
 
-def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
-                         slice_cost_macs, output_size):
+def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
+                         reads, slice_cost_macs, output_size):
   """Stock layers computing `layer` on its live inputs and computed filters.
 
-  Reads, of every input, the ranges of channels it needs (slices shared with
-  other layers through `slices`; ranges merged across gaps costing at most
+  Reads, of every input, the ranges of channels it needs (through `reads`,
+  shared with other layers; `keys` name the inputs; ranges merged across
+  gaps costing at most
   `slice_cost_macs`), concatenates them, and orders its BatchNormalization
   and kernel rows the same way. Channels read but not live get zero kernel
   rows.
@@ -379,7 +434,7 @@ def _compact_concat_conv(layer, inputs, present_inputs, keep_filters, slices,
     where = np.sort([position[int(c)] for c in local]).astype(int)
     ranges = channel_order.merge_runs(channel_order.runs(where), len(carried),
                                       max_gap)
-    parts += _read_ranges(inputs[j], ranges, slices)
+    parts += reads.read(keys[j], inputs[j], ranges)
     read.append(np.asarray(carried, int)[channel_order.positions(ranges)] +
                 offsets[j])
   read = np.concatenate(read)  # Offered channel of each channel read.
