@@ -21,9 +21,14 @@ import numpy as np
 from tfsdn.files import write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", None, "deploy_speed.py JSON files, one per run.",
-                  required=True)
-flags.DEFINE_string("output", None, "Optional JSON of the medians.")
+
+
+def _define_flags():
+  # Defined only when run as a script, so tests can import `medians`
+  # next to deploy_speed, whose flags share these names.
+  flags.DEFINE_list("runs", None, "deploy_speed.py JSON files, one per run.",
+                    required=True)
+  flags.DEFINE_string("output", None, "Optional JSON of the medians.")
 
 
 def medians(runs):
@@ -87,4 +92,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
