@@ -31,6 +31,15 @@ def _define_flags():
   flags.DEFINE_string("output", None, "Optional JSON of the medians.")
 
 
+def _numbers_as_floats(value):
+  """`value` with every number a float: 0 and 0.0 are the same cost."""
+  if isinstance(value, dict):
+    return {k: _numbers_as_floats(v) for k, v in value.items()}
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  return value
+
+
 def medians(runs):
   """`{model: {runtime@batch: {"median", "runs"}}}` and the best per key.
 
@@ -47,7 +56,8 @@ def medians(runs):
   if not runs:
     raise ValueError("Need at least one run. Received: runs=[]")
   for field in ("patterns", "slice_cost_macs", "macs"):
-    values = {json.dumps(run.get(field), sort_keys=True) for run in runs}
+    values = {json.dumps(_numbers_as_floats(run.get(field)), sort_keys=True)
+              for run in runs}
     if len(values) > 1:
       raise ValueError(f"The runs differ in {field!r}: {sorted(values)}")
   by_model = {}

@@ -85,8 +85,10 @@ def test_medians_of_separate_runs():
     return {"patterns": "trained", "slice_cost_macs": {"compact": 0},
             "macs": {"dense": 10}, "speedup_by_model": ratios}
 
+  integer_costs = run(1.0, 1.0)
+  integer_costs["slice_cost_macs"] = {"compact": 0.0}  # Older runs' floats.
   by_model, best = median.medians(
-      [run(0.8, 1.3), run(1.5, 0.9, extra=1.2), run(1.0, 1.0)])
+      [run(0.8, 1.3), run(1.5, 0.9, extra=1.2), integer_costs])
   assert by_model["compact"]["tf@1"] == {"median": 1.0,
                                          "runs": [0.8, 1.5, 1.0]}
   assert by_model["compact_s5"]["tf@1"]["median"] == 1.0
