@@ -34,6 +34,7 @@ import tfsdn
 from tfsdn import testing
 from tfsdn.compat import keras
 from tfsdn.files import write_json
+from serving_timing import litert_serve
 from serving_timing import time_rounds
 
 FLAGS = flags.FLAGS
@@ -76,30 +77,10 @@ class _Result:
 
 
 def _litert(path):
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  interpreters = {}
-
-  def interpreter_for(batch_size):  # One per batch size, made on first use.
-    if batch_size not in interpreters:
-      interpreter = Interpreter(model_path=path, num_threads=FLAGS.threads)
-      interpreter.resize_tensor_input(
-          interpreter.get_input_details()[0]["index"], [batch_size, 32, 32, 3])
-      interpreter.allocate_tensors()
-      interpreters[batch_size] = interpreter
-    return interpreters[batch_size]
-
-  def serve(images):
-    images = np.asarray(images, np.float32)
-    interpreter = interpreter_for(len(images))
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
-                           images)
-    interpreter.invoke()
-    return {"logits": _Result(interpreter.get_tensor(
-        interpreter.get_output_details()[0]["index"]))}
-
+  serve, interpreter_for = litert_serve(path, FLAGS.threads)
   ops = collections.Counter(
       op["op_name"] for op in interpreter_for(1)._get_ops_details())  # pylint: disable=protected-access
-  return serve, dict(ops)
+  return (lambda images: {"logits": _Result(serve(images))}), dict(ops)
 
 
 def _onnx(path):

@@ -42,6 +42,7 @@ from tfsdn import quantize
 from tfsdn.compat import keras
 from tfsdn.files import write_json
 import paired
+from serving_timing import litert_serve
 from serving_timing import time_rounds
 
 _EVIDENCE = os.path.join(os.path.dirname(__file__), os.pardir, "docs",
@@ -71,28 +72,7 @@ flags.DEFINE_string("output", "docs/qat_int8.json", "JSON results.")
 
 def _litert(path):
   """`serve(images) -> logits`, and the op counts of the graph."""
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  interpreters = {}
-
-  def interpreter_for(batch_size):
-    if batch_size not in interpreters:
-      interpreter = Interpreter(model_path=path, num_threads=FLAGS.threads)
-      interpreter.resize_tensor_input(
-          interpreter.get_input_details()[0]["index"],
-          [batch_size] + list(interpreter.get_input_details()[0]["shape"][1:]))
-      interpreter.allocate_tensors()
-      interpreters[batch_size] = interpreter
-    return interpreters[batch_size]
-
-  def serve(images):
-    images = np.asarray(images, np.float32)
-    interpreter = interpreter_for(len(images))
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
-                           images)
-    interpreter.invoke()
-    return interpreter.get_tensor(
-        interpreter.get_output_details()[0]["index"])
-
+  serve, interpreter_for = litert_serve(path, FLAGS.threads)
   interpreter = interpreter_for(1)
   tensors = interpreter.get_tensor_details()
   ops = collections.Counter()

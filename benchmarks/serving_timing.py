@@ -75,3 +75,35 @@ def time_rounds(functions, batch_sizes, rounds, seconds,
         samples[(name, b)].append(count * b / (time.perf_counter() - start))
     logging.info("round %d/%d done", r + 1, rounds)
   return {key: float(np.median(v)) for key, v in samples.items()}
+
+
+def litert_serve(path, threads):
+  """`(serve, interpreter_for)` for a LiteRT model, one interpreter per batch.
+
+  `serve(images)` returns the first output as numpy; `interpreter_for(b)`
+  is the interpreter sized for batch `b` (made on first use).
+  """
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreters = {}
+
+  def interpreter_for(batch_size):
+    if batch_size not in interpreters:
+      interpreter = Interpreter(model_path=path, num_threads=threads)
+      shape = interpreter.get_input_details()[0]["shape"]
+      interpreter.resize_tensor_input(
+          interpreter.get_input_details()[0]["index"],
+          [batch_size] + list(shape[1:]))
+      interpreter.allocate_tensors()
+      interpreters[batch_size] = interpreter
+    return interpreters[batch_size]
+
+  def serve(images):
+    images = np.asarray(images, np.float32)
+    interpreter = interpreter_for(len(images))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
+                           images)
+    interpreter.invoke()
+    return interpreter.get_tensor(
+        interpreter.get_output_details()[0]["index"])
+
+  return serve, interpreter_for
