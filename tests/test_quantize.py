@@ -76,7 +76,7 @@ def test_quantize_aware_wraps_all_but_slices():
   qat = quantize.quantize_aware(_compact())
   kinds = collections.Counter(
       type(getattr(layer, "layer", layer)).__name__ for layer in qat.layers
-      if not isinstance(layer, tfsdn.compat.keras.layers.InputLayer))
+      if not isinstance(layer, keras.layers.InputLayer))
   wrapped = {type(layer.layer).__name__ for layer in qat.layers
              if hasattr(layer, "quantize_config")}
   assert "SlicingOpLambda" in kinds and "SlicingOpLambda" not in wrapped
