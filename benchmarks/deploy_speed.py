@@ -1,8 +1,10 @@
 r"""Dense against compact DenseNet where models are deployed, side by side.
 
 Exports a dense DenseNet and the compact model `tfsdn.strip` makes of a
-pruned one to every runtime asked for, and times both in one process,
-interleaving rounds so machine noise hits both alike (median of --rounds):
+pruned one to every runtime asked for, and times both side by side,
+interleaving rounds so machine noise hits both alike (median of --rounds),
+each runtime in its own process that loads only it (--noisolate: all in
+this one):
 TF SavedModel (plain and XLA), LiteRT (float32, float16 weights and
 full-integer int8, XNNPACK, --threads threads) and ONNX Runtime (via
 tf2onnx). Reports images/s, compact/dense ratios, file sizes, op counts of
@@ -34,7 +36,8 @@ import tfsdn
 from tfsdn import testing
 from tfsdn.compat import keras
 from tfsdn.files import write_json
-from serving_timing import litert_serve
+import runtime_timing
+from runtime_timing import litert_serve
 from serving_timing import time_rounds
 
 FLAGS = flags.FLAGS
@@ -50,8 +53,12 @@ flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                   "litert_f16 (float16 weights), litert_int8, onnx.")
 flags.DEFINE_list("channel_reads", ["slice"],
                   "How compact models read channel ranges (strip's "
-                  "channel_reads): slice and/or split; split models get a "
-                  "_split suffix.")
+                  "channel_reads): slice, split and/or gather; split and "
+                  "gather models get a _split or _gather suffix.")
+flags.DEFINE_bool("isolate", True,
+                  "Time each runtime in its own process, which loads only "
+                  "that runtime, as it is deployed (--noisolate: all in this "
+                  "process, beside TensorFlow and the other runtimes).")
 flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 flags.DEFINE_float("seconds", 2.0, "Seconds per model per round and batch.")
 flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
@@ -85,12 +92,7 @@ def _litert(path):
 
 def _onnx(path):
   import onnx  # pylint: disable=g-import-not-at-top
-  import onnxruntime  # pylint: disable=g-import-not-at-top
-  options = onnxruntime.SessionOptions()
-  options.intra_op_num_threads = FLAGS.threads
-  options.inter_op_num_threads = 1
-  session = onnxruntime.InferenceSession(
-      path, options, providers=["CPUExecutionProvider"])
+  session = runtime_timing.onnx_session(path, FLAGS.threads)
   name = session.get_inputs()[0].name
 
   def serve(images):
@@ -178,10 +180,11 @@ def _compact_name(cost):
 
 
 def _slice_count(model):
-  """Channel slices (or splits) in the compact Keras model."""
+  """Channel slices (or splits, or gathers) in the compact Keras model."""
   return sum(1 for layer in model.layers
              if "strided_slice" in type(layer).__name__.lower() or
-             layer.name.startswith(("tf.__operators__.getitem", "tf.split")))
+             layer.name.startswith(("tf.__operators__.getitem", "tf.split",
+                                    "tf.compat.v1.gather")))
 
 
 def _accuracy(serve, data):
@@ -191,6 +194,25 @@ def _accuracy(serve, data):
     correct += int((np.argmax(logits, -1) == labels.numpy()).sum())
     total += len(labels)
   return correct / total
+
+
+def _time(served, batch_sizes):
+  """`{(runtime key, batch size): images/s}` of every exported model."""
+  if not FLAGS.isolate:
+    return time_rounds({k: v[0] for k, v in served.items()}, batch_sizes,
+                       FLAGS.rounds, FLAGS.seconds)
+  throughput = {}
+  for runtime in FLAGS.runtimes:
+    models = {key: path for key, (_, path, _) in served.items()
+              if key.endswith(f"/{runtime}")}
+    timed, imported_tf = runtime_timing.time_in_child(
+        runtime, models, batch_sizes, FLAGS.rounds, FLAGS.seconds,
+        FLAGS.threads)
+    if imported_tf and runtime not in ("tf", "tf_xla"):
+      raise AssertionError(f"The {runtime} timing process imported TF.")
+    logging.info("timed %s in its own process", runtime)
+    throughput.update(timed)
+  return throughput
 
 
 def main(argv):
@@ -207,7 +229,7 @@ def main(argv):
   stripped, model_costs = {"dense": tfsdn.strip(dense_source)}, {}
   for cost in costs:
     for read in reads:
-      name = _compact_name(cost) + ("_split" if read == "split" else "")
+      name = _compact_name(cost) + ("" if read == "slice" else f"_{read}")
       stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
                                    channel_reads=read)
       model_costs[name] = cost
@@ -230,13 +252,13 @@ def main(argv):
                                 reference).max())
               for key, (serve, _, _) in served.items()
               if key.startswith("compact")}
-  throughput = time_rounds({k: v[0] for k, v in served.items()}, batch_sizes,
-                           FLAGS.rounds, FLAGS.seconds)
+  throughput = _time(served, batch_sizes)
   ideal = reports["dense"].total_macs / min(
       reports[name].total_macs for name in compacts)
   results = {
       "patterns": patterns, "rounds": FLAGS.rounds,
       "seconds_per_round": FLAGS.seconds, "threads": FLAGS.threads,
+      "isolated_runtimes": FLAGS.isolate,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
       "params": {k: r.total_params for k, r in reports.items()},
       "macs": {k: r.total_macs for k, r in reports.items()},

@@ -42,7 +42,7 @@ from tfsdn import quantize
 from tfsdn.compat import keras
 from tfsdn.files import write_json
 import paired
-from serving_timing import litert_serve
+from runtime_timing import litert_serve
 from serving_timing import time_rounds
 
 _EVIDENCE = os.path.join(os.path.dirname(__file__), os.pardir, "docs",

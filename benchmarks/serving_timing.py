@@ -8,11 +8,12 @@ noise of a shared machine hits every model alike.
 import os
 import subprocess
 import sys
-import time
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
+
+from runtime_timing import interleaved_rounds
+from runtime_timing import random_images
 
 _PEAK_MEMORY = """
 import resource, sys
@@ -57,53 +58,11 @@ def time_rounds(functions, batch_sizes, rounds, seconds,
   Returns:
     A dict from `(name, batch_size)` to the median images/second.
   """
-  rng = np.random.default_rng(0)
-  inputs = {b: tf.constant(rng.uniform(0, 255, (b,) + tuple(image_shape))
-                           .astype("float32")) for b in batch_sizes}
-  for serve in functions.values():  # Warm up (and compile, for XLA).
-    for b in batch_sizes:
-      for _ in range(2):
-        serve(images=inputs[b])["logits"].numpy()
-  samples = {(name, b): [] for name in functions for b in batch_sizes}
-  for r in range(rounds):
-    for b in batch_sizes:
-      for name, serve in functions.items():
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-          serve(images=inputs[b])["logits"].numpy()
-          count += 1
-        samples[(name, b)].append(count * b / (time.perf_counter() - start))
-    logging.info("round %d/%d done", r + 1, rounds)
-  return {key: float(np.median(v)) for key, v in samples.items()}
+  inputs = {b: tf.constant(images) for b, images in
+            random_images(batch_sizes, image_shape).items()}
+  return interleaved_rounds(
+      {name: lambda x, serve=serve: serve(images=x)["logits"].numpy()
+       for name, serve in functions.items()}, inputs, rounds, seconds,
+      log=lambda r, n: logging.info("round %d/%d done", r, n))
 
 
-def litert_serve(path, threads):
-  """`(serve, interpreter_for)` for a LiteRT model, one interpreter per batch.
-
-  `serve(images)` returns the first output as numpy; `interpreter_for(b)`
-  is the interpreter sized for batch `b` (made on first use).
-  """
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  interpreters = {}
-
-  def interpreter_for(batch_size):
-    if batch_size not in interpreters:
-      interpreter = Interpreter(model_path=path, num_threads=threads)
-      shape = interpreter.get_input_details()[0]["shape"]
-      interpreter.resize_tensor_input(
-          interpreter.get_input_details()[0]["index"],
-          [batch_size] + list(shape[1:]))
-      interpreter.allocate_tensors()
-      interpreters[batch_size] = interpreter
-    return interpreters[batch_size]
-
-  def serve(images):
-    images = np.asarray(images, np.float32)
-    interpreter = interpreter_for(len(images))
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
-                           images)
-    interpreter.invoke()
-    return interpreter.get_tensor(
-        interpreter.get_output_details()[0]["index"])
-
-  return serve, interpreter_for

@@ -46,10 +46,10 @@ flags.DEFINE_float(
     "at large batches); about 500000 cut ops for LiteRT at batch 1 here "
     "(benchmarks/deploy_speed.py measures it on your machine).")
 flags.DEFINE_enum(
-    "channel_reads", "slice", ["slice", "split"],
-    "tfsdn.strip's channel_reads: a slice per channel range, or one split "
-    "per feature map (fewer ops; faster in ONNX Runtime at batch 1 here, "
-    "slower in LiteRT, whose XNNPACK does not take SPLIT_V).")
+    "channel_reads", "slice", ["slice", "split", "gather"],
+    "tfsdn.strip's channel_reads: a slice per channel range, one split per "
+    "feature map, or one gather per layer (fastest in ONNX Runtime here; "
+    "slow in plain TensorFlow and LiteRT).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 

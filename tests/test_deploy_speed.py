@@ -18,12 +18,14 @@ def test_dense_and_compact_side_by_side(tmp_path):
   runtimes = ["tf"]
   if importlib.util.find_spec("ai_edge_litert"):
     runtimes += ["litert_f16", "litert_int8"]
+  if importlib.util.find_spec("tf2onnx"):
+    runtimes += ["onnx"]
   output = tmp_path / "deploy.json"
   subprocess.run(
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
        "--batch_sizes=1,2", "--rounds=1", "--seconds=0.05",
        "--calibration_images=4", f"--runtimes={','.join(runtimes)}",
-       "--slice_cost_macs=1e12,0",
+       "--slice_cost_macs=1e12,0", "--channel_reads=slice,gather",
        f"--output={output}"],
       capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -31,6 +33,9 @@ def test_dense_and_compact_side_by_side(tmp_path):
                    "PYTHONPATH", "")])))
   results = json.loads(output.read_text())
   assert results["patterns"].startswith("random")
+  # Each runtime was timed in a process of its own (which, for LiteRT and
+  # ONNX Runtime, did not import TensorFlow: deploy_speed checks it).
+  assert results["isolated_runtimes"] is True
   assert set(results["speedup"]) == {f"{r}@{b}" for r in runtimes
                                      for b in (1, 2)}
   assert results["macs"]["compact"] < results["macs"]["dense"]
@@ -41,13 +46,28 @@ def test_dense_and_compact_side_by_side(tmp_path):
   assert results["slices"][merged] == 0 < results["slices"]["compact"]
   assert results["macs"]["compact"] < results["macs"][merged]
   assert results["compact_max_abs_diff_from_keras"][f"{merged}/tf"] < 1e-4
-  assert set(results["speedup_by_model"]) == {"compact", merged}
+  # Gather reads: one gather per layer that reads part of its input, the
+  # same function in the float32 runtimes.
+  assert 0 < results["slices"]["compact_gather"] < results["slices"][
+      "compact"]
+  for runtime in {"tf", "onnx"} & set(runtimes):
+    assert results["compact_max_abs_diff_from_keras"][
+        f"compact_gather/{runtime}"] < 1e-4
+  models = {"compact", merged, "compact_gather", f"{merged}_gather"}
+  assert set(results["speedup_by_model"]) == models
   for key, best in results["best"].items():
     assert best["speedup"] == max(results["speedup_by_model"][m][key]
-                                  for m in ("compact", merged))
+                                  for m in models)
   # At this size a file is mostly its graph, so only check one is there.
   assert all(results["file_bytes"][f"{model}/{runtime}"] > 0
-             for model in ("dense", "compact", merged) for runtime in runtimes)
+             for model in models | {"dense"} for runtime in runtimes)
+
+
+def test_runtime_timing_names_an_unknown_runtime():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  runtime_timing = importlib.import_module("runtime_timing")
+  with pytest.raises(ValueError, match="runtime='tflite'"):
+    runtime_timing.time_in_child("tflite", {}, [1], 1, 0.1, 1)
 
 
 @pytest.mark.parametrize("values", ["0,0.0", "-5", "1.5", "abc", "1e400"])

@@ -210,6 +210,35 @@ def test_split_reads_are_one_op_per_feature_map_with_the_same_function(
       split.model(images, training=False))
 
 
+@pytest.mark.parametrize("cost", [0, 200_000])
+def test_gather_reads_are_one_op_per_layer_with_the_same_function(
+    images, tmp_path, cost):
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model, 5)
+  helpers.prune_randomly(model, 0.5, 5)
+  sliced = tfsdn.strip(model, slice_cost_macs=cost)
+  gathered = tfsdn.strip(model, slice_cost_macs=cost, channel_reads="gather")
+  np.testing.assert_array_equal(gathered.model(images, training=False),
+                                sliced.model(images, training=False))
+  for name, record in gathered.layers.items():
+    np.testing.assert_array_equal(record.live, sliced.layers[name].live)
+  assert tfsdn.model_report(gathered).total_macs == tfsdn.model_report(
+      sliced).total_macs
+  names = [layer.name for layer in gathered.model.layers]
+  assert not any(name.startswith(("tf.__operators__.getitem", "tf.split"))
+                 for name in names)
+  # At most one gather per compact layer, none where it reads everything.
+  gathers = sum(name.startswith("tf.compat.v1.gather") for name in names)
+  partial = sum(1 for record in gathered.layers.values()
+                if record.filters_computed and not record.live.all())
+  assert 0 < gathers <= partial
+  path = tmp_path / "gathered.keras"
+  gathered.model.save(path)
+  np.testing.assert_array_equal(
+      tfsdn.compat.keras.models.load_model(path)(images, training=False),
+      gathered.model(images, training=False))
+
+
 def test_channel_reads_must_be_known():
-  with pytest.raises(ValueError, match="channel_reads='gather'"):
-    tfsdn.strip(helpers.tiny_densenet(), channel_reads="gather")
+  with pytest.raises(ValueError, match="channel_reads='take'"):
+    tfsdn.strip(helpers.tiny_densenet(), channel_reads="take")

@@ -149,7 +149,7 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice"):
   return strip(model, slice_cost_macs, channel_reads).model
 
 
-CHANNEL_READS = ("slice", "split")
+CHANNEL_READS = ("slice", "split", "gather")
 
 
 def strip(model, slice_cost_macs=0, channel_reads="slice"):
@@ -187,6 +187,14 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
   instead of one per range, for more (smaller) concatenation inputs. The
   function and the record are the same.
 
+  `channel_reads="gather"` concatenates every feature map a layer reads
+  from, whole, and gathers its channels with one `tf.gather` on the
+  channel axis: one op per layer, as in the dense model, whatever the
+  ranges. It is meant for ONNX Runtime: `export_onnx` moves the gather to
+  the channels-first graph, where it copies whole channel planes. Plain
+  TensorFlow and XNNPACK gather channels-last slowly; use `"slice"` for
+  them.
+
   Example:
 
   ```python
@@ -204,8 +212,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
       a number >= 0. 0 (the default) reads exactly the live channels: the
       fewest MACs, best at large batch sizes. Above 0 the model needs a
       known input height and width.
-    channel_reads: `"slice"` (the default) or `"split"`, how ranges of
-      channels are read (see above).
+    channel_reads: `"slice"` (the default), `"split"` or `"gather"`, how
+      ranges of channels are read (see above).
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -233,7 +241,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
   needed = channel_liveness(model)
   sources = graph.channel_sources(model)
   orders = layout.filter_orders(model, nodes, needed)
-  reads = _Reads()
+  reads = _Reads(gather=channel_reads == "gather")
   if channel_reads == "split":
     # A first build finds every range read of each feature map; the second
     # splits each map once at all of their boundaries.
@@ -365,16 +373,18 @@ def _require_all(inputs, present, layer):
 
 
 class _Reads:
-  """Reads channel ranges of feature maps: a slice per range, or splits.
+  """Reads channel ranges of feature maps: a slice per range, splits, or a gather.
 
   With `split_at` None, every range is a slice, shared by all layers that
   read it, and `recorded` collects each map's range boundaries. With
   `split_at` (a `recorded` of an earlier build), each map is split once at
-  all its boundaries and a range is the run of pieces it covers.
+  all its boundaries and a range is the run of pieces it covers. With
+  `gather`, `concat` takes whole maps and gathers the channels read.
   """
 
-  def __init__(self, split_at=None):
+  def __init__(self, split_at=None, gather=False):
     self.split_at = split_at
+    self.gather = gather
     self.recorded = collections.defaultdict(set)
     self._made = {}
 
@@ -394,6 +404,24 @@ class _Reads:
         pieces, cuts = self._pieces(key, tensor)
         parts += pieces[cuts.index(start):cuts.index(stop)]
     return parts
+
+  def concat(self, name, dtype, inputs):
+    """The channels read of every input, in order: `inputs` are (key, tensor, ranges)."""
+    inputs = [(key, tensor, r) for key, tensor, r in inputs if len(r)]
+    if not self.gather:
+      parts = [part for key, tensor, r in inputs
+               for part in self.read(key, tensor, r)]
+      return parts[0] if len(parts) == 1 else keras.layers.Concatenate(
+          name=f"{name}_concat", dtype=dtype)(parts)
+    whole = [tensor for _, tensor, _ in inputs]
+    offsets = np.cumsum([0] + [graph.channels(t) for t in whole])
+    index = np.concatenate([offsets[j] + channel_order.positions(r)
+                            for j, (_, _, r) in enumerate(inputs)])
+    x = whole[0] if len(whole) == 1 else keras.layers.Concatenate(
+        name=f"{name}_concat", dtype=dtype)(whole)
+    if np.array_equal(index, np.arange(offsets[-1])):
+      return x
+    return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather")
 
   def _pieces(self, key, tensor):
     if key not in self._made:
@@ -421,7 +449,7 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
                                   layer.kernel_size, len(keep_filters),
                                   layer.name)
   offsets = np.cumsum([0] + list(layer.input_channel_counts))
-  parts, read = [], []
+  reading, read = [], []
   for j, carried in enumerate(present_inputs):
     local = live[(live >= offsets[j]) & (live < offsets[j + 1])] - offsets[j]
     if carried is None:  # An input nobody reads any more is not computed.
@@ -434,13 +462,12 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
     where = np.sort([position[int(c)] for c in local]).astype(int)
     ranges = channel_order.merge_runs(channel_order.runs(where), len(carried),
                                       max_gap)
-    parts += reads.read(keys[j], inputs[j], ranges)
+    reading.append((keys[j], inputs[j], ranges))
     read.append(np.asarray(carried, int)[channel_order.positions(ranges)] +
                 offsets[j])
   read = np.concatenate(read)  # Offered channel of each channel read.
   dtype = layer.dtype_policy.name
-  x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
-      name=f"{layer.name}_concat", dtype=dtype)(parts)
+  x = reads.concat(layer.name, dtype, reading)
   batch_norm = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
       name=f"{layer.name}_bn", dtype=dtype)

@@ -1,0 +1,182 @@
+r"""Timing exported models in a process that loads only their runtime.
+
+A user serving ONNX Runtime or LiteRT does not have TensorFlow in the same
+process, and thread pools of other runtimes (TensorFlow's, XNNPACK's,
+another ONNX Runtime session's) waking between calls do not slow the model
+they serve. `time_in_child` times the models of one runtime, interleaved in
+rounds as `serving_timing.time_rounds` does, in a fresh Python process that
+imports that runtime and nothing else of the benchmark (TensorFlow only for
+the `tf` and `tf_xla` runtimes). This module imports no TensorFlow itself.
+
+Run as a script by `time_in_child`:
+
+  python benchmarks/runtime_timing.py '{"runtime": "onnx", "models": {...},
+      "batch_sizes": [1, 64], "rounds": 3, "seconds": 1.0, "threads": 2}'
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def litert_serve(path, threads):
+  """`(serve, interpreter_for)` for a LiteRT model, one interpreter per batch.
+
+  `serve(images)` returns the first output as numpy; `interpreter_for(b)`
+  is the interpreter sized for batch `b` (made on first use).
+  """
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreters = {}
+
+  def interpreter_for(batch_size):
+    if batch_size not in interpreters:
+      interpreter = Interpreter(model_path=path, num_threads=threads)
+      shape = interpreter.get_input_details()[0]["shape"]
+      interpreter.resize_tensor_input(
+          interpreter.get_input_details()[0]["index"],
+          [batch_size] + list(shape[1:]))
+      interpreter.allocate_tensors()
+      interpreters[batch_size] = interpreter
+    return interpreters[batch_size]
+
+  def serve(images):
+    images = np.asarray(images, np.float32)
+    interpreter = interpreter_for(len(images))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
+                           images)
+    interpreter.invoke()
+    return interpreter.get_tensor(
+        interpreter.get_output_details()[0]["index"])
+
+  return serve, interpreter_for
+
+
+def onnx_session(path, threads):
+  """An ONNX Runtime CPU session with `threads` intra-op threads."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.inter_op_num_threads = 1
+  return onnxruntime.InferenceSession(path, options,
+                                      providers=["CPUExecutionProvider"])
+
+
+def _onnx_serve(path, threads):
+  session = onnx_session(path, threads)
+  name = session.get_inputs()[0].name
+  return lambda images: session.run(None, {name: images})[0]
+
+
+def _tf_serve(path, threads):
+  del threads  # The SavedModel runs with TensorFlow's default thread pools.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  return lambda images: serve(images=tf.constant(images))["logits"].numpy()
+
+
+_SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve,
+            "litert": lambda p, t: litert_serve(p, t)[0],
+            "litert_f16": lambda p, t: litert_serve(p, t)[0],
+            "litert_int8": lambda p, t: litert_serve(p, t)[0],
+            "onnx": _onnx_serve}
+RUNTIMES = tuple(_SERVERS)
+
+
+def interleaved_rounds(functions, inputs, rounds, seconds, log=None):
+  """Images/second per (name, batch size): median over interleaved rounds.
+
+  Args:
+    functions: Name -> function of one batch, returning a finished result.
+    inputs: Batch size -> the batch passed to every function.
+    rounds: Rounds; each times every function and batch size once.
+    seconds: Seconds per function, batch size and round.
+    log: Called with (round, rounds) after each round, if given.
+
+  Returns:
+    A dict from `(name, batch_size)` to the median images/second.
+  """
+  for serve in functions.values():  # Warm up (and compile, for XLA).
+    for batch in inputs.values():
+      for _ in range(2):
+        serve(batch)
+  samples = {(name, b): [] for name in functions for b in inputs}
+  for r in range(rounds):
+    for b, batch in inputs.items():
+      for name, serve in functions.items():
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+          serve(batch)
+          count += 1
+        samples[(name, b)].append(count * b / (time.perf_counter() - start))
+    if log:
+      log(r + 1, rounds)
+  return {key: float(np.median(v)) for key, v in samples.items()}
+
+
+def random_images(batch_sizes, image_shape=(32, 32, 3)):
+  """Batch size -> float32 images in [0, 255), the same in every process."""
+  rng = np.random.default_rng(0)
+  return {b: rng.uniform(0, 255, (b,) + tuple(image_shape)).astype("float32")
+          for b in batch_sizes}
+
+
+def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads):
+  """Times `models` of one runtime in a fresh process that loads only it.
+
+  Args:
+    runtime: One of `RUNTIMES`.
+    models: Name -> path of the model exported for `runtime`.
+    batch_sizes: Batch sizes to time.
+    rounds: Interleaved rounds.
+    seconds: Seconds per model, batch size and round.
+    threads: Threads of LiteRT and ONNX Runtime.
+
+  Returns:
+    `(throughput, imported_tensorflow)`: a dict from `(name, batch_size)`
+    to the median images/second, and whether the child imported TensorFlow.
+
+  Raises:
+    ValueError: for an unknown runtime.
+    subprocess.CalledProcessError: if the child fails (its stderr shown).
+  """
+  if runtime not in _SERVERS:
+    raise ValueError(f"runtime must be one of {RUNTIMES}. Received: "
+                     f"runtime={runtime!r}")
+  spec = {"runtime": runtime, "models": dict(models),
+          "batch_sizes": [int(b) for b in batch_sizes], "rounds": int(rounds),
+          "seconds": float(seconds), "threads": int(threads)}
+  done = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), json.dumps(spec)],
+      capture_output=True, text=True, check=False,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  if done.returncode:
+    raise subprocess.CalledProcessError(done.returncode, done.args,
+                                        done.stdout, done.stderr[-4000:])
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  throughput = {}
+  for key, value in result["images_per_second"].items():
+    name, batch = key.rsplit("@", 1)
+    throughput[(name, int(batch))] = value
+  return throughput, result["imported_tensorflow"]
+
+
+def _main(spec):
+  spec = json.loads(spec)
+  functions = {name: _SERVERS[spec["runtime"]](path, spec["threads"])
+               for name, path in spec["models"].items()}
+  throughput = interleaved_rounds(
+      functions, random_images(spec["batch_sizes"]), spec["rounds"],
+      spec["seconds"],
+      log=lambda r, n: print(f"{spec['runtime']}: round {r}/{n} done",
+                             file=sys.stderr, flush=True))
+  print(json.dumps({
+      "images_per_second": {f"{n}@{b}": v for (n, b), v in throughput.items()},
+      "imported_tensorflow": "tensorflow" in sys.modules}))
+
+
+if __name__ == "__main__":
+  _main(sys.argv[1])
