@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -62,6 +63,29 @@ def test_onnx_export_runs_in_onnx_runtime(compact, tmp_path, pixels):
   logits = session.run(["logits"], {"images": pixels})[0]
   np.testing.assert_allclose(logits, np.asarray(compact(pixels)), atol=1e-4,
                              rtol=1e-4)
+
+
+def test_onnx_gathers_run_channels_first(tmp_path, pixels):
+  onnx = pytest.importorskip("onnx")
+  onnxruntime = pytest.importorskip("onnxruntime")
+  pytest.importorskip("tf2onnx")
+  if keras.backend.backend() != "tensorflow":
+    pytest.skip("tf2onnx converts the TensorFlow backend's graph only")
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  rng = np.random.default_rng(1)
+  for layer in sdn.prunable_layers(model):
+    layer.contribution_score.assign(
+        rng.uniform(0.1, 1, layer.input_channels).astype("float32"))
+    layer.prune_to(layer.input_channels // 2)
+  gathered = sdn.strip(model, channel_reads="gather").model
+  path = sdn.export(gathered, tmp_path / "g.onnx", format="onnx",
+                    sample_images=pixels)
+  ops = [node.op_type for node in onnx.load(path).graph.node]
+  assert ops.count("Gather") > 0 and ops.count("Transpose") <= 1
+  session = onnxruntime.InferenceSession(path,
+                                         providers=["CPUExecutionProvider"])
+  np.testing.assert_allclose(session.run(["logits"], {"images": pixels})[0],
+                             np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
 
 
 def test_litert_export_runs_in_litert(compact, tmp_path, pixels):

@@ -152,3 +152,30 @@ def test_slice_cost_trades_macs_for_slices_with_the_same_function(pixels):
   assert slices[0] > slices[-1] == 0  # Whole feature maps only.
   with pytest.raises(ValueError, match="slice_cost_macs=-1"):
     sdn.strip(model, slice_cost_macs=-1)
+
+
+@pytest.mark.parametrize("cost", [0, 20_000])
+def test_gather_reads_take_once_per_layer_with_the_same_function(
+    tmp_path, pixels, cost):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  _randomise_statistics(model, 3)
+  _prune_at_random(model, 0.5, 3)
+  sliced = sdn.strip(model, slice_cost_macs=cost)
+  gathered = sdn.strip(model, slice_cost_macs=cost, channel_reads="gather")
+  np.testing.assert_allclose(np.asarray(gathered.model(pixels)),
+                             np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
+  for name, record in gathered.layers.items():
+    np.testing.assert_array_equal(record.live, sliced.layers[name].live)
+  assert sdn.dense_macs(gathered.model) == sdn.dense_macs(sliced.model)
+  takes = sum(1 for op in gathered.model.operations
+              if type(op).__name__ == "Take")
+  partial = sum(1 for record in gathered.layers.values()
+                if record.filters_computed and not record.live.all())
+  assert 0 < takes <= partial and _slices(gathered.model) == 0
+  path = str(tmp_path / "gathered.keras")
+  gathered.model.save(path)
+  loaded = keras.saving.load_model(path, safe_mode=True)
+  np.testing.assert_allclose(np.asarray(loaded(pixels)),
+                             np.asarray(gathered.model(pixels)), atol=1e-5)
+  with pytest.raises(ValueError, match="channel_reads='split'"):
+    sdn.strip(model, channel_reads="split")

@@ -213,7 +213,8 @@ def _frozen_onnx(model):
 
   Keras' own ONNX export on the TensorFlow backend turns the constants a
   function captures (the `normalize` layer's mean and variance) into extra
-  graph inputs; freezing folds them, as the tfmot path's `export_onnx` does.
+  graph inputs; freezing folds them, as the tfmot path's `export_onnx` does,
+  and channel gathers run channels-first (`tfsdn.onnx_transpose`).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf2onnx  # pylint: disable=g-import-not-at-top
@@ -224,10 +225,11 @@ def _frozen_onnx(model):
                                                    name=INPUT_NAME)])
   frozen = convert_to_constants.convert_variables_to_constants_v2(
       run.get_concrete_function())
+  from tfsdn import onnx_transpose  # pylint: disable=g-import-not-at-top
   proto, _ = tf2onnx.convert.from_graph_def(
       frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
       output_names=[frozen.outputs[0].name], opset=ONNX_OPSET)
-  return proto
+  return onnx_transpose.optimize(proto)
 
 
 def _run_onnx(path, images):

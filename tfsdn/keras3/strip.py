@@ -123,19 +123,26 @@ def _last_axis(layer):
   return layer.axis in (-1, 3)
 
 
-def strip(model, slice_cost_macs=0):
+CHANNEL_READS = ("slice", "gather")
+
+
+def strip(model, slice_cost_macs=0, channel_reads="slice"):
   """Rebuilds `model` without its pruned input channels and dead filters.
 
   `slice_cost_macs` means what it means in `tfsdn.strip`: a layer also
   reads the channels in a gap between two ranges it needs when they cost it
   at most that many MACs, with zero kernel rows (fewer slices, more MACs, the
-  same function).
+  same function). `channel_reads="gather"`, as in `tfsdn.strip`,
+  concatenates the whole feature maps a layer reads and takes its channels
+  with one `keras.ops.take` (a Gather in ONNX, run channels-first by
+  `tfsdn.keras3.export` on the TensorFlow backend).
 
   Args:
     model: A functional Keras 3 model with `tfsdn.keras3.PrunableConcatConv`
       layers.
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0; 0 (the default) reads exactly the live channels.
+    channel_reads: `"slice"` (the default) or `"gather"`.
 
   Returns:
     A `Stripped`: `model` is the compact model (stock Keras 3 layers and
@@ -143,10 +150,14 @@ def strip(model, slice_cost_macs=0):
 
   Raises:
     TypeError: for a tf_keras or subclassed model.
-    ValueError: for a negative or non-finite `slice_cost_macs`.
+    ValueError: for a negative or non-finite `slice_cost_macs`, or an
+      unknown `channel_reads`.
   """
   require_keras3_model(model)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
+  if channel_reads not in CHANNEL_READS:
+    raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
+                     f"Received: channel_reads={channel_reads!r}")
   reads = _reads(model)
   readers = {}  # tensor id -> number of nodes reading it
   for node in _nodes(model):
@@ -186,7 +197,8 @@ def strip(model, slice_cost_macs=0):
     if isinstance(layer, PrunableConcatConv):
       records[layer.name] = _strip_concat_conv(layer, inputs, output, needed,
                                                reads, new, kept,
-                                               slice_cost_macs)
+                                               slice_cost_macs,
+                                               channel_reads == "gather")
       records[layer.name].offered = _offered(inputs)
       if len(inputs) == 1 and readers.get(id(inputs[0])) == 1:
         records[layer.name].prunes = "width"
@@ -226,6 +238,39 @@ def _offered(inputs):
           for tensor in inputs for channel in range(_channels(tensor))]
 
 
+def _ranges(tensor, channels, kept, max_gap):
+  """Ranges of the new tensor holding `channels` (old ids), gaps merged."""
+  order = kept[id(tensor)]
+  return channel_order.merge_runs(
+      channel_order.runs(np.flatnonzero(np.isin(order, channels))),
+      len(order), max_gap)
+
+
+def _gather(tensors, channels, new, kept, max_gap, name):
+  """The whole new `tensors`, concatenated, then one take of `channels`.
+
+  Returns:
+    `(tensor, ids)`: the channels read (`channels[j]` of `tensors[j]`, gaps
+    merged as in `_select`) and their old ids (ids of tensor j offset by
+    `channels`' offsets, as `_select`'s callers do).
+  """
+  index, ids, base = [], [], 0
+  for tensor, (want, offset) in zip(tensors, channels):
+    order = kept[id(tensor)]
+    positions = channel_order.positions(
+        _ranges(tensor, want, kept, max_gap))
+    index.append(base + positions)
+    ids.append(order[positions] + offset)
+    base += len(order)
+  whole = [new[id(t)] for t in tensors]
+  x = whole[0] if len(whole) == 1 else keras.layers.Concatenate(
+      name=f"{name}_concat")(whole)
+  index = np.concatenate(index)
+  if not np.array_equal(index, np.arange(base)):
+    x = keras.ops.take(x, index, axis=-1)
+  return x, np.concatenate(ids)
+
+
 def _select(tensor, channels, new, kept, max_gap=0):
   """The new tensor's `channels` (old ids), sliced in contiguous ranges.
 
@@ -237,9 +282,7 @@ def _select(tensor, channels, new, kept, max_gap=0):
     old ids in its order (the new tensor's order, not `channels`' order).
   """
   source, order = new[id(tensor)], kept[id(tensor)]
-  ranges = channel_order.merge_runs(
-      channel_order.runs(np.flatnonzero(np.isin(order, channels))),
-      len(order), max_gap)
+  ranges = _ranges(tensor, channels, kept, max_gap)
   if ranges == [(0, len(order))]:
     return source, order
   parts = [source[..., start:stop] for start, stop in ranges]
@@ -311,7 +354,7 @@ def _copy_layer(layer, node, inputs, output, new, kept):
 
 
 def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
-                       slice_cost_macs):
+                       slice_cost_macs, gather):
   live = layer.live_mask()
   record = StrippedLayer(layer.name, [], live, layer.filters, 0)
   if not needed.any():
@@ -320,17 +363,24 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
   max_gap = channel_order.max_gap(slice_cost_macs, output.shape[1:3],
                                   layer.kernel_size, len(filters), layer.name)
   bounds = np.cumsum([0] + [_channels(t) for t in inputs])
-  parts, ids = [], []
+  parts, ids, wanted = [], [], []
   for tensor, start in zip(inputs, bounds):
     want = np.flatnonzero(live[start:start + _channels(tensor)])
     if not len(want):
       continue
-    part, part_ids = _select(tensor, want, new, kept, max_gap)
-    parts.append(part)
-    ids.append(part_ids + start)
-  read = np.concatenate(ids)
-  x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
-      name=f"{layer.name}_concat")(parts)
+    wanted.append((tensor, (want, start)))
+    if not gather:
+      part, part_ids = _select(tensor, want, new, kept, max_gap)
+      parts.append(part)
+      ids.append(part_ids + start)
+  if gather:
+    x, read = _gather([t for t, _ in wanted], [w for _, w in wanted], new,
+                      kept, max_gap, layer.name)
+    parts = [t for t, _ in wanted]
+  else:
+    read = np.concatenate(ids)
+    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
+        name=f"{layer.name}_concat")(parts)
   bn = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
       name=f"{layer.name}_bn")
