@@ -179,20 +179,35 @@ def test_slice_cost_needs_a_known_spatial_size_only_when_above_zero(images):
     tfsdn.strip(model, slice_cost_macs=10**400)
 
 
+def _same_strip_other_reads(images, tmp_path, cost, channel_reads, seed):
+  """(sliced, other): strips of one model; checks they are the same model.
+
+  Same function (bit-equal), same record and MACs, and `other` reloads
+  from `.keras`.
+  """
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model, seed)
+  helpers.prune_randomly(model, 0.5, seed)
+  sliced = tfsdn.strip(model, slice_cost_macs=cost)
+  other = tfsdn.strip(model, slice_cost_macs=cost, channel_reads=channel_reads)
+  np.testing.assert_array_equal(other.model(images, training=False),
+                                sliced.model(images, training=False))
+  for name, record in other.layers.items():
+    np.testing.assert_array_equal(record.live, sliced.layers[name].live)
+  assert tfsdn.model_report(other).total_macs == tfsdn.model_report(
+      sliced).total_macs
+  path = tmp_path / f"{channel_reads}.keras"
+  other.model.save(path)
+  np.testing.assert_array_equal(
+      tfsdn.compat.keras.models.load_model(path)(images, training=False),
+      other.model(images, training=False))
+  return sliced, other
+
+
 @pytest.mark.parametrize("cost", [0, 200_000])
 def test_split_reads_are_one_op_per_feature_map_with_the_same_function(
     images, tmp_path, cost):
-  model = helpers.tiny_densenet()
-  helpers.randomize_batch_norm(model, 4)
-  helpers.prune_randomly(model, 0.5, 4)
-  sliced = tfsdn.strip(model, slice_cost_macs=cost)
-  split = tfsdn.strip(model, slice_cost_macs=cost, channel_reads="split")
-  np.testing.assert_array_equal(split.model(images, training=False),
-                                sliced.model(images, training=False))
-  for name, record in split.layers.items():
-    np.testing.assert_array_equal(record.live, sliced.layers[name].live)
-  assert tfsdn.model_report(split).total_macs == tfsdn.model_report(
-      sliced).total_macs
+  sliced, split = _same_strip_other_reads(images, tmp_path, cost, "split", 4)
   # One split per feature map read in part, where there was a slice per
   # range: as many splits as distinct sliced tensors.
   sliced_maps = {layer.inbound_nodes[0].call_args[0].name
@@ -203,27 +218,12 @@ def test_split_reads_are_one_op_per_feature_map_with_the_same_function(
   assert len(splits) == len(sliced_maps) > 0
   assert not any(layer.name.startswith("tf.__operators__.getitem")
                  for layer in split.model.layers)
-  path = tmp_path / "split.keras"
-  split.model.save(path)
-  np.testing.assert_array_equal(
-      tfsdn.compat.keras.models.load_model(path)(images, training=False),
-      split.model(images, training=False))
 
 
 @pytest.mark.parametrize("cost", [0, 200_000])
 def test_gather_reads_are_one_op_per_layer_with_the_same_function(
     images, tmp_path, cost):
-  model = helpers.tiny_densenet()
-  helpers.randomize_batch_norm(model, 5)
-  helpers.prune_randomly(model, 0.5, 5)
-  sliced = tfsdn.strip(model, slice_cost_macs=cost)
-  gathered = tfsdn.strip(model, slice_cost_macs=cost, channel_reads="gather")
-  np.testing.assert_array_equal(gathered.model(images, training=False),
-                                sliced.model(images, training=False))
-  for name, record in gathered.layers.items():
-    np.testing.assert_array_equal(record.live, sliced.layers[name].live)
-  assert tfsdn.model_report(gathered).total_macs == tfsdn.model_report(
-      sliced).total_macs
+  _, gathered = _same_strip_other_reads(images, tmp_path, cost, "gather", 5)
   names = [layer.name for layer in gathered.model.layers]
   assert not any(name.startswith(("tf.__operators__.getitem", "tf.split"))
                  for name in names)
@@ -232,11 +232,6 @@ def test_gather_reads_are_one_op_per_layer_with_the_same_function(
   partial = sum(1 for record in gathered.layers.values()
                 if record.filters_computed and not record.live.all())
   assert 0 < gathers <= partial
-  path = tmp_path / "gathered.keras"
-  gathered.model.save(path)
-  np.testing.assert_array_equal(
-      tfsdn.compat.keras.models.load_model(path)(images, training=False),
-      gathered.model(images, training=False))
 
 
 def test_channel_reads_must_be_known():

@@ -12,15 +12,19 @@ import pytest
 import tfsdn.keras3 as sdn
 
 
-@pytest.fixture(name="compact")
-def _compact():
+def _half_pruned(seed):
   model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   for layer in sdn.prunable_layers(model):
     layer.contribution_score.assign(
         rng.uniform(0.1, 1, layer.input_channels).astype("float32"))
     layer.prune_to(layer.input_channels // 2)
-  return sdn.strip(model).model
+  return model
+
+
+@pytest.fixture(name="compact")
+def _compact():
+  return sdn.strip(_half_pruned(0)).model
 
 
 def test_saved_model_has_the_serving_signature_in_a_fresh_process(
@@ -71,12 +75,7 @@ def test_onnx_gathers_run_channels_first(tmp_path, pixels):
   pytest.importorskip("tf2onnx")
   if keras.backend.backend() != "tensorflow":
     pytest.skip("tf2onnx converts the TensorFlow backend's graph only")
-  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
-  rng = np.random.default_rng(1)
-  for layer in sdn.prunable_layers(model):
-    layer.contribution_score.assign(
-        rng.uniform(0.1, 1, layer.input_channels).astype("float32"))
-    layer.prune_to(layer.input_channels // 2)
+  model = _half_pruned(1)
   gathered = sdn.strip(model, channel_reads="gather").model
   path = sdn.export(gathered, tmp_path / "g.onnx", format="onnx",
                     sample_images=pixels)
