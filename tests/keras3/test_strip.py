@@ -154,9 +154,9 @@ def test_slice_cost_trades_macs_for_slices_with_the_same_function(pixels):
     sdn.strip(model, slice_cost_macs=-1)
 
 
-@pytest.mark.parametrize("cost", [0, 20_000])
 def test_gather_reads_take_once_per_layer_with_the_same_function(
-    tmp_path, pixels, cost):
+    tmp_path, pixels):
+  cost = 20_000  # Merged gaps too: zero kernel rows read through the take.
   model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
   _randomise_statistics(model, 3)
   _prune_at_random(model, 0.5, 3)
