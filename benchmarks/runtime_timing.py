@@ -78,10 +78,12 @@ def _tf_serve(path, threads):
   return lambda images: serve(images=tf.constant(images))["logits"].numpy()
 
 
-_SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve,
-            "litert": lambda p, t: litert_serve(p, t)[0],
-            "litert_f16": lambda p, t: litert_serve(p, t)[0],
-            "litert_int8": lambda p, t: litert_serve(p, t)[0],
+def _litert_serve(path, threads):
+  return litert_serve(path, threads)[0]
+
+
+_SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve, "litert": _litert_serve,
+            "litert_f16": _litert_serve, "litert_int8": _litert_serve,
             "onnx": _onnx_serve}
 RUNTIMES = tuple(_SERVERS)
 
