@@ -246,23 +246,26 @@ def _ranges(tensor, channels, kept, max_gap):
       len(order), max_gap)
 
 
-def _gather(tensors, channels, new, kept, max_gap, name):
-  """The whole new `tensors`, concatenated, then one take of `channels`.
+def _gather(wanted, new, kept, max_gap, name):
+  """The whole new tensors, concatenated, then one take of the channels read.
+
+  Args:
+    wanted: `(tensor, old channel ids read, offset of the tensor in the
+      layer's input)` per input read, as `_select`'s callers pass them.
 
   Returns:
-    `(tensor, ids)`: the channels read (`channels[j]` of `tensors[j]`, gaps
-    merged as in `_select`) and their old ids (ids of tensor j offset by
-    `channels`' offsets, as `_select`'s callers do).
+    `(tensor, ids)`: the channels read (gaps merged as in `_select`) and
+    their ids in the layer's input, in order.
   """
   index, ids, base = [], [], 0
-  for tensor, (want, offset) in zip(tensors, channels):
+  for tensor, want, offset in wanted:
     order = kept[id(tensor)]
     positions = channel_order.positions(
         _ranges(tensor, want, kept, max_gap))
     index.append(base + positions)
     ids.append(order[positions] + offset)
     base += len(order)
-  whole = [new[id(t)] for t in tensors]
+  whole = [new[id(t)] for t, _, _ in wanted]
   x = whole[0] if len(whole) == 1 else keras.layers.Concatenate(
       name=f"{name}_concat")(whole)
   index = np.concatenate(index)
@@ -363,21 +366,19 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
   max_gap = channel_order.max_gap(slice_cost_macs, output.shape[1:3],
                                   layer.kernel_size, len(filters), layer.name)
   bounds = np.cumsum([0] + [_channels(t) for t in inputs])
-  parts, ids, wanted = [], [], []
+  wanted = []
   for tensor, start in zip(inputs, bounds):
     want = np.flatnonzero(live[start:start + _channels(tensor)])
-    if not len(want):
-      continue
-    wanted.append((tensor, (want, start)))
-    if not gather:
+    if len(want):
+      wanted.append((tensor, want, start))
+  if gather:
+    x, read = _gather(wanted, new, kept, max_gap, layer.name)
+  else:
+    parts, ids = [], []
+    for tensor, want, start in wanted:
       part, part_ids = _select(tensor, want, new, kept, max_gap)
       parts.append(part)
       ids.append(part_ids + start)
-  if gather:
-    x, read = _gather([t for t, _ in wanted], [w for _, w in wanted], new,
-                      kept, max_gap, layer.name)
-    parts = [t for t, _ in wanted]
-  else:
     read = np.concatenate(ids)
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
         name=f"{layer.name}_concat")(parts)
@@ -397,7 +398,7 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
   new[id(output)], kept[id(output)] = x, filters
   record.filters_computed = len(filters)
   record.compact_layers = tuple(
-      name for name in (f"{layer.name}_concat" if len(parts) > 1 else None,
+      name for name in (f"{layer.name}_concat" if len(wanted) > 1 else None,
                         f"{layer.name}_bn", f"{layer.name}_relu", layer.name)
       if name)
   return record
