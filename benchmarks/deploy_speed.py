@@ -14,7 +14,10 @@ the Keras model.
 The pruned model is a `final_model.keras` of examples/train_cifar.py
 (--pruned_model: sparsity patterns tfsdn's training produced); without it,
 every layer is pruned at random to --sparsity (said so in the JSON). The
-dense model is the same network with every input channel live. With
+dense model is the same network with every input channel live; with
+--max_concat_inputs=0,5 both come with and without concatenations of at
+most 5 inputs (suffix _c5), and each compact model is compared with the
+faster dense model of each runtime and batch size. With
 --dataset, int8 is calibrated on training images and --eval_images test
 images measure each format's accuracy (of the compact model).
 
@@ -71,6 +74,12 @@ flags.DEFINE_integer("seed", 0, "Seed of random patterns and images.")
 flags.DEFINE_list("slice_cost_macs", ["0", "500000"],
                   "One compact model per value: tfsdn.strip's slice_cost_macs "
                   "(0: exact live channels; more: fewer slices, more MACs).")
+flags.DEFINE_list("max_concat_inputs", ["0"],
+                  "tfsdn.strip's max_concat_inputs: 0 for one concatenation "
+                  "per layer; each value N >= 2 adds a dense and compact "
+                  "models with concatenations of at most N inputs (suffix "
+                  "_cN). Each compact model is compared with the fastest "
+                  "dense model in each runtime and batch size.")
 
 
 class _Result:
@@ -174,6 +183,22 @@ def _slice_costs(values):
   return sorted(costs)
 
 
+def _concat_limits(values):
+  """--max_concat_inputs as sorted, distinct None (for 0) or ints >= 2."""
+  try:
+    limits = [int(v) for v in values]
+  except ValueError as e:
+    raise app.UsageError(
+        "--max_concat_inputs takes 0 or whole numbers >= 2. Received: "
+        f"{','.join(values)}") from e
+  if not limits or len(set(limits)) != len(limits) or any(
+      v < 0 or v == 1 for v in limits):
+    raise app.UsageError(
+        "--max_concat_inputs takes distinct values, 0 or whole numbers >= 2, "
+        f"at least one. Received: {','.join(values)}")
+  return [v or None for v in sorted(limits)]
+
+
 def _compact_name(cost):
   """`compact` for the exact strip, `compact_s500000` for slice cost 500,000."""
   return f"compact_s{cost}" if cost else "compact"
@@ -185,6 +210,12 @@ def _slice_count(model):
              if "strided_slice" in type(layer).__name__.lower() or
              layer.name.startswith(("tf.__operators__.getitem", "tf.split",
                                     "tf.compat.v1.gather")))
+
+
+def _largest_concat(model):
+  """Inputs of the largest concatenation in the Keras model (0: none)."""
+  return max((len(layer.input) for layer in model.layers
+              if isinstance(layer, keras.layers.Concatenate)), default=0)
 
 
 def _accuracy(serve, data):
@@ -226,15 +257,24 @@ def main(argv):
     raise app.UsageError(
         f"--channel_reads takes distinct values of "
         f"{tfsdn.compact.CHANNEL_READS}. Received: {','.join(reads)}")
-  stripped, model_costs = {"dense": tfsdn.strip(dense_source)}, {}
+  limits = _concat_limits(FLAGS.max_concat_inputs)
+  stripped, model_costs = {}, {}
+  for limit in limits:
+    suffix = f"_c{limit}" if limit else ""
+    stripped["dense" + suffix] = tfsdn.strip(dense_source,
+                                             max_concat_inputs=limit)
+  denses = list(stripped)
   for cost in costs:
     for read in reads:
-      name = _compact_name(cost) + ("" if read == "slice" else f"_{read}")
-      stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
-                                   channel_reads=read)
-      model_costs[name] = cost
+      for limit in limits:
+        name = (_compact_name(cost) + ("" if read == "slice" else f"_{read}") +
+                (f"_c{limit}" if limit else ""))
+        stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
+                                     channel_reads=read,
+                                     max_concat_inputs=limit)
+        model_costs[name] = cost
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
-  compacts = [name for name in stripped if name != "dense"]
+  compacts = [name for name in stripped if name not in denses]
   if FLAGS.dataset:
     calibration = tfsdn.data.representative_images(
         FLAGS.dataset, FLAGS.calibration_images)
@@ -253,7 +293,7 @@ def main(argv):
               for key, (serve, _, _) in served.items()
               if key.startswith("compact")}
   throughput = _time(served, batch_sizes)
-  ideal = reports["dense"].total_macs / min(
+  ideal = reports[denses[0]].total_macs / min(
       reports[name].total_macs for name in compacts)
   results = {
       "patterns": patterns, "rounds": FLAGS.rounds,
@@ -270,20 +310,27 @@ def main(argv):
       "slice_cost_macs": model_costs,
       "slices": {name: _slice_count(record.model)
                  for name, record in stripped.items()},
+      "largest_concat": {name: _largest_concat(record.model)
+                         for name, record in stripped.items()},
       # The compact model of the lowest slice cost (the exact strip when 0
       # is given) against dense, then every compact model, then the best
-      # compact model for each runtime and batch size.
+      # compact model for each runtime and batch size. "Dense" is the
+      # fastest dense model in that runtime and batch size, named in
+      # "dense_model".
       "speedup": {}, "speedup_by_model": {name: {} for name in compacts},
-      "best": {},
+      "best": {}, "dense_model": {},
   }
   lines = ["| runtime | batch | dense img/s | " + " | ".join(
-      f"{name} img/s (vs dense)" for name in compacts) + " | dense file | " +
-           " | ".join(f"{name} file" for name in compacts) + " |",
-           "|" + " --- |" * (4 + 2 * len(compacts))]
+      f"{name} img/s (vs dense)" for name in compacts) + " | " +
+           " | ".join(f"{name} file" for name in stripped) + " |",
+           "|" + " --- |" * (3 + len(compacts) + len(stripped))]
   for runtime in FLAGS.runtimes:
     sizes = [results["file_bytes"][f"{n}/{runtime}"] for n in stripped]
     for b in batch_sizes:
-      dense_speed = throughput[(f"dense/{runtime}", b)]
+      dense = max(denses, key=lambda n, b=b, r=runtime: throughput[
+          (f"{n}/{r}", b)])
+      results["dense_model"][f"{runtime}@{b}"] = dense
+      dense_speed = throughput[(f"{dense}/{runtime}", b)]
       cells = []
       for name in compacts:
         speed = throughput[(f"{name}/{runtime}", b)]
@@ -297,7 +344,7 @@ def main(argv):
       results["best"][f"{runtime}@{b}"] = {
           "model": best,
           "speedup": results["speedup_by_model"][best][f"{runtime}@{b}"]}
-      lines.append(f"| {runtime} | {b} | {dense_speed:.1f} | " +
+      lines.append(f"| {runtime} | {b} | {dense_speed:.1f} ({dense}) | " +
                    " | ".join(cells) + " | " +
                    " | ".join(f"{size / 1e6:.2f} MB" for size in sizes) + " |")
   if FLAGS.dataset and FLAGS.eval_images:

@@ -50,6 +50,11 @@ flags.DEFINE_enum(
     "tfsdn.strip's channel_reads: a slice per channel range, one split per "
     "feature map, or one gather per layer (fastest in ONNX Runtime here; "
     "slow in plain TensorFlow and LiteRT).")
+flags.DEFINE_integer(
+    "max_concat_inputs", 0,
+    "tfsdn.strip's max_concat_inputs: 0 for one concatenation per layer; 5 "
+    "builds larger ones from concatenations of at most 5 inputs, which "
+    "LiteRT's XNNPACK delegate runs (it leaves larger ones out).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
@@ -78,6 +83,10 @@ def check_flags():
     raise app.UsageError(
         f"--slice_cost_macs must be a finite number >= 0. Received: "
         f"{FLAGS.slice_cost_macs}")
+  if FLAGS.max_concat_inputs < 0 or FLAGS.max_concat_inputs == 1:
+    raise app.UsageError(
+        f"--max_concat_inputs must be 0 (no bound) or >= 2. Received: "
+        f"{FLAGS.max_concat_inputs}")
   if FLAGS.verify_images < 1:
     raise app.UsageError(
         f"--verify_images must be >= 1. Received: {FLAGS.verify_images}")
@@ -112,7 +121,8 @@ def main(argv):
   model = keras.models.load_model(check_flags(), compile=False)
   has_prunable = bool(tfsdn.prunable_layers(model))
   stripped = (tfsdn.strip(model, slice_cost_macs=FLAGS.slice_cost_macs,
-                          channel_reads=FLAGS.channel_reads)
+                          channel_reads=FLAGS.channel_reads,
+                          max_concat_inputs=FLAGS.max_concat_inputs or None)
                if has_prunable else None)
   compact = stripped.model if has_prunable else model
   report = tfsdn.model_report(stripped if has_prunable else model)

@@ -25,7 +25,8 @@ def test_dense_and_compact_side_by_side(tmp_path):
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
        "--batch_sizes=1,2", "--rounds=1", "--seconds=0.05",
        "--calibration_images=4", f"--runtimes={','.join(runtimes)}",
-       "--slice_cost_macs=1e12,0", "--channel_reads=slice,gather",
+       "--slice_cost_macs=0", "--channel_reads=slice,gather",
+       "--max_concat_inputs=0,2",
        f"--output={output}"],
       capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -40,12 +41,24 @@ def test_dense_and_compact_side_by_side(tmp_path):
                                      for b in (1, 2)}
   assert results["macs"]["compact"] < results["macs"]["dense"]
   assert results["compact_max_abs_diff_from_keras"]["compact/tf"] < 1e-4
-  # The second compact model reads whole feature maps: no slice, more MACs,
-  # the same function.
-  merged = "compact_s1000000000000"
-  assert results["slices"][merged] == 0 < results["slices"]["compact"]
-  assert results["macs"]["compact"] < results["macs"][merged]
-  assert results["compact_max_abs_diff_from_keras"][f"{merged}/tf"] < 1e-4
+  # Concatenations of at most 2 inputs, in the dense and compact models:
+  # the same function and MACs.
+  largest = results["largest_concat"]
+  assert largest["dense"] == 3 and largest["compact"] > 2
+  assert all(largest[f"{m}_c2"] == 2 for m in ("dense", "compact",
+                                                "compact_gather"))
+  assert results["compact_max_abs_diff_from_keras"]["compact_c2/tf"] < 1e-4
+  assert results["macs"]["compact_c2"] == results["macs"]["compact"]
+  # Each ratio is against the fastest dense model of its runtime and batch.
+  speed = results["images_per_second"]
+  assert set(results["dense_model"]) == set(results["speedup"])
+  for key, dense in results["dense_model"].items():
+    runtime, batch = key.split("@")
+    assert dense == max(("dense", "dense_c2"),
+                        key=lambda d: speed[f"{d}/{runtime}@{batch}"])
+    for model, ratios in results["speedup_by_model"].items():
+      assert ratios[key] == pytest.approx(
+          speed[f"{model}/{key}"] / speed[f"{dense}/{key}"])
   # Gather reads: one gather per layer that reads part of its input, the
   # same function in the float32 runtimes.
   assert 0 < results["slices"]["compact_gather"] < results["slices"][
@@ -53,14 +66,15 @@ def test_dense_and_compact_side_by_side(tmp_path):
   for runtime in {"tf", "onnx"} & set(runtimes):
     assert results["compact_max_abs_diff_from_keras"][
         f"compact_gather/{runtime}"] < 1e-4
-  models = {"compact", merged, "compact_gather", f"{merged}_gather"}
+  models = {"compact", "compact_c2", "compact_gather", "compact_gather_c2"}
   assert set(results["speedup_by_model"]) == models
   for key, best in results["best"].items():
     assert best["speedup"] == max(results["speedup_by_model"][m][key]
                                   for m in models)
   # At this size a file is mostly its graph, so only check one is there.
   assert all(results["file_bytes"][f"{model}/{runtime}"] > 0
-             for model in models | {"dense"} for runtime in runtimes)
+             for model in models | {"dense", "dense_c2"}
+             for runtime in runtimes)
 
 
 def test_runtime_timing_names_an_unknown_runtime():
@@ -77,6 +91,15 @@ def test_slice_costs_must_be_distinct_whole_numbers(values):
   with pytest.raises(app.UsageError, match="--slice_cost_macs"):
     deploy_speed._slice_costs(values.split(","))  # pylint: disable=protected-access
   assert deploy_speed._slice_costs(["500000", "0"]) == [0, 500000]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("values", ["1", "-2", "0,0", "x", "2.5", ""])
+def test_concat_limits_are_0_or_whole_numbers_of_at_least_2(values):
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  deploy_speed = importlib.import_module("deploy_speed")
+  with pytest.raises(app.UsageError, match="--max_concat_inputs"):
+    deploy_speed._concat_limits(values.split(",") if values else [])  # pylint: disable=protected-access
+  assert deploy_speed._concat_limits(["5", "0"]) == [None, 5]  # pylint: disable=protected-access
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("ai_edge_litert"),

@@ -35,6 +35,8 @@ def paths(tmp_path):
      "'nowhere' does not exist"),
     (dict(slice_cost_macs=-5), "--slice_cost_macs must be a finite number "
      ">= 0. Received: -5.0"),
+    (dict(max_concat_inputs=1), "--max_concat_inputs must be 0 (no bound) "
+     "or >= 2. Received: 1"),
     (dict(model=None), "flag --model=None: Flag --model must have a value "
      "other than None."),
 ])

@@ -179,17 +179,20 @@ def test_slice_cost_needs_a_known_spatial_size_only_when_above_zero(images):
     tfsdn.strip(model, slice_cost_macs=10**400)
 
 
-def _same_strip_other_reads(images, tmp_path, cost, channel_reads, seed):
+def _same_strip_other_reads(images, tmp_path, cost, channel_reads, seed,
+                            **kwargs):
   """(sliced, other): strips of one model; checks they are the same model.
 
-  Same function (bit-equal), same record and MACs, and `other` reloads
-  from `.keras`.
+  `other` reads through `channel_reads` (and `kwargs` to `strip`). Same
+  function (bit-equal), same record and MACs, and `other` reloads from
+  `.keras`.
   """
   model = helpers.tiny_densenet()
   helpers.randomize_batch_norm(model, seed)
   helpers.prune_randomly(model, 0.5, seed)
   sliced = tfsdn.strip(model, slice_cost_macs=cost)
-  other = tfsdn.strip(model, slice_cost_macs=cost, channel_reads=channel_reads)
+  other = tfsdn.strip(model, slice_cost_macs=cost, channel_reads=channel_reads,
+                      **kwargs)
   np.testing.assert_array_equal(other.model(images, training=False),
                                 sliced.model(images, training=False))
   for name, record in other.layers.items():
@@ -232,6 +235,60 @@ def test_gather_reads_are_one_op_per_layer_with_the_same_function(
   partial = sum(1 for record in gathered.layers.values()
                 if record.filters_computed and not record.live.all())
   assert 0 < gathers <= partial
+
+
+def _concatenations(model):
+  return [layer for layer in model.layers
+          if isinstance(layer, tfsdn.compat.keras.layers.Concatenate)]
+
+
+@pytest.mark.parametrize("max_inputs", [2, 3])
+@pytest.mark.parametrize("channel_reads", ["slice", "split", "gather"])
+def test_max_concat_inputs_bounds_every_concatenation_not_the_function(
+    images, tmp_path, channel_reads, max_inputs):
+  sliced, bounded = _same_strip_other_reads(
+      images, tmp_path, 0, channel_reads, 6, max_concat_inputs=max_inputs)
+  assert max(len(c.input) for c in _concatenations(sliced.model)) > max_inputs
+  concats = _concatenations(bounded.model)
+  assert max(len(c.input) for c in concats) <= max_inputs
+  # Each group is concatenated once, however many layers read it.
+  groups = [tuple(t.name for t in c.input) for c in concats]
+  assert len(set(groups)) == len(groups)
+
+
+@hypothesis.settings(deadline=None, max_examples=25)
+@hypothesis.given(channels=st.lists(st.integers(1, 3), min_size=1, max_size=12),
+                  max_inputs=st.integers(2, 6), data=st.data())
+def test_bounded_concatenation_keeps_the_channel_order(channels, max_inputs,
+                                                       data):
+  # Each part holds its own channel numbers; some parts are repeated.
+  keras = tfsdn.compat.keras
+  order = data.draw(st.lists(st.integers(0, len(channels) - 1),
+                             min_size=1, max_size=2 * len(channels)))
+  inputs = [keras.Input((1, 1, c)) for c in channels]
+  reads = tfsdn.compact._Reads(max_inputs=max_inputs)  # pylint: disable=protected-access
+  first = reads.concatenate([inputs[i] for i in order], "a", "float32")
+  again = reads.concatenate([inputs[i] for i in order], "b", "float32")
+  model = keras.Model(inputs, [first, again])
+  starts = np.cumsum([0] + channels)
+  values = [np.arange(starts[i], starts[i + 1], dtype="float32")[None, None,
+                                                                 None]
+            for i in range(len(channels))]
+  expected = np.concatenate([values[i] for i in order], -1)
+  for output in model(values):
+    np.testing.assert_array_equal(output, expected)
+  concats = _concatenations(model)
+  assert all(len(c.input) <= max_inputs for c in concats)
+  # The second concatenation of the same parts reuses every group.
+  assert not [c.name for c in concats
+              if c.name.startswith("b_") and c.name != "b_concat"]
+
+
+def test_max_concat_inputs_must_be_an_integer_of_at_least_2():
+  for bad in (1, 0, -3, 2.0, True, "5"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"max_concat_inputs={bad!r}")):
+      tfsdn.strip(helpers.tiny_densenet(), max_concat_inputs=bad)
 
 
 def test_channel_reads_must_be_known():

@@ -8,6 +8,7 @@ read that record instead of reverse-engineering the compact model.
 
 import collections
 import dataclasses
+import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -126,10 +127,12 @@ def _split(mask, tensors):
   return [mask[bounds[i]:bounds[i + 1]] for i in range(len(tensors))]
 
 
-def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice"):
+def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
+                     max_concat_inputs=None):
   """Returns a compact stock-Keras model without the pruned channels.
 
-  Same as `strip(model, slice_cost_macs, channel_reads).model`; see `strip`.
+  Same as `strip(model, slice_cost_macs, channel_reads,
+  max_concat_inputs).model`; see `strip`.
 
   Example:
 
@@ -142,17 +145,19 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice"):
     model: A model pruned by tfsdn (see `strip`).
     slice_cost_macs: See `strip`.
     channel_reads: See `strip`.
+    max_concat_inputs: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
-  return strip(model, slice_cost_macs, channel_reads).model
+  return strip(model, slice_cost_macs, channel_reads, max_concat_inputs).model
 
 
 CHANNEL_READS = ("slice", "split", "gather")
 
 
-def strip(model, slice_cost_macs=0, channel_reads="slice"):
+def strip(model, slice_cost_macs=0, channel_reads="slice",
+          max_concat_inputs=None):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -195,6 +200,14 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
   TensorFlow and XNNPACK gather channels-last slowly; use `"slice"` for
   them.
 
+  `max_concat_inputs=5` builds every concatenation of more inputs as
+  concatenations of at most 5 (consecutive inputs, in groups shared by
+  every layer that concatenates the same group), for XNNPACK, LiteRT's CPU
+  delegate, which runs CONCATENATION only up to 5 inputs and leaves a
+  larger one to LiteRT's own kernels, splitting the graph. The function
+  and the record are the same. An all-live model stripped this way is the
+  dense model with the same concatenations, to compare against.
+
   Example:
 
   ```python
@@ -214,6 +227,9 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
       known input height and width.
     channel_reads: `"slice"` (the default), `"split"` or `"gather"`, how
       ranges of channels are read (see above).
+    max_concat_inputs: None (the default) for one concatenation per layer
+      however many inputs it has, or the most inputs of one concatenation,
+      an integer >= 2 (see above).
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -224,13 +240,20 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
     ValueError: if the model has no `PrunableConcatConv`, or a layer has an
       invalid score or no live input channel, or for a negative or
       non-finite `slice_cost_macs` (or one above 0 on a model of unknown
-      input height or width), or an unknown `channel_reads`.
+      input height or width), an unknown `channel_reads` or a
+      `max_concat_inputs` that is not None or an integer >= 2.
   """
   require_functional(model)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
                      f"Received: channel_reads={channel_reads!r}")
+  if max_concat_inputs is not None and (
+      isinstance(max_concat_inputs, bool) or
+      not isinstance(max_concat_inputs, numbers.Integral) or
+      max_concat_inputs < 2):
+    raise ValueError("max_concat_inputs must be None or an integer >= 2. "
+                     f"Received: max_concat_inputs={max_concat_inputs!r}")
   model = graph.flatten(strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):
@@ -241,12 +264,13 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
   needed = channel_liveness(model)
   sources = graph.channel_sources(model)
   orders = layout.filter_orders(model, nodes, needed)
-  reads = _Reads(gather=channel_reads == "gather")
+  reads = _Reads(gather=channel_reads == "gather",
+                 max_inputs=max_concat_inputs)
   if channel_reads == "split":
     # A first build finds every range read of each feature map; the second
     # splits each map once at all of their boundaries.
     _build(model, nodes, needed, sources, orders, slice_cost_macs, reads)
-    reads = _Reads(split_at=reads.recorded)
+    reads = _Reads(split_at=reads.recorded, max_inputs=max_concat_inputs)
   compact, record = _build(model, nodes, needed, sources, orders,
                            slice_cost_macs, reads)
   _classify(record, nodes, sources)
@@ -308,8 +332,9 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads):
       offsets = np.cumsum([0] + [graph.channels(t) for t in inputs])
       built = [i for i, t in enumerate(inputs) if id(t) in new]
       parts = [new[id(inputs[i])] for i in built]
-      new[id(output)] = parts[0] if len(parts) == 1 else graph.copy_layer(
-          layer)(parts)
+      new[id(output)] = reads.concatenate(
+          parts, layer.name, layer.dtype_policy.name,
+          lambda: graph.copy_layer(layer))
       present[id(output)] = np.concatenate(
           [present[id(inputs[i])] + offsets[i] for i in built])
     elif layout.passes_channel_order(layer, node):
@@ -379,14 +404,18 @@ class _Reads:
   read it, and `recorded` collects each map's range boundaries. With
   `split_at` (a `recorded` of an earlier build), each map is split once at
   all its boundaries and a range is the run of pieces it covers. With
-  `gather`, `concat` takes whole maps and gathers the channels read.
+  `gather`, `concat` takes whole maps and gathers the channels read. With
+  `max_inputs`, a concatenation of more inputs is built from concatenations
+  of at most `max_inputs`, each group made once for all layers.
   """
 
-  def __init__(self, split_at=None, gather=False):
+  def __init__(self, split_at=None, gather=False, max_inputs=None):
     self.split_at = split_at
     self.gather = gather
+    self.max_inputs = max_inputs
     self.recorded = collections.defaultdict(set)
     self._made = {}
+    self._groups = {}  # ids of the inputs of a group -> its concatenation
 
   def read(self, key, tensor, ranges):
     """The parts of `tensor` (original tensor id `key`) covering `ranges`."""
@@ -409,19 +438,50 @@ class _Reads:
     """The channels read of every input, in order: `inputs` are (key, tensor, ranges)."""
     inputs = [(key, tensor, r) for key, tensor, r in inputs if len(r)]
     if not self.gather:
-      parts = [part for key, tensor, r in inputs
-               for part in self.read(key, tensor, r)]
-      return parts[0] if len(parts) == 1 else keras.layers.Concatenate(
-          name=f"{name}_concat", dtype=dtype)(parts)
+      return self.concatenate([part for key, tensor, r in inputs
+                               for part in self.read(key, tensor, r)],
+                              name, dtype)
     whole = [tensor for _, tensor, _ in inputs]
     offsets = np.cumsum([0] + [graph.channels(t) for t in whole])
     index = np.concatenate([offsets[j] + channel_order.positions(r)
                             for j, (_, _, r) in enumerate(inputs)])
-    x = whole[0] if len(whole) == 1 else keras.layers.Concatenate(
-        name=f"{name}_concat", dtype=dtype)(whole)
+    x = self.concatenate(whole, name, dtype)
     if np.array_equal(index, np.arange(offsets[-1])):
       return x
     return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather")
+
+  def concatenate(self, parts, name, dtype, make_last=None):
+    """`parts` concatenated on channels, at most `max_inputs` at a time.
+
+    Consecutive groups of `max_inputs` parts, from the first, are
+    concatenated, then the groups, until at most `max_inputs` remain for
+    the last concatenation, `make_last()` or `{name}_concat`. Each
+    concatenation but `make_last()` is made once for the same parts, and
+    shared by every layer that concatenates them.
+    """
+    level = 0
+    while self.max_inputs and len(parts) > self.max_inputs:
+      grouped = []
+      for start in range(0, len(parts), self.max_inputs):
+        group = parts[start:start + self.max_inputs]
+        if len(group) == 1:
+          grouped += group
+          continue
+        key = tuple(id(part) for part in group)
+        if key not in self._groups:
+          self._groups[key] = keras.layers.Concatenate(
+              name=f"{name}_concat{level}_{len(grouped)}", dtype=dtype)(group)
+        grouped.append(self._groups[key])
+      parts, level = grouped, level + 1
+    if len(parts) == 1:
+      return parts[0]
+    if make_last:
+      return make_last()(parts)
+    key = tuple(id(part) for part in parts)
+    if key not in self._groups:
+      self._groups[key] = keras.layers.Concatenate(
+          name=f"{name}_concat", dtype=dtype)(parts)
+    return self._groups[key]
 
   def _pieces(self, key, tensor):
     if key not in self._made:
