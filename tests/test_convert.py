@@ -56,7 +56,10 @@ def test_applications_densenet_keeps_its_function(name, shape):
   assert [s.batch_norm for s in plan.skipped] == ["conv1/bn", "bn"]
   if shape[0] == 64:  # Prune half of every layer's inputs, strip, compare.
     testing.prune_at_random(converted, 0.5, seed=1)
-    compact = tfsdn.strip_to_compact(converted)
+    # DenseNet169 and 201 the same way, but read through one gather per
+    # layer: their thousands of slices take minutes to build in tf_keras.
+    reads = "slice" if name == "DenseNet121" else "gather"
+    compact = tfsdn.strip_to_compact(converted, channel_reads=reads)
     assert _max_diff(converted, compact, _images(shape, seed=2)) <= 1e-4
     assert compact.count_params() < original.count_params()
     report = tfsdn.model_report(converted)
