@@ -57,6 +57,20 @@ def integer(name, value, low=None, high=2**62):
   return int(value)
 
 
+def concat_limit(value):
+  """`max_concat_inputs` of a strip: None, or an integer >= 2.
+
+  Raises:
+    ValueError: quoting `value` otherwise.
+  """
+  if value is not None and (isinstance(value, bool) or
+                            not isinstance(value, numbers.Integral) or
+                            value < 2):
+    raise ValueError("max_concat_inputs must be None or an integer >= 2. "
+                     f"Received: max_concat_inputs={value!r}")
+  return None if value is None else int(value)
+
+
 def boolean(name, value):
   """Returns `value` if it is a bool, else raises `TypeError` naming it."""
   if not isinstance(value, bool):

@@ -8,7 +8,6 @@ read that record instead of reverse-engineering the compact model.
 
 import collections
 import dataclasses
-import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -248,12 +247,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
                      f"Received: channel_reads={channel_reads!r}")
-  if max_concat_inputs is not None and (
-      isinstance(max_concat_inputs, bool) or
-      not isinstance(max_concat_inputs, numbers.Integral) or
-      max_concat_inputs < 2):
-    raise ValueError("max_concat_inputs must be None or an integer >= 2. "
-                     f"Received: max_concat_inputs={max_concat_inputs!r}")
+  max_concat_inputs = checks.concat_limit(max_concat_inputs)
   model = graph.flatten(strip_wrappers(model))
   nodes = graph.topological_nodes(model)
   if not any(isinstance(layer, PrunableConcatConv) for _, layer in nodes):

@@ -179,3 +179,32 @@ def test_gather_reads_take_once_per_layer_with_the_same_function(
                              np.asarray(gathered.model(pixels)), atol=1e-5)
   with pytest.raises(ValueError, match="channel_reads='split'"):
     sdn.strip(model, channel_reads="split")
+
+
+@pytest.mark.parametrize("channel_reads", ["slice", "gather"])
+def test_max_concat_inputs_bounds_every_concatenation_not_the_function(
+    tmp_path, pixels, channel_reads):
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  _randomise_statistics(model, 4)
+  _prune_at_random(model, 0.5, 4)
+  flat = sdn.strip(model, channel_reads=channel_reads)
+  bounded = sdn.strip(model, channel_reads=channel_reads, max_concat_inputs=2)
+
+  def concats(stripped):
+    return [op for op in stripped.model.operations
+            if isinstance(op, keras.layers.Concatenate)]
+
+  assert max(len(op.input) for op in concats(flat)) > 2
+  assert max(len(op.input) for op in concats(bounded)) == 2
+  groups = [tuple(id(t) for t in op.input) for op in concats(bounded)]
+  assert len(set(groups)) == len(groups)  # Each made once.
+  np.testing.assert_allclose(np.asarray(bounded.model(pixels)),
+                             np.asarray(flat.model(pixels)), atol=1e-5)
+  assert sdn.dense_macs(bounded.model) == sdn.dense_macs(flat.model)
+  path = str(tmp_path / "bounded.keras")
+  bounded.model.save(path)
+  loaded = keras.saving.load_model(path, safe_mode=True)
+  np.testing.assert_allclose(np.asarray(loaded(pixels)),
+                             np.asarray(bounded.model(pixels)), atol=1e-5)
+  with pytest.raises(ValueError, match="max_concat_inputs=1"):
+    sdn.strip(model, max_concat_inputs=1)

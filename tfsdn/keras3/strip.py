@@ -126,7 +126,8 @@ def _last_axis(layer):
 CHANNEL_READS = ("slice", "gather")
 
 
-def strip(model, slice_cost_macs=0, channel_reads="slice"):
+def strip(model, slice_cost_macs=0, channel_reads="slice",
+          max_concat_inputs=None):
   """Rebuilds `model` without its pruned input channels and dead filters.
 
   `slice_cost_macs` means what it means in `tfsdn.strip`: a layer also
@@ -135,7 +136,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
   same function). `channel_reads="gather"`, as in `tfsdn.strip`,
   concatenates the whole feature maps a layer reads and takes its channels
   with one `keras.ops.take` (a Gather in ONNX, run channels-first by
-  `tfsdn.keras3.export` on the TensorFlow backend).
+  `tfsdn.keras3.export` on the TensorFlow backend). `max_concat_inputs`,
+  as in `tfsdn.strip`, builds larger concatenations from concatenations of
+  at most that many inputs (5 for LiteRT's XNNPACK delegate), each made
+  once.
 
   Args:
     model: A functional Keras 3 model with `tfsdn.keras3.PrunableConcatConv`
@@ -143,6 +147,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0; 0 (the default) reads exactly the live channels.
     channel_reads: `"slice"` (the default) or `"gather"`.
+    max_concat_inputs: None (the default) or an integer >= 2.
 
   Returns:
     A `Stripped`: `model` is the compact model (stock Keras 3 layers and
@@ -150,14 +155,16 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
 
   Raises:
     TypeError: for a tf_keras or subclassed model.
-    ValueError: for a negative or non-finite `slice_cost_macs`, or an
-      unknown `channel_reads`.
+    ValueError: for a negative or non-finite `slice_cost_macs`, an
+      unknown `channel_reads`, or a `max_concat_inputs` that is not None or
+      an integer >= 2.
   """
   require_keras3_model(model)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
                      f"Received: channel_reads={channel_reads!r}")
+  concat = _Concatenations(checks.concat_limit(max_concat_inputs))
   reads = _reads(model)
   readers = {}  # tensor id -> number of nodes reading it
   for node in _nodes(model):
@@ -198,7 +205,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
       records[layer.name] = _strip_concat_conv(layer, inputs, output, needed,
                                                reads, new, kept,
                                                slice_cost_macs,
-                                               channel_reads == "gather")
+                                               channel_reads == "gather",
+                                               concat)
       records[layer.name].offered = _offered(inputs)
       if len(inputs) == 1 and readers.get(id(inputs[0])) == 1:
         records[layer.name].prunes = "width"
@@ -219,8 +227,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
         part, part_ids = _select(tensor, np.flatnonzero(want), new, kept)
         parts.append(part)
         ids.append(part_ids + start)
-      new[id(output)] = (parts[0] if len(parts) == 1 else
-                         keras.layers.Concatenate(name=layer.name)(parts))
+      new[id(output)] = concat(parts, layer.name, last=layer.name)
       kept[id(output)] = np.concatenate(ids)
     else:
       _copy_layer(layer, node, inputs, output, new, kept)
@@ -230,6 +237,40 @@ def strip(model, slice_cost_macs=0, channel_reads="slice"):
       outputs if len(outputs) > 1 else outputs[0],
       name=f"{model.name}_compact")
   return Stripped(compact, model.name, records, source_channels)
+
+
+class _Concatenations:
+  """Channel concatenations of at most `max_inputs` inputs (None: any).
+
+  A concatenation of more is built from consecutive groups of
+  `max_inputs`, then of the groups, and so on. Each concatenation of the
+  same tensors is made once and shared by every layer that needs it.
+  """
+
+  def __init__(self, max_inputs):
+    self.max_inputs = max_inputs
+    self._made = {}
+
+  def __call__(self, parts, name, last=None):
+    """`parts` concatenated; the last concatenation named `last` (or
+    `{name}_concat`) when it is made here."""
+    level = 0
+    while self.max_inputs and len(parts) > self.max_inputs:
+      grouped = []
+      for start in range(0, len(parts), self.max_inputs):
+        group = parts[start:start + self.max_inputs]
+        grouped.append(group[0] if len(group) == 1 else self._make(
+            group, f"{name}_concat{level}_{len(grouped)}"))
+      parts, level = grouped, level + 1
+    if len(parts) == 1:
+      return parts[0]
+    return self._make(parts, last or f"{name}_concat")
+
+  def _make(self, parts, name):
+    key = tuple(id(part) for part in parts)
+    if key not in self._made:
+      self._made[key] = keras.layers.Concatenate(name=name)(parts)
+    return self._made[key]
 
 
 def _offered(inputs):
@@ -246,7 +287,7 @@ def _ranges(tensor, channels, kept, max_gap):
       len(order), max_gap)
 
 
-def _gather(wanted, new, kept, max_gap, name):
+def _gather(wanted, new, kept, max_gap, name, concat):
   """The whole new tensors, concatenated, then one take of the channels read.
 
   Args:
@@ -265,13 +306,22 @@ def _gather(wanted, new, kept, max_gap, name):
     index.append(base + positions)
     ids.append(order[positions] + offset)
     base += len(order)
-  whole = [new[id(t)] for t, _, _ in wanted]
-  x = whole[0] if len(whole) == 1 else keras.layers.Concatenate(
-      name=f"{name}_concat")(whole)
+  x = concat([new[id(t)] for t, _, _ in wanted], name)
   index = np.concatenate(index)
   if not np.array_equal(index, np.arange(base)):
     x = keras.ops.take(x, index, axis=-1)
   return x, np.concatenate(ids)
+
+
+def _slices(tensor, channels, new, kept, max_gap=0):
+  """`(parts, ids)`: the new tensor's ranges holding `channels` (old ids),
+  gaps merged as in `_select`, and the old ids of the channels they hold."""
+  source, order = new[id(tensor)], kept[id(tensor)]
+  ranges = _ranges(tensor, channels, kept, max_gap)
+  if ranges == [(0, len(order))]:
+    return [source], order
+  return ([source[..., start:stop] for start, stop in ranges],
+          order[channel_order.positions(ranges)])
 
 
 def _select(tensor, channels, new, kept, max_gap=0):
@@ -284,13 +334,9 @@ def _select(tensor, channels, new, kept, max_gap=0):
     `(tensor, ids)`: a tensor holding (at least) those channels and their
     old ids in its order (the new tensor's order, not `channels`' order).
   """
-  source, order = new[id(tensor)], kept[id(tensor)]
-  ranges = _ranges(tensor, channels, kept, max_gap)
-  if ranges == [(0, len(order))]:
-    return source, order
-  parts = [source[..., start:stop] for start, stop in ranges]
+  parts, ids = _slices(tensor, channels, new, kept, max_gap)
   part = parts[0] if len(parts) == 1 else keras.ops.concatenate(parts, axis=-1)
-  return part, order[channel_order.positions(ranges)]
+  return part, ids
 
 
 def _filter_order(output, needed, reads):
@@ -357,7 +403,7 @@ def _copy_layer(layer, node, inputs, output, new, kept):
 
 
 def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
-                       slice_cost_macs, gather):
+                       slice_cost_macs, gather, concat):
   live = layer.live_mask()
   record = StrippedLayer(layer.name, [], live, layer.filters, 0)
   if not needed.any():
@@ -372,16 +418,15 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
     if len(want):
       wanted.append((tensor, want, start))
   if gather:
-    x, read = _gather(wanted, new, kept, max_gap, layer.name)
+    x, read = _gather(wanted, new, kept, max_gap, layer.name, concat)
   else:
     parts, ids = [], []
     for tensor, want, start in wanted:
-      part, part_ids = _select(tensor, want, new, kept, max_gap)
-      parts.append(part)
+      tensor_parts, part_ids = _slices(tensor, want, new, kept, max_gap)
+      parts += tensor_parts
       ids.append(part_ids + start)
     read = np.concatenate(ids)
-    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(
-        name=f"{layer.name}_concat")(parts)
+    x = concat(parts, layer.name)
   bn = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
       name=f"{layer.name}_bn")
@@ -397,8 +442,8 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
   conv.set_weights([kernel])
   new[id(output)], kept[id(output)] = x, filters
   record.filters_computed = len(filters)
-  record.compact_layers = tuple(
-      name for name in (f"{layer.name}_concat" if len(wanted) > 1 else None,
-                        f"{layer.name}_bn", f"{layer.name}_relu", layer.name)
-      if name)
+  # Not its concatenation, which other layers may share (and which holds
+  # no parameter).
+  record.compact_layers = (f"{layer.name}_bn", f"{layer.name}_relu",
+                           layer.name)
   return record
