@@ -96,6 +96,33 @@ def max_gap(slice_cost_macs, output_size, kernel_size, filters, layer_name):
   return int(slice_cost_macs // per_channel)
 
 
+def bounded_concat(parts, max_inputs, concat, name):
+  """`parts` joined by concatenations of at most `max_inputs` inputs.
+
+  Consecutive groups of `max_inputs` parts, from the first, are joined by
+  `concat(group, f"{name}_concat{level}_{i}")`, then the groups, until at
+  most `max_inputs` remain for the last, `concat(parts, None)`. A single
+  part comes back as it is. The framework is the caller's: `concat` makes
+  (or reuses) the concatenation.
+
+  Args:
+    parts: Tensors to join, in order.
+    max_inputs: The most inputs of one concatenation (>= 2), or None for
+      one concatenation of all parts.
+    concat: `(parts, name or None) -> tensor`.
+    name: Prefix of the group concatenations' names.
+  """
+  level = 0
+  while max_inputs and len(parts) > max_inputs:
+    grouped = []
+    for start in range(0, len(parts), max_inputs):
+      group = parts[start:start + max_inputs]
+      grouped.append(group[0] if len(group) == 1 else concat(
+          group, f"{name}_concat{level}_{len(grouped)}"))
+    parts, level = grouped, level + 1
+  return parts[0] if len(parts) == 1 else concat(parts, None)
+
+
 def count_runs(reads, order):
   """Contiguous ranges the consumers read when the channels are in `order`.
 

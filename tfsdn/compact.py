@@ -445,37 +445,24 @@ class _Reads:
     return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather")
 
   def concatenate(self, parts, name, dtype, make_last=None):
-    """`parts` concatenated on channels, at most `max_inputs` at a time.
+    """`parts` concatenated on channels, at most `max_inputs` at a time
+    (`channel_order.bounded_concat`).
 
-    Consecutive groups of `max_inputs` parts, from the first, are
-    concatenated, then the groups, until at most `max_inputs` remain for
-    the last concatenation, `make_last()` or `{name}_concat`. Each
+    The last concatenation is `make_last()` or `{name}_concat`. Each
     concatenation but `make_last()` is made once for the same parts, and
     shared by every layer that concatenates them.
     """
-    level = 0
-    while self.max_inputs and len(parts) > self.max_inputs:
-      grouped = []
-      for start in range(0, len(parts), self.max_inputs):
-        group = parts[start:start + self.max_inputs]
-        if len(group) == 1:
-          grouped += group
-          continue
-        key = tuple(id(part) for part in group)
-        if key not in self._groups:
-          self._groups[key] = keras.layers.Concatenate(
-              name=f"{name}_concat{level}_{len(grouped)}", dtype=dtype)(group)
-        grouped.append(self._groups[key])
-      parts, level = grouped, level + 1
-    if len(parts) == 1:
-      return parts[0]
-    if make_last:
-      return make_last()(parts)
-    key = tuple(id(part) for part in parts)
-    if key not in self._groups:
-      self._groups[key] = keras.layers.Concatenate(
-          name=f"{name}_concat", dtype=dtype)(parts)
-    return self._groups[key]
+
+    def concat(group, group_name):
+      if group_name is None and make_last:
+        return make_last()(group)
+      key = tuple(id(part) for part in group)
+      if key not in self._groups:
+        self._groups[key] = keras.layers.Concatenate(
+            name=group_name or f"{name}_concat", dtype=dtype)(group)
+      return self._groups[key]
+
+    return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
 
   def _pieces(self, key, tensor):
     if key not in self._made:

@@ -240,12 +240,9 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
 
 
 class _Concatenations:
-  """Channel concatenations of at most `max_inputs` inputs (None: any).
-
-  A concatenation of more is built from consecutive groups of
-  `max_inputs`, then of the groups, and so on. Each concatenation of the
-  same tensors is made once and shared by every layer that needs it.
-  """
+  """Channel concatenations of at most `max_inputs` inputs (None: any),
+  as `channel_order.bounded_concat` builds them; each concatenation of the
+  same tensors is made once and shared by every layer that needs it."""
 
   def __init__(self, max_inputs):
     self.max_inputs = max_inputs
@@ -254,23 +251,15 @@ class _Concatenations:
   def __call__(self, parts, name, last=None):
     """`parts` concatenated; the last concatenation named `last` (or
     `{name}_concat`) when it is made here."""
-    level = 0
-    while self.max_inputs and len(parts) > self.max_inputs:
-      grouped = []
-      for start in range(0, len(parts), self.max_inputs):
-        group = parts[start:start + self.max_inputs]
-        grouped.append(group[0] if len(group) == 1 else self._make(
-            group, f"{name}_concat{level}_{len(grouped)}"))
-      parts, level = grouped, level + 1
-    if len(parts) == 1:
-      return parts[0]
-    return self._make(parts, last or f"{name}_concat")
 
-  def _make(self, parts, name):
-    key = tuple(id(part) for part in parts)
-    if key not in self._made:
-      self._made[key] = keras.layers.Concatenate(name=name)(parts)
-    return self._made[key]
+    def concat(group, group_name):
+      key = tuple(id(part) for part in group)
+      if key not in self._made:
+        self._made[key] = keras.layers.Concatenate(
+            name=group_name or last or f"{name}_concat")(group)
+      return self._made[key]
+
+    return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
 
 
 def _offered(inputs):
