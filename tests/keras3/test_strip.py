@@ -154,6 +154,14 @@ def test_slice_cost_trades_macs_for_slices_with_the_same_function(pixels):
     sdn.strip(model, slice_cost_macs=-1)
 
 
+def _reloads_alike(model, path, pixels):
+  """`model` saved to `path` loads in safe mode and computes the same."""
+  model.save(str(path))
+  loaded = keras.saving.load_model(str(path), safe_mode=True)
+  np.testing.assert_allclose(np.asarray(loaded(pixels)),
+                             np.asarray(model(pixels)), atol=1e-5)
+
+
 def test_gather_reads_take_once_per_layer_with_the_same_function(
     tmp_path, pixels):
   cost = 20_000  # Merged gaps too: zero kernel rows read through the take.
@@ -172,11 +180,7 @@ def test_gather_reads_take_once_per_layer_with_the_same_function(
   partial = sum(1 for record in gathered.layers.values()
                 if record.filters_computed and not record.live.all())
   assert 0 < takes <= partial and _slices(gathered.model) == 0
-  path = str(tmp_path / "gathered.keras")
-  gathered.model.save(path)
-  loaded = keras.saving.load_model(path, safe_mode=True)
-  np.testing.assert_allclose(np.asarray(loaded(pixels)),
-                             np.asarray(gathered.model(pixels)), atol=1e-5)
+  _reloads_alike(gathered.model, tmp_path / "gathered.keras", pixels)
   with pytest.raises(ValueError, match="channel_reads='split'"):
     sdn.strip(model, channel_reads="split")
 
@@ -201,10 +205,6 @@ def test_max_concat_inputs_bounds_every_concatenation_not_the_function(
   np.testing.assert_allclose(np.asarray(bounded.model(pixels)),
                              np.asarray(flat.model(pixels)), atol=1e-5)
   assert sdn.dense_macs(bounded.model) == sdn.dense_macs(flat.model)
-  path = str(tmp_path / "bounded.keras")
-  bounded.model.save(path)
-  loaded = keras.saving.load_model(path, safe_mode=True)
-  np.testing.assert_allclose(np.asarray(loaded(pixels)),
-                             np.asarray(bounded.model(pixels)), atol=1e-5)
+  _reloads_alike(bounded.model, tmp_path / "bounded.keras", pixels)
   with pytest.raises(ValueError, match="max_concat_inputs=1"):
     sdn.strip(model, max_concat_inputs=1)
