@@ -199,6 +199,11 @@ def _concat_limits(values):
   return [v or None for v in sorted(limits)]
 
 
+def _concat_suffix(limit):
+  """`_c5` for max_concat_inputs 5, nothing for no bound."""
+  return f"_c{limit}" if limit else ""
+
+
 def _compact_name(cost):
   """`compact` for the exact strip, `compact_s500000` for slice cost 500,000."""
   return f"compact_s{cost}" if cost else "compact"
@@ -260,15 +265,14 @@ def main(argv):
   limits = _concat_limits(FLAGS.max_concat_inputs)
   stripped, model_costs = {}, {}
   for limit in limits:
-    suffix = f"_c{limit}" if limit else ""
-    stripped["dense" + suffix] = tfsdn.strip(dense_source,
-                                             max_concat_inputs=limit)
+    stripped["dense" + _concat_suffix(limit)] = tfsdn.strip(
+        dense_source, max_concat_inputs=limit)
   denses = list(stripped)
   for cost in costs:
     for read in reads:
       for limit in limits:
         name = (_compact_name(cost) + ("" if read == "slice" else f"_{read}") +
-                (f"_c{limit}" if limit else ""))
+                _concat_suffix(limit))
         stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
                                      channel_reads=read,
                                      max_concat_inputs=limit)
