@@ -5,11 +5,12 @@ pruned one to every runtime asked for, and times both side by side,
 interleaving rounds so machine noise hits both alike (median of --rounds),
 each runtime in its own process that loads only it (--noisolate: all in
 this one):
-TF SavedModel (plain and XLA), LiteRT (float32, float16 weights and
-full-integer int8, XNNPACK, --threads threads) and ONNX Runtime (via
-tf2onnx). Reports images/s, compact/dense ratios, file sizes, op counts of
-the converted graphs, and how far each runtime's compact output is from
-the Keras model.
+TF SavedModel (plain and XLA), LiteRT (float32, float16 weights,
+full-integer int8, and that int8 model rewritten without requantizations
+to measure what they cost, `int8_shared_scales.py`; XNNPACK, --threads
+threads) and ONNX Runtime (via tf2onnx). Reports images/s, compact/dense
+ratios, file sizes, op counts of the converted graphs, and how far each
+runtime's compact output is from the Keras model.
 
 The pruned model is a `final_model.keras` of examples/train_cifar.py
 (--pruned_model: sparsity patterns tfsdn's training produced); without it,
@@ -39,6 +40,7 @@ import tfsdn
 from tfsdn import testing
 from tfsdn.compat import keras
 from tfsdn.files import write_json
+import int8_shared_scales
 import runtime_timing
 from runtime_timing import litert_serve
 from serving_timing import time_rounds
@@ -53,7 +55,10 @@ flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                                "onnx"],
                   "Runtimes to time: tf, tf_xla, litert (float32), "
-                  "litert_f16 (float16 weights), litert_int8, onnx.")
+                  "litert_f16 (float16 weights), litert_int8, "
+                  "litert_int8_shared (int8 with one scale per group of "
+                  "tensors a concatenation ties, no requantization: "
+                  "int8_shared_scales.py), onnx.")
 flags.DEFINE_list("channel_reads", ["slice"],
                   "How compact models read channel ranges (strip's "
                   "channel_reads): slice, split and/or gather; split and "
@@ -139,6 +144,18 @@ def export_all(name, model, workdir, calibration):
           model, os.path.join(workdir, f"{name}_{runtime}.tflite"),
           quantization=_LITERT_QUANTIZATION[runtime],
           representative_images=calibration)
+      serve, ops = _litert(path)
+      out[key] = (serve, path, ops)
+    elif runtime == "litert_int8_shared":
+      path = out.get(f"{name}/litert_int8", (None, None))[1] or (
+          tfsdn.export_tflite(
+              model, os.path.join(workdir, f"{name}_litert_int8.tflite"),
+              quantization="int8", representative_images=calibration))
+      with open(path, "rb") as f:
+        flatbuffer, _ = int8_shared_scales.share_scales(f.read())
+      path = os.path.join(workdir, f"{name}_{runtime}.tflite")
+      with open(path, "wb") as f:
+        f.write(flatbuffer)
       serve, ops = _litert(path)
       out[key] = (serve, path, ops)
     elif runtime == "onnx":

@@ -84,7 +84,7 @@ def _litert_serve(path, threads):
 
 _SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve, "litert": _litert_serve,
             "litert_f16": _litert_serve, "litert_int8": _litert_serve,
-            "onnx": _onnx_serve}
+            "litert_int8_shared": _litert_serve, "onnx": _onnx_serve}
 RUNTIMES = tuple(_SERVERS)
 
 
