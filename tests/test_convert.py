@@ -54,12 +54,15 @@ def test_applications_densenet_keeps_its_function(name, shape):
   assert len(plan.converted) == count
   # The stem's BN feeds a ZeroPadding2D, the last one avg_pool.
   assert [s.batch_norm for s in plan.skipped] == ["conv1/bn", "bn"]
-  if shape[0] == 64:  # Prune half of every layer's inputs, strip, compare.
+  # Prune half of every layer's inputs, strip, compare: DenseNet121 only,
+  # read through one gather per layer (its ~3,000 slices take 40 s to
+  # build in tf_keras; slices of a converted model are checked in
+  # test_converted_model_goes_through_the_whole_flow). DenseNet169 and 201
+  # are the same blocks, more of them; their conversion is checked above
+  # at both sizes.
+  if shape[0] == 64 and name == "DenseNet121":
     testing.prune_at_random(converted, 0.5, seed=1)
-    # DenseNet169 and 201 the same way, but read through one gather per
-    # layer: their thousands of slices take minutes to build in tf_keras.
-    reads = "slice" if name == "DenseNet121" else "gather"
-    compact = tfsdn.strip_to_compact(converted, channel_reads=reads)
+    compact = tfsdn.strip_to_compact(converted, channel_reads="gather")
     assert _max_diff(converted, compact, _images(shape, seed=2)) <= 1e-4
     assert compact.count_params() < original.count_params()
     report = tfsdn.model_report(converted)
