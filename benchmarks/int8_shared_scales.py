@@ -2,17 +2,20 @@
 
 In a full-integer TFLite model a CONCATENATION's inputs and output share one
 scale and zero point. The converter calibrates each tensor on its own, so
-it puts a QUANTIZE (int8 to int8) before every concatenation input whose
-range differs from the concatenation's, and a compact DenseNet, whose
-layers concatenate their own pieces of a block's feature maps, gets many:
-about 250 in the exact DenseNet-40 compact model.
+where a tensor is read by a concatenation calibrated to another range,
+directly or through slices, it inserts a QUANTIZE (int8 to int8) after the
+tensor, and a compact DenseNet, whose layers concatenate their own pieces
+of a block's feature maps, gets many: about 250 in the exact DenseNet-40
+compact model (each read by the slices that feed one concatenation).
 
 `share_scales` rewrites the flatbuffer so none is needed: it drops every
 int8-to-int8 QUANTIZE, joins the tensors tied by ops that keep the scale
 (CONCATENATION, and every op whose int8 operands had one scale and zero
 point after conversion: slices, gathers, reshapes, pooling) into groups,
 and gives each group the union of its members' ranges. In a DenseNet that
-makes one group per dense block. The function changes a little (a tensor
+makes one group per dense block. A group that holds a tensor whose scale
+cannot change (a constant, or the output of an op with a fixed output
+range such as SOFTMAX or LOGISTIC) is refused with a `ValueError`. The function changes a little (a tensor
 with a narrower range than its group's is quantized more coarsely), so
 `deploy_speed.py` measures its accuracy next to its speed (runtime
 `litert_int8_shared`). This is a benchmark tool, not part of tfsdn's export:
@@ -26,6 +29,10 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 _OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
+_TYPE_NAMES = {code: name for name, code in vars(schema.TensorType).items()
+               if not name.startswith("_")}
+# int8 kernels whose output scale and zero point are fixed by the op.
+_FIXED_OUTPUT_RANGE = ("SOFTMAX", "LOG_SOFTMAX", "LOGISTIC", "TANH")
 
 
 def _op_name(model, op):
@@ -39,24 +46,44 @@ class _Graph:
   def __init__(self, model, graph):
     self.model, self.graph = model, graph
 
-  def is_activation(self, index):
-    """An int8 tensor with one scale that holds no constant data."""
+  def is_int8(self, index):
+    """An int8 tensor with one scale (an activation or a constant)."""
     if index < 0:
       return False
     tensor = self.graph.tensors[index]
     quantization = tensor.quantization
-    data = self.model.buffers[tensor.buffer].data
     return (tensor.type == schema.TensorType.INT8 and
             quantization is not None and quantization.scale is not None and
-            len(quantization.scale) == 1 and (data is None or not len(data)))
+            len(quantization.scale) == 1)
+
+  def is_constant(self, index):
+    data = self.model.buffers[self.graph.tensors[index].buffer].data
+    return data is not None and len(data) > 0
+
+  def is_activation(self, index):
+    """An int8 tensor with one scale that holds no constant data."""
+    return self.is_int8(index) and not self.is_constant(index)
 
   def params(self, index):
     quantization = self.graph.tensors[index].quantization
     return float(quantization.scale[0]), int(quantization.zeroPoint[0])
 
   def operands(self, op):
+    """The op's int8 inputs and outputs, constants included."""
     return [int(i) for i in list(op.inputs) + list(op.outputs)
-            if self.is_activation(int(i))]
+            if self.is_int8(int(i))]
+
+  def pinned(self):
+    """{tensor: why} for tensors whose scale may not change."""
+    why = {}
+    for op in self.graph.operators:
+      if _op_name(self.model, op) in _FIXED_OUTPUT_RANGE:
+        for index in op.outputs:
+          why[int(index)] = f"the output of {_op_name(self.model, op)}"
+      for index in self.operands(op):
+        if self.is_constant(index):
+          why[index] = "a constant"
+    return why
 
   def requantizes(self, op):
     return (_op_name(self.model, op) == "QUANTIZE" and
@@ -91,12 +118,14 @@ def share_scales(flatbuffer):
     `tensors_changed`.
 
   Raises:
-    ValueError: if the model has no int8 activations.
+    ValueError: if the model has no int8 activations, or if a group of
+      tied tensors holds one whose scale is fixed (a constant, or the
+      output of SOFTMAX, LOG_SOFTMAX, LOGISTIC or TANH).
   """
   model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
   stats = {"requantizations_removed": 0, "groups": 0, "tensors_changed": 0}
   int8 = False
-  for subgraph in model.subgraphs:
+  for number, subgraph in enumerate(model.subgraphs):
     graph = _Graph(model, subgraph)
     int8 = int8 or any(graph.is_activation(i)
                        for i in range(len(subgraph.tensors)))
@@ -116,7 +145,13 @@ def share_scales(flatbuffer):
                            np.int32)
     subgraph.outputs = np.array(
         [rename.get(int(i), int(i)) for i in subgraph.outputs], np.int32)
+    for signature in model.signatureDefs or []:
+      if signature.subgraphIndex == number:
+        for output in signature.outputs or []:
+          output.tensorIndex = rename.get(output.tensorIndex,
+                                          output.tensorIndex)
     subgraph.operators = kept
+    pinned = graph.pinned()
     parent = list(range(len(subgraph.tensors)))
 
     def root(index):
@@ -131,22 +166,34 @@ def share_scales(flatbuffer):
         parent[root(index)] = root(operands[0])
     groups = {}
     for index in range(len(subgraph.tensors)):
-      if graph.is_activation(index):
+      if graph.is_int8(index):
         groups.setdefault(root(index), []).append(index)
     for members in groups.values():
       params = {graph.params(i) for i in members}
       if len(params) == 1:
         continue
+      fixed = [i for i in members if i in pinned]
+      if fixed:
+        name = subgraph.tensors[fixed[0]].name
+        if isinstance(name, bytes):
+          name = name.decode(errors="replace")
+        raise ValueError(
+            "share_scales cannot give one scale to the tensors tied to "
+            f"{name!r} ({pinned[fixed[0]]}, whose scale is fixed); keep "
+            "this model's requantizations.")
       scale, zero = _union_range(params)
       for index in members:
+        stats["tensors_changed"] += graph.params(index) != (scale, zero)
         quantization = subgraph.tensors[index].quantization
         quantization.scale = np.array([scale], np.float32)
         quantization.zeroPoint = np.array([zero], np.int64)
       stats["groups"] += 1
-      stats["tensors_changed"] += len(members)
   if not int8:
-    raise ValueError("share_scales needs a full-integer (int8) TFLite model; "
-                     "this one has no int8 activation tensors.")
+    types = sorted({_TYPE_NAMES.get(t.type, str(t.type))
+                    for g in model.subgraphs for t in g.tensors})
+    raise ValueError(
+        "share_scales needs a full-integer (int8) TFLite model; this one "
+        f"has no int8 activation tensors. Received tensor types: {types}")
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), stats
 
 

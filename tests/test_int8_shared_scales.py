@@ -60,10 +60,32 @@ def test_no_requantization_is_left_and_the_model_still_computes_it(
     assert np.abs(output - reference).max() < 0.1 * spread, name
 
 
+def test_a_tensor_of_fixed_scale_in_a_group_is_refused(tmp_path):
+  # A sigmoid's int8 output scale is fixed (1/256); concatenated with a
+  # tensor of another range, no one scale can serve both.
+  from tfsdn.compat import keras  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((8, 8, 3))
+  a = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+  b = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+  b = keras.layers.Rescaling(7.0)(b)
+  joined = keras.layers.Concatenate()(
+      [keras.layers.Activation("sigmoid")(a), b])
+  model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(joined))
+  calibration = [np.random.default_rng(0).uniform(
+      0, 1, (8, 8, 8, 3)).astype("float32")]
+  path = tfsdn.export_tflite(model, tmp_path / "sigmoid.tflite",
+                             quantization="int8",
+                             representative_images=calibration)
+  with open(path, "rb") as f, pytest.raises(ValueError,
+                                            match="output of LOGISTIC"):
+    shared.share_scales(f.read())
+
+
 def test_a_float_model_is_refused(tmp_path):
   compact = tfsdn.strip(tfsdn.densenet.DenseNet(10, 4)).model
   path = tfsdn.export_tflite(compact, tmp_path / "float.tflite")
-  with open(path, "rb") as f, pytest.raises(ValueError, match="int8"):
+  with open(path, "rb") as f, pytest.raises(ValueError,
+                                            match="FLOAT32"):
     shared.share_scales(f.read())
 
 
