@@ -132,14 +132,15 @@ def share_scales(flatbuffer):
     # Which ops tie their operands is read before any is rewired: a
     # slice read through a QUANTIZE had its output's scale, not its
     # producer's.
-    kept = [op for op in subgraph.operators if not graph.requantizes(op)]
-    tied = [graph.keeps_scale(op) for op in kept]
-    rename = {}
+    kept, rename = [], {}
     for op in subgraph.operators:
       if graph.requantizes(op):
         source = int(op.inputs[0])
         rename[int(op.outputs[0])] = rename.get(source, source)
-    stats["requantizations_removed"] += len(subgraph.operators) - len(kept)
+      else:
+        kept.append(op)
+    tied = [graph.keeps_scale(op) for op in kept]
+    stats["requantizations_removed"] += len(rename)
     for op in kept:
       op.inputs = np.array([rename.get(int(i), int(i)) for i in op.inputs],
                            np.int32)
