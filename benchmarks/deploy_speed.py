@@ -14,7 +14,9 @@ runtime's compact output is from the Keras model.
 
 The pruned model is a `final_model.keras` of examples/train_cifar.py
 (--pruned_model: sparsity patterns tfsdn's training produced); without it,
-every layer is pruned at random to --sparsity (said so in the JSON). The
+every layer is pruned at random to --sparsity, or with --pattern=prefixes
+to prefixes of its producers, the best case for slices (said so in the
+JSON). The
 dense model is the same network with every input channel live; with
 --max_concat_inputs=0,5 both come with and without concatenations of at
 most 5 inputs (suffix _c5), and each compact model is compared with the
@@ -48,9 +50,16 @@ from serving_timing import time_rounds
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pruned_model", None,
                     "A pruned model (.keras); default: random patterns.")
-flags.DEFINE_integer("depth", 40, "DenseNet depth (random patterns only).")
-flags.DEFINE_integer("growth_rate", 12, "Growth rate (random patterns only).")
-flags.DEFINE_float("sparsity", 0.5, "Sparsity (random patterns only).")
+flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
+flags.DEFINE_integer("growth_rate", 12,
+                     "Growth rate (without --pruned_model).")
+flags.DEFINE_float("sparsity", 0.5, "Sparsity (without --pruned_model).")
+flags.DEFINE_enum("pattern", "random", ["random", "prefixes"],
+                  "Without --pruned_model: random (prune_at_random, every "
+                  "layer at --sparsity) or prefixes (prune_to_prefixes: "
+                  "each layer reads its newest input whole and the first "
+                  "1 - --sparsity of every other producer, the best case "
+                  "for slices).")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                                "onnx"],
@@ -175,10 +184,14 @@ def _pruned_and_dense():
     patterns = f"trained: {FLAGS.pruned_model}"
   else:
     pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
-    testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
+    if FLAGS.pattern == "prefixes":
+      testing.prune_to_prefixes(pruned, FLAGS.sparsity)
+      patterns = f"prefixes (prune_to_prefixes, sparsity {FLAGS.sparsity})"
+    else:
+      testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
+      patterns = f"random (prune_at_random, sparsity {FLAGS.sparsity})"
     dense = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
     dense.set_weights(pruned.get_weights())
-    patterns = f"random (prune_at_random, sparsity {FLAGS.sparsity})"
   for layer in tfsdn.prunable_layers(dense):
     layer.contribution_score.assign(np.ones(layer.input_channels, "float32"))
   return pruned, dense, patterns

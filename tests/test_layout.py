@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import tfsdn
 from tfsdn import channel_order
+from tfsdn import testing
 from tests import helpers
 
 
@@ -95,6 +96,37 @@ def test_nested_patterns_need_one_slice_per_producer_and_width(images,
                              atol=1e-4)
   slices = _compact_ops(compact, tmp_path).count("STRIDED_SLICE")
   assert 0 < slices <= len(widths)
+
+
+def test_prefix_patterns_read_every_producer_as_one_prefix(images, tmp_path):
+  # testing.prune_to_prefixes, the best case deploy_speed.py --pattern=
+  # prefixes times: each layer reads its newest input whole and the first
+  # half of every other producer, so every filter stays computed and the
+  # strip needs one slice per producer.
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model)
+  testing.prune_to_prefixes(model, 0.5)
+  stripped = tfsdn.strip(model)
+  partly_read = set()
+  for record in stripped.layers.values():
+    assert record.filters_computed == record.filters
+    newest = record.offered[-1][0]
+    for source in {s for s, _ in record.offered}:
+      read = sorted(c for (s, c), live in zip(record.offered, record.live)
+                    if s == source and live)
+      width = stripped.source_channels[source]
+      expected = width if source == newest else (
+          width - testing.pruned_count(width, 0.5))
+      assert read == list(range(expected)), (record.name, source, read)
+      if expected < width:
+        partly_read.add(source)
+  np.testing.assert_allclose(model(images, training=False).numpy(),
+                             stripped.model(images, training=False).numpy(),
+                             atol=1e-4)
+  slices = _compact_ops(stripped.model, tmp_path).count("STRIDED_SLICE")
+  assert 0 < slices <= len(partly_read)
+  with pytest.raises(ValueError, match="sparsity.*1.0"):
+    testing.prune_to_prefixes(model, 1.0)
 
 
 @hypothesis.settings(deadline=None, max_examples=200)

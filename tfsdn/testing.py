@@ -35,3 +35,47 @@ def prune_at_random(model, sparsity, seed=0, layers=None):
     scores[rng.permutation(layer.input_channels)[
         :pruned_count(layer.input_channels, sparsity)]] = 0
     layer.contribution_score.assign(scores)
+
+
+def prune_to_prefixes(model, sparsity):
+  """Prunes every layer to prefixes of its producers: the best case of slices.
+
+  Each `PrunableConcatConv` keeps every channel of the producer of its last
+  input channels (its newest input) and the first `C - pruned_count(C,
+  sparsity)` channels of every other producer of C channels (a block's
+  input, an earlier layer). So every filter is still read by some layer,
+  and every layer reads each producer as one prefix: the strip step needs
+  at most one slice per producer, shared by its readers. A synthetic
+  pattern for speed benchmarks: how fast a compact model could be if the
+  criterion were constrained to prefixes; no training chose it.
+
+  Args:
+    model: A functional model with `PrunableConcatConv` layers, not
+      wrapped by tfmot.
+    sparsity: Fraction of each older producer's channels to prune, in
+      [0, 1).
+
+  Raises:
+    ValueError: if `sparsity` is outside [0, 1), or the model has no
+      `PrunableConcatConv`.
+  """
+  from tfsdn import graph  # pylint: disable=g-import-not-at-top
+  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
+  checks.real("sparsity", sparsity, 0.0, 1.0, high_open=True)
+  sources = graph.channel_sources(model)
+  widths = {}
+  for channels in sources.values():
+    for name, channel in channels:
+      widths[name] = max(widths.get(name, 0), channel + 1)
+  layers = [(node, layer) for node, layer in graph.topological_nodes(model)
+            if isinstance(layer, PrunableConcatConv)]
+  if not layers:
+    raise ValueError(f"Model {model.name!r} has no PrunableConcatConv layer "
+                     "to prune.")
+  for node, layer in layers:
+    channels = [s for t in graph.node_inputs(node) for s in sources[id(t)]]
+    newest = channels[-1][0]
+    layer.contribution_score.assign(np.array(
+        [name == newest or
+         channel < widths[name] - pruned_count(widths[name], sparsity)
+         for name, channel in channels], "float32"))
