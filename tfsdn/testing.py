@@ -3,6 +3,8 @@
 import numpy as np
 
 from tfsdn import checks
+from tfsdn import graph
+from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.prune import prunable_layers
 from tfsdn.schedule import pruned_count
 
@@ -59,8 +61,6 @@ def prune_to_prefixes(model, sparsity):
     ValueError: if `sparsity` is outside [0, 1), or the model has no
       `PrunableConcatConv`.
   """
-  from tfsdn import graph  # pylint: disable=g-import-not-at-top
-  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
   checks.real("sparsity", sparsity, 0.0, 1.0, high_open=True)
   sources = graph.channel_sources(model)
   widths = {}
