@@ -63,11 +63,11 @@ def prune_to_prefixes(model, sparsity):
   """
   checks.real("sparsity", sparsity, 0.0, 1.0, high_open=True)
   sources = graph.channel_sources(model)
-  widths = {}
-  for channels in sources.values():
-    for name, channel in channels:
-      widths[name] = max(widths.get(name, 0), channel + 1)
-  layers = [(node, layer) for node, layer in graph.topological_nodes(model)
+  nodes = graph.topological_nodes(model)
+  widths = {layer.name: graph.channels(graph.node_output(node))
+            for node, layer in nodes
+            if graph.node_output(node).shape.rank == 4}
+  layers = [(node, layer) for node, layer in nodes
             if isinstance(layer, PrunableConcatConv)]
   if not layers:
     raise ValueError(f"Model {model.name!r} has no PrunableConcatConv layer "
