@@ -17,9 +17,11 @@ import tensorflow as tf
 from tfsdn import allocation
 from tfsdn import checks
 from tfsdn import internals
+from tfsdn import nesting
 from tfsdn import stages
 from tfsdn.stages import StageShortfallError  # pylint: disable=unused-import
 from tfsdn.compat import keras
+from tfsdn.compat import require_functional
 from tfsdn.allocation import AllocatedSparsity
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.schedule import StagedSparsity
@@ -104,17 +106,29 @@ class UpdateScores(keras.callbacks.Callback):
       and `.../scheduled` (sparsities) are written there at each stage.
     raise_on_shortfall: Raise `StageShortfallError` when a layer falls
       short (default). With False, a shortfall is logged as an error only.
+    nested: If True, the layers that read one producer keep nested sets of
+      its channels (`tfsdn.nesting`): after the scores are computed, each
+      due layer's scores are handed out again within every producer in an
+      order all its readers share, so the strip step reads every producer
+      with one slice per reader and the compact model runs fewer ops. Each
+      layer still prunes as many channels as scheduled, but which channels
+      of a producer it keeps is no longer its own choice: a constraint on
+      the criterion, whose accuracy cost the evidence benchmark measures
+      (`el1_nested` against `el1_layer`). Needs a functional model with the
+      prunable layers in its own graph. Default False.
 
   Attributes:
     history: One dict per checked stage step: `step`, and `layers`, a dict
       from layer name to `(pruned, scheduled, channels)`.
   """
 
-  def __init__(self, log_dir=None, raise_on_shortfall=True):
+  def __init__(self, log_dir=None, raise_on_shortfall=True, nested=False):
     super().__init__()
     self.log_dir = log_dir
     self.raise_on_shortfall = checks.boolean("raise_on_shortfall",
                                              raise_on_shortfall)
+    self.nested = checks.boolean("nested", nested)
+    self._readers = None
     self.history = []
     self._wrappers = []
     self._last_step = None
@@ -128,6 +142,8 @@ class UpdateScores(keras.callbacks.Callback):
           f"UpdateScores: model {self.model.name!r} has no PrunableConcatConv "
           "wrapped for pruning; use it with a model returned by "
           "tfsdn.prune_dense_connections.")
+    if self.nested:
+      self._readers = nesting.readers_of(require_functional(self.model))
     self._last_step = self._step()
     # Fixed by compile(): read once, not before every batch.
     self._steps_per_execution = internals.steps_per_execution(self.model)
@@ -160,6 +176,11 @@ class UpdateScores(keras.callbacks.Callback):
           if not wrapper.layer.update_scores():
             logging.warning("%s: non-finite raw scores; the stage prunes by "
                             "the scores of before.", wrapper.layer.name)
+        if self.nested:
+          changed = nesting.nest_scores(self._readers,
+                                        [wrapper.layer for wrapper in due])
+          logging.info("Nested selections: scores of %d of %d due layers "
+                       "handed out again.", len(changed), len(due))
         self._allocate(due, coming)
 
   def _allocate(self, due, coming):
