@@ -7,10 +7,11 @@ Keras 3 runner, which must import on a machine without TensorFlow). See
 
 import dataclasses
 
-KINDS = ("dense", "el1_layer", "el1_global", "bn_gamma_global",
+KINDS = ("dense", "el1_layer", "el1_nested", "el1_global", "bn_gamma_global",
          "weight_l1_global", "random_matched", "tfmot_unstructured",
          "narrow_dense", "retrained", "retrained_layer")
-CRITERION = {"el1_layer": "expected_l1", "el1_global": "expected_l1",
+CRITERION = {"el1_layer": "expected_l1", "el1_nested": "expected_l1",
+             "el1_global": "expected_l1",
              "bn_gamma_global": "bn_gamma", "weight_l1_global": "weight_l1",
              "random_matched": "random"}
 # Arms whose result another arm of the same seed and budget needs first.

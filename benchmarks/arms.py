@@ -9,6 +9,9 @@ pruning begins) and see the same data order; `narrow_dense` and the
   dense              the trunk trained on, unpruned
   el1_layer          expected_l1, every layer pruned by the same fraction, the
                      least whose estimated MACs fit the budget
+  el1_nested         el1_layer with nested selections (UpdateScores(nested=
+                     True)): the readers of a producer keep nested sets of
+                     its channels, so the strip reads each as one prefix
   el1_global         expected_l1, GlobalAllocation under the MAC budget
   bn_gamma_global    Network Slimming's criterion, GlobalAllocation
   weight_l1_global   CondenseNet's criterion, GlobalAllocation
@@ -49,7 +52,7 @@ def pruning_schedule(arm, model, config, steps_per_epoch, needed_result):
     return tfsdn.GlobalAllocation.evenly(
         arm.keep, config["num_stages"], begin, end,
         steps_per_epoch=steps_per_epoch, floor=config["floor"])
-  if arm.kind in ("el1_layer", "tfmot_unstructured"):
+  if arm.kind in ("el1_layer", "el1_nested", "tfmot_unstructured"):
     sparsity = allocation.layerwise_sparsity(model, arm.keep)
     return tfsdn.StagedSparsity.evenly(sparsity, config["num_stages"], begin,
                                        end, steps_per_epoch=steps_per_epoch)

@@ -221,7 +221,7 @@ class Runner:
         callbacks = [self._tfmot().sparsity.keras.UpdatePruningStep()]
       elif schedule is not None:
         model = tfsdn.prune_dense_connections(model, schedule)
-        check = tfsdn.UpdateScores()
+        check = tfsdn.UpdateScores(nested=arm.kind == "el1_nested")
         callbacks = [self._tfmot().sparsity.keras.UpdatePruningStep(), check]
       initial_epoch, data_seed = config["trunk_epochs"], _data_seed(seed,
                                                                     "branch")

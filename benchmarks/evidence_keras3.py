@@ -147,7 +147,8 @@ def check_flags(config):
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  unsupported = [a.name for a in chosen if a.kind == "tfmot_unstructured"]
+  unsupported = [a.name for a in chosen
+                 if a.kind in ("tfmot_unstructured", "el1_nested")]
   if unsupported:
     raise app.UsageError(f"Arms {unsupported} need tfmot (tf_keras): run "
                          "them with evidence.py.")

@@ -28,7 +28,7 @@ flags.DEFINE_string("results_dir", "docs/evidence/cifar10_d16",
 flags.DEFINE_float("margin", 1.0,
                    "Non-inferiority margin against dense, in points.")
 
-TFSDN_KINDS = ("el1_global", "el1_layer", "bn_gamma_global",
+TFSDN_KINDS = ("el1_global", "el1_layer", "el1_nested", "bn_gamma_global",
                "weight_l1_global")
 
 
@@ -147,6 +147,13 @@ def comparisons(results, labels, rows):
     lines.append(f"  - global allocation at least as accurate as layer-wise "
                  f"(mean difference >= 0): {verdict}; el1_global{tag} - "
                  f"el1_layer{tag} = {_fmt(c)}")
+    c = compare(results, labels, f"el1_nested{tag}", f"el1_layer{tag}")
+    verdict = ("not run yet" if c is None else
+               "holds" if c["low"] > -FLAGS.margin else "not shown")
+    lines.append(f"  - nested selections (one prefix per producer and reader, "
+                 f"for deployment speed) cost under {FLAGS.margin:g} point "
+                 f"(95% lower bound above -{FLAGS.margin:g}): {verdict}; "
+                 f"el1_nested{tag} - el1_layer{tag} = {_fmt(c)}")
   return lines
 
 

@@ -79,6 +79,11 @@ flags.DEFINE_integer("prune_end_epoch", None,
                      "Epoch of the last stage (default epochs // 4).")
 flags.DEFINE_enum("criterion", "expected_l1", list(tfsdn.criteria.CRITERIA),
                   "Contribution criterion.")
+flags.DEFINE_bool("nested", False,
+                  "Nested selections (tfsdn.UpdateScores(nested=True)): the "
+                  "layers reading one producer keep nested sets of its "
+                  "channels, so the compact model reads each as a prefix "
+                  "(fewer slices, faster in LiteRT and plain TensorFlow).")
 flags.DEFINE_float("group_lasso", 0.0, "Group-lasso strength.")
 flags.DEFINE_float("score_momentum", 0.9, "Momentum of expected_l1 stats.")
 flags.DEFINE_bool("jit_compile", False, "Train with XLA.")
@@ -254,7 +259,8 @@ def main(argv):
       model = tfsdn.prune_dense_connections(model, schedule)
       callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
                     tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                    tfsdn.UpdateScores(log_dir=log_dir)]
+                    tfsdn.UpdateScores(log_dir=log_dir,
+                                       nested=values["nested"])]
     else:
       callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     recipe.compile_for_training(model, values["learning_rate"],

@@ -17,7 +17,7 @@ import paired  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ARMS = ("dense,el1_global@0.6,random_matched@0.6,el1_layer@0.6,"
         "narrow_dense@0.6,retrained@0.6,retrained_layer@0.6,"
-        "tfmot_unstructured@0.6")
+        "tfmot_unstructured@0.6,el1_nested@0.6")
 
 
 def _run(script, check=True, **flags):
@@ -79,6 +79,11 @@ def test_every_arm_prunes_what_it_says(first_run):
   assert retrained_layer["params"] == layer["params"]
   assert retrained_layer["macs"] == layer["macs"]
   assert retrained_layer["weights_sha256"] != layer["weights_sha256"]
+  # el1_nested: el1_layer's schedule and counts, nested selections.
+  nested = _result(first_run, "el1_nested@0.6")
+  assert nested["stages"] == layer["stages"]
+  assert nested["layer_sparsity"] == layer["layer_sparsity"]
+  assert nested["weights_sha256"] != layer["weights_sha256"]
   narrow = _result(first_run, "narrow_dense@0.6")
   assert narrow["growth_rate"] < 4 and narrow["macs_vs_dense"] <= 0.6
   tfmot = _result(first_run, "tfmot_unstructured@0.6")
@@ -126,6 +131,7 @@ def test_table_pairs_arms_and_states_each_claim(first_run):
   assert "el1_global@0.6 - retrained@0.6 = " in table
   assert "el1_layer@0.6 - retrained_layer@0.6 = " in table
   assert "el1_layer@0.6 - tfmot_unstructured@0.6 = " in table
+  assert "el1_nested@0.6 - el1_layer@0.6 = " in table
 
 
 def test_mcnemar_is_exact():
