@@ -8,7 +8,9 @@ import tensorflow as tf
 
 import tfsdn
 from tfsdn import channel_order
+from tfsdn import compact as compact_lib
 from tfsdn import testing
+from tfsdn.compat import keras
 from tests import helpers
 
 
@@ -96,6 +98,16 @@ def test_nested_patterns_need_one_slice_per_producer_and_width(images,
                              atol=1e-4)
   slices = _compact_ops(compact, tmp_path).count("STRIDED_SLICE")
   assert 0 < slices <= len(widths)
+  # With a slice cost, a reader of a shorter prefix reads a longer one that
+  # an earlier reader sliced (zero kernel rows), in every layout.
+  shared = tfsdn.strip(model, slice_cost_macs=2e5)
+  np.testing.assert_allclose(model(images, training=False).numpy(),
+                             shared.model(images, training=False).numpy(),
+                             atol=1e-4)
+  assert _compact_ops(shared.model, tmp_path).count("STRIDED_SLICE") <= slices
+  gathered = tfsdn.strip(model, slice_cost_macs=2e5, channel_reads="gather")
+  assert (tfsdn.model_report(gathered.model).total_macs ==
+          tfsdn.model_report(shared.model).total_macs)
 
 
 def test_prefix_patterns_read_every_producer_as_one_prefix(images, tmp_path):
@@ -326,3 +338,49 @@ def test_max_concat_inputs_must_be_an_integer_of_at_least_2():
 def test_channel_reads_must_be_known():
   with pytest.raises(ValueError, match="channel_reads='take'"):
     tfsdn.strip(helpers.tiny_densenet(), channel_reads="take")
+
+
+@hypothesis.settings(deadline=None, max_examples=300)
+@hypothesis.given(
+    earlier=st.lists(st.tuples(st.integers(0, 15), st.integers(1, 8)),
+                     max_size=5),
+    wanted=st.lists(st.integers(0, 15), unique=True).map(sorted),
+    max_gap=st.integers(0, 6))
+def test_covering_reuses_earlier_ranges_without_overlap(earlier, wanted,
+                                                        max_gap):
+  # _Reads.covering widens a reader's ranges to ranges earlier readers read
+  # (one slice fewer each) by at most max_gap channels, never reading a
+  # channel twice.
+  reads = compact_lib._Reads()  # pylint: disable=protected-access
+  x = keras.Input((2, 2, 24))
+  for start, width in earlier:
+    reads.concat("layer", "float32", [("p", x, [(start, start + width)])])
+  recorded = {(s, s + w) for s, w in earlier}
+  ranges = channel_order.runs(wanted)
+  result = reads.covering("p", ranges, max_gap)
+  covered = channel_order.positions(result)
+  assert np.all(np.diff(covered) > 0)  # Sorted, disjoint.
+  assert set(wanted) <= set(covered.tolist())
+  for start, stop in result:
+    if (start, stop) in ranges:
+      continue
+    assert (start, stop) in recorded and max_gap > 0
+    inside = [r for r in ranges if start <= r[0] and r[1] <= stop]
+    assert inside and (stop - start) - (inside[0][1] - inside[0][0]) <= max_gap
+  if max_gap == 0:
+    assert result == ranges
+
+
+def test_covering_shares_the_slice_of_a_longer_prefix():
+  reads = compact_lib._Reads()  # pylint: disable=protected-access
+  x = keras.Input((2, 2, 12))
+  reads.concat("first", "float32", [("p", x, [(0, 10)])])
+  assert reads.covering("p", [(0, 9)], 1) == [(0, 10)]
+  assert reads.covering("p", [(0, 9)], 0) == [(0, 9)]
+  assert reads.covering("p", [(0, 7)], 2) == [(0, 7)]  # 3 more: too many.
+  assert reads.covering("q", [(0, 9)], 5) == [(0, 9)]  # Another map.
+  # Two ranges inside one earlier range: read once.
+  assert reads.covering("p", [(0, 4), (5, 9)], 6) == [(0, 10)]
+  # A widening that would overlap the next range partly is not made.
+  reads.concat("second", "float32", [("p", x, [(0, 6)])])
+  assert reads.covering("p", [(0, 3), (5, 8)], 3) == [(0, 3), (5, 8)]

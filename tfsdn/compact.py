@@ -178,7 +178,11 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   where an op's fixed cost counts (LiteRT or ONNX Runtime at batch 1): a
   layer then also reads the channels in a gap between two ranges it needs
   when they cost it at most `slice_cost_macs` MACs, and multiplies them
-  by zero kernel rows, so one slice and one concatenation input fewer. The
+  by zero kernel rows, so one slice and one concatenation input fewer; and
+  it reads a range that an earlier layer already reads (its slice is
+  shared) instead of a narrower one of its own when the extra channels
+  cost it at most as much, so layers reading nested prefixes of different
+  lengths (`UpdateScores(nested=True)`) share slices. The
   function is unchanged (a zero row adds exactly 0 for finite
   activations); the model report counts the MACs and parameters the
   compact model executes and stores, zero rows included.
@@ -410,6 +414,7 @@ class _Reads:
     self.recorded = collections.defaultdict(set)
     self._made = {}
     self._groups = {}  # ids of the inputs of a group -> its concatenation
+    self._read = collections.defaultdict(set)  # key -> ranges read so far
 
   def read(self, key, tensor, ranges):
     """The parts of `tensor` (original tensor id `key`) covering `ranges`."""
@@ -428,9 +433,38 @@ class _Reads:
         parts += pieces[cuts.index(start):cuts.index(stop)]
     return parts
 
+  def covering(self, key, ranges, max_gap):
+    """`ranges` of map `key`, each widened to one an earlier reader read.
+
+    A range is replaced by the narrowest range of the same map that an
+    earlier reader read, covers it and holds at most `max_gap` channels
+    more: one slice fewer for channels read with zero kernel rows, as
+    `channel_order.merge_runs` trades within one reader. So readers of
+    nested prefixes of different lengths share slices. Ranges stay sorted
+    and disjoint (a replacement that would overlap is not made). Splits
+    and gathers read the same ranges, so every layout is the same model.
+    """
+    if max_gap <= 0:
+      return list(ranges)
+    ranges, result = list(ranges), []
+    for i, (start, stop) in enumerate(ranges):
+      if result and stop <= result[-1][1]:
+        continue  # Inside the slice the range before was widened to.
+      made = [(s, e) for s, e in self._read[key]
+              if s <= start and stop <= e and
+              (e - s) - (stop - start) <= max_gap and
+              (not result or s >= result[-1][1]) and
+              all(e <= s2 or e >= e2 for s2, e2 in ranges[i + 1:])]
+      result.append(min(made, key=lambda r: (r[1] - r[0], r[0]),
+                        default=(start, stop)))
+    return result
+
   def concat(self, name, dtype, inputs):
     """The channels read of every input, in order: `inputs` are (key, tensor, ranges)."""
     inputs = [(key, tensor, r) for key, tensor, r in inputs if len(r)]
+    for key, tensor, r in inputs:
+      self._read[key].update(
+          rng for rng in r if rng != (0, graph.channels(tensor)))
     if not self.gather:
       return self.concatenate([part for key, tensor, r in inputs
                                for part in self.read(key, tensor, r)],
@@ -501,8 +535,8 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
     if any(int(c) not in position for c in local):
       raise AssertionError(f"{layer.name} reads a channel that was removed")
     where = np.sort([position[int(c)] for c in local]).astype(int)
-    ranges = channel_order.merge_runs(channel_order.runs(where), len(carried),
-                                      max_gap)
+    ranges = reads.covering(keys[j], channel_order.merge_runs(
+        channel_order.runs(where), len(carried), max_gap), max_gap)
     reading.append((keys[j], inputs[j], ranges))
     read.append(np.asarray(carried, int)[channel_order.positions(ranges)] +
                 offsets[j])
