@@ -71,6 +71,10 @@ flags.DEFINE_float("final_sparsity", 0.5,
 flags.DEFINE_integer("num_stages", 2, "Pruning stages.")
 flags.DEFINE_enum("criterion", "expected_l1", list(tfsdn.criteria.CRITERIA),
                   "Contribution criterion.")
+flags.DEFINE_bool("nested", False,
+                  "Nested selections (tfsdn.UpdateScores(nested=True)): "
+                  "readers of one feature map keep nested sets of it, read "
+                  "as prefixes by the compact model.")
 flags.DEFINE_string("export_dir", None,
                     "SavedModel base directory (default MODEL_DIR/export).")
 flags.DEFINE_bool("xla_export", False, "Compile the served function with XLA.")
@@ -168,7 +172,7 @@ def main(argv):
              callbacks=[
                  tfmot.sparsity.keras.UpdatePruningStep(),
                  tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                 tfsdn.UpdateScores(log_dir=log_dir),
+                 tfsdn.UpdateScores(log_dir=log_dir, nested=FLAGS.nested),
                  keras.callbacks.LearningRateScheduler(
                      recipe.step_decay(FLAGS.learning_rate, FLAGS.epochs)),
              ])

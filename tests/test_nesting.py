@@ -131,6 +131,19 @@ def test_nested_training_keeps_counts_and_needs_fewer_slices(images,
   assert slices(stripped.model, "nested") < slices(plain.model, "plain")
 
 
+def test_nested_selections_in_a_converted_applications_densenet():
+  model = tfsdn.make_prunable(helpers.applications_style_densenet())
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      model, tfsdn.StagedSparsity([(2, 0.5)])))
+  helpers.fit_steps(pruned, 3, callbacks=[tfsdn.UpdateScores(nested=True)])
+  stripped = tfsdn.strip(tfsdn.prune.strip_wrappers(pruned))
+  readers = [(record.offered, np.asarray(record.live, np.float32))
+             for record in stripped.layers.values()]
+  _assert_nested(_kept_sets([(s, None) for s, _ in readers],
+                            [live for _, live in readers]))
+  assert any(not np.all(live) for _, live in readers)
+
+
 def test_nested_needs_a_bool_and_a_flat_functional_model():
   with pytest.raises(TypeError, match="nested=1"):
     tfsdn.UpdateScores(nested=1)
