@@ -450,12 +450,12 @@ class _Reads:
     for i, (start, stop) in enumerate(ranges):
       if result and stop <= result[-1][1]:
         continue  # Inside the slice the range before was widened to.
-      made = [(s, e) for s, e in self._read[key]
-              if s <= start and stop <= e and
-              (e - s) - (stop - start) <= max_gap and
-              (not result or s >= result[-1][1]) and
-              all(e <= s2 or e >= e2 for s2, e2 in ranges[i + 1:])]
-      result.append(min(made, key=lambda r: (r[1] - r[0], r[0]),
+      earlier = [(s, e) for s, e in self._read[key]
+                 if s <= start and stop <= e and
+                 (e - s) - (stop - start) <= max_gap and
+                 (not result or s >= result[-1][1]) and
+                 all(e <= s2 or e >= e2 for s2, e2 in ranges[i + 1:])]
+      result.append(min(earlier, key=lambda r: (r[1] - r[0], r[0]),
                         default=(start, stop)))
     return result
 
