@@ -188,7 +188,8 @@ class Runner:
     """Trains one arm for one seed; returns (result dict, compact model)."""
     tfsdn, keras, config = self.tfsdn, self.keras, self.config
     result = {"arm": arm.name, "kind": arm.kind, "keep": arm.keep,
-              "seed": seed, "config_digest": results_io.digest(config)}
+              "seed": seed, "config_digest": results_io.digest(config),
+              "machine": results_io.machine()}
     callbacks = []
     if arm.kind in arms_lib.FROM_SCRATCH:
       if arm.kind == "narrow_dense":

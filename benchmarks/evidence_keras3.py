@@ -250,7 +250,8 @@ class Runner:
     keras, sdn, config = self.keras, self.sdn, self.config
     result = {"arm": arm.name, "kind": arm.kind, "keep": arm.keep,
               "seed": seed, "config_digest": results_io.digest(config),
-              "backend": keras.backend.backend()}
+              "backend": keras.backend.backend(),
+              "machine": results_io.machine()}
     callbacks = []
     if arm.kind in arm_names.FROM_SCRATCH:
       if arm.kind == "narrow_dense":

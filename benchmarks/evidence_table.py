@@ -62,7 +62,11 @@ def compare(results, labels, a, b):
                                                         seeds)
   mean, low, high = paired.bootstrap_difference(ca, cb)
   tests = [paired.mcnemar(x, y) for x, y in zip(ca, cb)]  # one per seed
+  # Results that record their machine and differ in it are not bit-paired.
+  machines = [(results[a][s].get("machine"), results[b][s].get("machine"))
+              for s in seeds]
   return {"a": a, "b": b, "seeds": seeds, "diff": 100 * mean,
+          "machines_differ": any(x and y and x != y for x, y in machines),
           "low": 100 * low, "high": 100 * high, "mcnemar": tests,
           "macs": (np.mean([results[a][s]["macs_vs_dense"] for s in seeds]),
                    np.mean([results[b][s]["macs_vs_dense"] for s in seeds]))}
@@ -98,9 +102,12 @@ def _fmt(c):
     return "not run yet"
   tests = "; ".join(f"seed {s}: {a}:{b}, p={p:.3g}"
                     for s, (a, b, p) in zip(c["seeds"], c["mcnemar"]))
+  warning = ("; WARNING: the arms ran on different machines, so they do "
+             "not share a trunk bit for bit" if c.get("machines_differ")
+             else "")
   return (f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] points at "
           f"{c['macs'][0]:.3f}x vs {c['macs'][1]:.3f}x MACs (McNemar, images "
-          f"only A : only B right, {tests})")
+          f"only A : only B right, {tests}){warning}")
 
 
 def comparisons(results, labels, rows):

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import platform
 import subprocess
 
 import numpy as np
@@ -33,6 +34,23 @@ def decode(text):
 def digest(config):
   return hashlib.sha256(json.dumps(config, sort_keys=True).encode()
                         ).hexdigest()
+
+
+def machine():
+  """The CPU a result was computed on: runs pair bit for bit only on one.
+
+  oneDNN and XNNPACK pick kernels by CPU, so the same seed and flags give
+  other weights on another CPU (a trunk is bit-identical only on the same
+  kind of machine).
+  """
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+  except OSError:
+    pass
+  return {"cpu": model, "cpus": os.cpu_count()}
 
 
 def prepare_output_dir(output_dir, config):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -132,6 +133,25 @@ def test_table_pairs_arms_and_states_each_claim(first_run):
   assert "el1_layer@0.6 - retrained_layer@0.6 = " in table
   assert "el1_layer@0.6 - tfmot_unstructured@0.6 = " in table
   assert "el1_nested@0.6 - el1_layer@0.6 = " in table
+  assert "different machines" not in table
+
+
+def test_table_warns_when_paired_arms_ran_on_different_machines(
+    first_run, tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(first_run, copy)
+  path = copy / "seed0" / "dense.json"
+  result = json.loads(path.read_text())
+  assert result["machine"]["cpu"] and result["machine"]["cpus"] >= 1
+  result["machine"] = dict(result["machine"], cpu="another CPU")
+  path.write_text(json.dumps(result))
+  _run("evidence_table.py", results_dir=str(copy))
+  table = (copy / "table.md").read_text()
+  line = next(l for l in table.splitlines()
+              if "el1_global@0.6 - random_matched@0.6" in l)
+  assert "different machines" not in line
+  line = next(l for l in table.splitlines() if " - dense = " in l)
+  assert "WARNING: the arms ran on different machines" in line
 
 
 def test_mcnemar_is_exact():
