@@ -110,6 +110,13 @@ def _fmt(c):
           f"only A : only B right, {tests}){warning}")
 
 
+def _within_margin(c):
+  """Verdict of a non-inferiority claim: 95% lower bound above -margin."""
+  if c is None:
+    return "not run yet"
+  return "holds" if c["low"] > -FLAGS.margin else "not shown"
+
+
 def comparisons(results, labels, rows):
   """The comparisons the targets are about, with a verdict each."""
   lines, keeps = [], sorted({r["keep"] for r in rows if r["keep"] < 1})
@@ -122,8 +129,7 @@ def comparisons(results, labels, rows):
     lines.append(f"- Best tfsdn arm at {keep:g}x MACs (chosen on validation): "
                  f"`{best}`.")
     if vs_dense:
-      verdict = ("holds" if vs_dense["low"] > -FLAGS.margin else
-                 "not shown")
+      verdict = _within_margin(vs_dense)
       lines.append(
           f"  - non-inferiority to dense (95% lower bound above "
           f"-{FLAGS.margin:g} point): {verdict}; {best} - dense = "
@@ -155,8 +161,7 @@ def comparisons(results, labels, rows):
                  f"(mean difference >= 0): {verdict}; el1_global{tag} - "
                  f"el1_layer{tag} = {_fmt(c)}")
     c = compare(results, labels, f"el1_nested{tag}", f"el1_layer{tag}")
-    verdict = ("not run yet" if c is None else
-               "holds" if c["low"] > -FLAGS.margin else "not shown")
+    verdict = _within_margin(c)
     lines.append(f"  - nested selections (one prefix per producer and reader, "
                  f"for deployment speed) cost under {FLAGS.margin:g} point "
                  f"(95% lower bound above -{FLAGS.margin:g}): {verdict}; "
@@ -170,8 +175,7 @@ def comparisons(results, labels, rows):
                   key=lambda r: r["macs"], default=None)
     if matched:
       c = compare(results, labels, matched["arm"], f"el1_layer{tag}")
-      verdict = ("not run yet" if c is None else
-                 "holds" if c["low"] > -FLAGS.margin else "not shown")
+      verdict = _within_margin(c)
       lines.append(f"  - the same at no fewer MACs (95% lower bound above "
                    f"-{FLAGS.margin:g}): {verdict}; {matched['arm']} - "
                    f"el1_layer{tag} = {_fmt(c)}")

@@ -28,7 +28,9 @@ still prunes exactly what is scheduled, but its set may not nest.
 import numpy as np
 
 from tfsdn import graph
+from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.prune import prunable_layers
 from tfsdn.prune import unwrap
 
 
@@ -110,9 +112,7 @@ def readers_of(model):
     if isinstance(layer, PrunableConcatConv):
       found.append((layer, [s for t in graph.node_inputs(node)
                             for s in sources[id(t)]]))
-    elif hasattr(layer, "layers") and any(
-        isinstance(unwrap(inner), PrunableConcatConv)
-        for inner in layer.layers):
+    elif isinstance(layer, keras.Model) and prunable_layers(layer):
       raise ValueError(
           f"Nested selections need the PrunableConcatConv layers in the "
           f"model's own graph; {layer.name!r} in {model.name!r} is a nested "
