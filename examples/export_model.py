@@ -55,6 +55,11 @@ flags.DEFINE_integer(
     "tfsdn.strip's max_concat_inputs: 0 for one concatenation per layer; 5 "
     "builds larger ones from concatenations of at most 5 inputs, which "
     "LiteRT's XNNPACK delegate runs (it leaves larger ones out).")
+flags.DEFINE_bool(
+    "pool_first", False,
+    "tfsdn.strip's pool_first: transitions pool before their 1x1 "
+    "convolution, which then runs on a quarter of the pixels (the same "
+    "function).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
@@ -122,7 +127,8 @@ def main(argv):
   has_prunable = bool(tfsdn.prunable_layers(model))
   stripped = (tfsdn.strip(model, slice_cost_macs=FLAGS.slice_cost_macs,
                           channel_reads=FLAGS.channel_reads,
-                          max_concat_inputs=FLAGS.max_concat_inputs or None)
+                          max_concat_inputs=FLAGS.max_concat_inputs or None,
+                          pool_first=FLAGS.pool_first)
                if has_prunable else None)
   compact = stripped.model if has_prunable else model
   report = tfsdn.model_report(stripped if has_prunable else model)

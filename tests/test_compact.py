@@ -166,3 +166,41 @@ def test_model_without_prunable_layers_is_rejected():
   model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
   with pytest.raises(ValueError, match="no PrunableConcatConv"):
     tfsdn.strip_to_compact(model)
+
+
+def _inbound(model, name):
+  """The layer that feeds layer `name` of `model`."""
+  return model.get_layer(name).inbound_nodes[0].inbound_layers
+
+
+@pytest.mark.parametrize("channel_reads", ["slice", "gather"])
+def test_pool_first_pools_before_transition_convs(images, channel_reads):
+  model = _pruned_model()
+  plain = tfsdn.strip(model, channel_reads=channel_reads)
+  pooled = tfsdn.strip(model, channel_reads=channel_reads, pool_first=True)
+  _assert_same(model, pooled.model, images)
+  for name in ("transition1", "transition2"):
+    pool = pooled.model.get_layer(f"{name}_pool")
+    assert _inbound(pooled.model, f"{name}_pool").name == f"{name}_relu"
+    assert _inbound(pooled.model, name) is pool
+    assert _inbound(plain.model, f"{name}_pool").name == name
+  # The two transition convolutions run on a quarter of the pixels.
+  macs = {r.name: r.macs for r in tfsdn.model_report(plain).rows}
+  saved = sum(macs[name] * 3 / 4 for name in ("transition1", "transition2"))
+  assert tfsdn.model_report(pooled).total_macs == pytest.approx(
+      tfsdn.model_report(plain).total_macs - saved)
+  assert pooled.model.count_params() == plain.model.count_params()
+
+
+def test_pool_first_leaves_transitions_with_dropout(images):
+  # Dropout between the conv and the pooling: not swapped, same function.
+  model = _pruned_model(dropout_rate=0.2)
+  compact = tfsdn.strip_to_compact(model, pool_first=True)
+  _assert_same(model, compact, images)
+  assert _inbound(compact, "transition1_drop").name == "transition1"
+  assert _inbound(compact, "transition1").name == "transition1_relu"
+
+
+def test_pool_first_must_be_a_bool():
+  with pytest.raises(TypeError, match="pool_first.*'yes'"):
+    tfsdn.strip(_pruned_model(), pool_first="yes")

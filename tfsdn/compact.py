@@ -127,11 +127,11 @@ def _split(mask, tensors):
 
 
 def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
-                     max_concat_inputs=None):
+                     max_concat_inputs=None, pool_first=False):
   """Returns a compact stock-Keras model without the pruned channels.
 
-  Same as `strip(model, slice_cost_macs, channel_reads,
-  max_concat_inputs).model`; see `strip`.
+  Same as `strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
+  pool_first).model`; see `strip`.
 
   Example:
 
@@ -145,18 +145,20 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
     slice_cost_macs: See `strip`.
     channel_reads: See `strip`.
     max_concat_inputs: See `strip`.
+    pool_first: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
-  return strip(model, slice_cost_macs, channel_reads, max_concat_inputs).model
+  return strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
+               pool_first).model
 
 
 CHANNEL_READS = ("slice", "split", "gather")
 
 
 def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None):
+          max_concat_inputs=None, pool_first=False):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -211,6 +213,15 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   and the record are the same. An all-live model stripped this way is the
   dense model with the same concatenations, to compare against.
 
+  `pool_first=True` swaps a DenseNet transition's 1x1 convolution and the
+  average pooling that alone reads it: BatchNormalization -> ReLU ->
+  AveragePooling2D -> Conv2D. A 1x1 convolution without bias is the same
+  linear map at every pixel, so it commutes with averaging pixels: the same
+  function (up to float rounding), with the convolution on a quarter of
+  the pixels after a 2x2 pooling (a DenseNet-40 has 20% of its MACs in
+  its two transition convolutions). An all-live model stripped this way is
+  the dense model to compare against.
+
   Example:
 
   ```python
@@ -233,6 +244,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     max_concat_inputs: None (the default) for one concatenation per layer
       however many inputs it has, or the most inputs of one concatenation,
       an integer >= 2 (see above).
+    pool_first: If True, transitions pool before their 1x1 convolution
+      (see above). A bool.
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -245,8 +258,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       non-finite `slice_cost_macs` (or one above 0 on a model of unknown
       input height or width), an unknown `channel_reads` or a
       `max_concat_inputs` that is not None or an integer >= 2.
+    TypeError: if `pool_first` is not a bool.
   """
   require_functional(model)
+  pool_first = checks.boolean("pool_first", pool_first)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
@@ -267,10 +282,11 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   if channel_reads == "split":
     # A first build finds every range read of each feature map; the second
     # splits each map once at all of their boundaries.
-    _build(model, nodes, needed, sources, orders, slice_cost_macs, reads)
+    _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
+           pool_first)
     reads = _Reads(split_at=reads.recorded, max_inputs=max_concat_inputs)
   compact, record = _build(model, nodes, needed, sources, orders,
-                           slice_cost_macs, reads)
+                           slice_cost_macs, reads, pool_first)
   _classify(record, nodes, sources)
   source_channels = {
       layer.name: (graph.channels(graph.node_output(node))
@@ -279,14 +295,49 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   return Stripped(compact, model.name, record, source_channels)
 
 
-def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads):
+def _pooled_transitions(model, nodes):
+  """`{id(conv output): (pooling node, pooling layer)}` for `pool_first`.
+
+  A `PrunableConcatConv` with a 1x1 kernel, stride 1 and no bias whose
+  output only one 2-D average pooling reads (channels last), and is not a
+  model output: pooling its input first gives the same function.
+  """
+  consumers = collections.defaultdict(list)
+  for node, layer in nodes:
+    for tensor in graph.node_inputs(node):
+      consumers[id(tensor)].append((node, layer))
+  outputs = {id(t) for t in model.outputs}
+  found = {}
+  for node, layer in nodes:
+    if not isinstance(layer, PrunableConcatConv) or graph.is_input(node):
+      continue
+    output = graph.node_output(node)
+    readers = consumers.get(id(output), [])
+    if (id(output) in outputs or len(readers) != 1 or
+        tuple(layer.kernel_size) != (1, 1) or
+        tuple(layer.strides) != (1, 1) or layer.conv.use_bias):
+      continue
+    pool_node, pool = readers[0]
+    if (type(pool) is keras.layers.AveragePooling2D and  # pylint: disable=unidiomatic-typecheck
+        pool.data_format == "channels_last" and
+        len(graph.node_inputs(pool_node)) == 1):
+      found[id(output)] = (pool_node, pool)
+  return found
+
+
+def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
+           pool_first=False):
   """The compact model and the record, reading channels through `reads`."""
   record = {}
   new = {}      # id(original tensor) -> new tensor
   present = {}  # id(original tensor) -> original channel indices it carries
   new_inputs = []
+  pooled = _pooled_transitions(model, nodes) if pool_first else {}
+  built_pools = set()  # ids of pooling nodes built inside a transition
   for node, layer in nodes:
     output = graph.node_output(node)
+    if id(node) in built_pools:
+      continue
     if graph.is_input(node):
       tensor = graph.input_like(node, layer)
       new_inputs.append(tensor)
@@ -303,12 +354,22 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads):
       continue
     if isinstance(layer, PrunableConcatConv):
       keep_filters = orders.get(layer.name, np.flatnonzero(out_need))
-      new[id(output)] = _compact_concat_conv(
+      pool_node, pool = pooled.get(id(output), (None, None))
+      if pool is not None:
+        built_pools.add(id(pool_node))
+        output_size = tuple(graph.node_output(pool_node).shape[1:3])
+      else:
+        output_size = tuple(output.shape[1:3])
+      x = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
           [present.get(id(t)) for t in inputs], [id(t) for t in inputs],
-          keep_filters, reads,
-          slice_cost_macs, tuple(output.shape[1:3]))
+          keep_filters, reads, slice_cost_macs, output_size,
+          None if pool is None else graph.copy_layer(pool))
+      new[id(output)] = x
       present[id(output)] = keep_filters
+      if pool is not None:  # The pooling's output is the conv's now.
+        new[id(graph.node_output(pool_node))] = x
+        present[id(graph.node_output(pool_node))] = keep_filters
       record[layer.name] = StrippedLayer(
           layer.name, [s for t in inputs for s in sources[id(t)]],
           layer.live_mask(), layer.filters, len(keep_filters),
@@ -507,8 +568,11 @@ class _Reads:
 
 
 def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
-                         reads, slice_cost_macs, output_size):
+                         reads, slice_cost_macs, output_size, pool=None):
   """Stock layers computing `layer` on its live inputs and computed filters.
+
+  With `pool` (an average pooling layer, for `pool_first`), the layer
+  computes `pool` of its output: the pooling goes before the convolution.
 
   Reads, of every input, the ranges of channels it needs (through `reads`,
   shared with other layers; `keys` name the inputs; ranges merged across
@@ -549,6 +613,8 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
   x = batch_norm(x)
   batch_norm.set_weights([w[read] for w in layer.batch_norm.get_weights()])
   x = keras.layers.ReLU(name=f"{layer.name}_relu", dtype=dtype)(x)
+  if pool is not None:
+    x = pool(x)
   conv = keras.layers.Conv2D(
       len(keep_filters), layer.kernel_size, strides=layer.strides,
       padding=layer.padding, use_bias=False, name=layer.name, dtype=dtype)
