@@ -19,8 +19,10 @@ to prefixes of its producers, the best case for slices (said so in the
 JSON). The
 dense model is the same network with every input channel live; with
 --max_concat_inputs=0,5 both come with and without concatenations of at
-most 5 inputs (suffix _c5), and each compact model is compared with the
-faster dense model of each runtime and batch size. With
+most 5 inputs (suffix _c5), with --pool_first every model also comes with
+its transitions pooling before their 1x1 convolution (suffix _pf), and
+each compact model is compared with the fastest dense model of each
+runtime and batch size. With
 --dataset, int8 is calibrated on training images and --eval_images test
 images measure each format's accuracy (of the compact model).
 
@@ -94,6 +96,10 @@ flags.DEFINE_list("max_concat_inputs", ["0"],
                   "models with concatenations of at most N inputs (suffix "
                   "_cN). Each compact model is compared with the fastest "
                   "dense model in each runtime and batch size.")
+flags.DEFINE_bool("pool_first", False,
+                  "Also time every model, dense included, stripped with "
+                  "tfsdn.strip's pool_first=True (transitions pool before "
+                  "their 1x1 convolution; suffix _pf).")
 
 
 class _Result:
@@ -294,19 +300,23 @@ def main(argv):
         f"{tfsdn.compact.CHANNEL_READS}. Received: {','.join(reads)}")
   limits = _concat_limits(FLAGS.max_concat_inputs)
   stripped, model_costs = {}, {}
+  pools = [False, True] if FLAGS.pool_first else [False]
   for limit in limits:
-    stripped["dense" + _concat_suffix(limit)] = tfsdn.strip(
-        dense_source, max_concat_inputs=limit)
+    for pool in pools:
+      stripped["dense" + _concat_suffix(limit) + ("_pf" if pool else "")] = (
+          tfsdn.strip(dense_source, max_concat_inputs=limit, pool_first=pool))
   denses = list(stripped)
   for cost in costs:
     for read in reads:
       for limit in limits:
-        name = (_compact_name(cost) + ("" if read == "slice" else f"_{read}") +
-                _concat_suffix(limit))
-        stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
-                                     channel_reads=read,
-                                     max_concat_inputs=limit)
-        model_costs[name] = cost
+        for pool in pools:
+          name = (_compact_name(cost) + ("" if read == "slice" else f"_{read}")
+                  + _concat_suffix(limit) + ("_pf" if pool else ""))
+          stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
+                                       channel_reads=read,
+                                       max_concat_inputs=limit,
+                                       pool_first=pool)
+          model_costs[name] = cost
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
   compacts = [name for name in stripped if name not in denses]
   if FLAGS.dataset:
@@ -327,12 +337,12 @@ def main(argv):
               for key, (serve, _, _) in served.items()
               if key.startswith("compact")}
   throughput = _time(served, batch_sizes)
-  ideal = reports[denses[0]].total_macs / min(
+  ideal = min(reports[name].total_macs for name in denses) / min(
       reports[name].total_macs for name in compacts)
   results = {
       "patterns": patterns, "rounds": FLAGS.rounds,
       "seconds_per_round": FLAGS.seconds, "threads": FLAGS.threads,
-      "isolated_runtimes": FLAGS.isolate,
+      "isolated_runtimes": FLAGS.isolate, "pool_first": FLAGS.pool_first,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
       "params": {k: r.total_params for k, r in reports.items()},
       "macs": {k: r.total_macs for k, r in reports.items()},

@@ -83,6 +83,29 @@ def test_dense_and_compact_side_by_side(tmp_path):
              for runtime in runtimes)
 
 
+def test_pool_first_adds_pooled_models_dense_included(tmp_path):
+  output = tmp_path / "deploy.json"
+  subprocess.run(
+      [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
+       "--batch_sizes=1", "--rounds=1", "--seconds=0.05", "--runtimes=tf",
+       "--slice_cost_macs=0", "--pool_first", "--isolate=false",
+       f"--output={output}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
+                   "PYTHONPATH", "")])))
+  results = json.loads(output.read_text())
+  assert results["pool_first"] is True
+  assert set(results["speedup_by_model"]) == {"compact", "compact_pf"}
+  macs = results["macs"]
+  assert macs["dense_pf"] < macs["dense"] and macs["compact_pf"] < macs[
+      "compact"]
+  assert results["ideal_speedup_mac_ratio"] == pytest.approx(
+      macs["dense_pf"] / macs["compact_pf"])
+  assert results["compact_max_abs_diff_from_keras"]["compact_pf/tf"] < 1e-4
+  assert results["dense_model"]["tf@1"] in ("dense", "dense_pf")
+
+
 def test_runtime_timing_names_an_unknown_runtime():
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   runtime_timing = importlib.import_module("runtime_timing")
