@@ -14,6 +14,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "deploy_speed.py")
 
 
+def _deploy_speed(output, *args):
+  """Runs deploy_speed.py on a tiny DenseNet; returns its JSON results."""
+  subprocess.run(
+      [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4", "--rounds=1",
+       "--seconds=0.05", "--slice_cost_macs=0", *args, f"--output={output}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
+                   "PYTHONPATH", "")])))
+  return json.loads(output.read_text())
+
+
 def test_dense_and_compact_side_by_side(tmp_path):
   runtimes = ["tf"]
   if importlib.util.find_spec("ai_edge_litert"):
@@ -21,19 +33,10 @@ def test_dense_and_compact_side_by_side(tmp_path):
     runtimes += ["litert_int8", "litert_int8_shared"]
   if importlib.util.find_spec("tf2onnx"):
     runtimes += ["onnx"]
-  output = tmp_path / "deploy.json"
-  subprocess.run(
-      [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
-       "--batch_sizes=1,2", "--rounds=1", "--seconds=0.05",
-       "--calibration_images=4", f"--runtimes={','.join(runtimes)}",
-       "--slice_cost_macs=0", "--channel_reads=slice,gather",
-       "--max_concat_inputs=0,2",
-       f"--output={output}"],
-      capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
-                   "PYTHONPATH", "")])))
-  results = json.loads(output.read_text())
+  results = _deploy_speed(
+      tmp_path / "deploy.json", "--batch_sizes=1,2", "--calibration_images=4",
+      f"--runtimes={','.join(runtimes)}", "--channel_reads=slice,gather",
+      "--max_concat_inputs=0,2")
   assert results["patterns"].startswith("random")
   # Each runtime was timed in a process of its own (which, for LiteRT and
   # ONNX Runtime, did not import TensorFlow: deploy_speed checks it).
@@ -84,17 +87,8 @@ def test_dense_and_compact_side_by_side(tmp_path):
 
 
 def test_pool_first_adds_pooled_models_dense_included(tmp_path):
-  output = tmp_path / "deploy.json"
-  subprocess.run(
-      [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
-       "--batch_sizes=1", "--rounds=1", "--seconds=0.05", "--runtimes=tf",
-       "--slice_cost_macs=0", "--pool_first", "--isolate=false",
-       f"--output={output}"],
-      capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
-                   "PYTHONPATH", "")])))
-  results = json.loads(output.read_text())
+  results = _deploy_speed(tmp_path / "deploy.json", "--batch_sizes=1",
+                          "--runtimes=tf", "--pool_first", "--isolate=false")
   assert results["pool_first"] is True
   assert set(results["speedup_by_model"]) == {"compact", "compact_pf"}
   macs = results["macs"]
