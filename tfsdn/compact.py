@@ -302,10 +302,7 @@ def _pooled_transitions(model, nodes):
   output only one 2-D average pooling reads (channels last), and is not a
   model output: pooling its input first gives the same function.
   """
-  consumers = collections.defaultdict(list)
-  for node, layer in nodes:
-    for tensor in graph.node_inputs(node):
-      consumers[id(tensor)].append((node, layer))
+  consumers = graph.consumers(nodes)
   outputs = {id(t) for t in model.outputs}
   found = {}
   for node, layer in nodes:

@@ -170,6 +170,19 @@ def node_output(node):
   return internals.node_outputs(node)[0]
 
 
+def consumers(nodes):
+  """`{id(tensor): [(node, layer), ...]}`: who reads each tensor.
+
+  Args:
+    nodes: `topological_nodes(model)`.
+  """
+  found = {}
+  for node, layer in nodes:
+    for tensor in node_inputs(node):
+      found.setdefault(id(tensor), []).append((node, layer))
+  return found
+
+
 def is_input(node):
   """True for the node of an `Input` layer."""
   return internals.node_is_input(node)

@@ -60,10 +60,7 @@ def reorderable_tensors(model, nodes):
   Returns:
     A set of `id(keras_tensor)`.
   """
-  consumers = collections.defaultdict(list)
-  for node, layer in nodes:
-    for tensor in graph.node_inputs(node):
-      consumers[id(tensor)].append((node, layer))
+  consumers = graph.consumers(nodes)
   outputs = {id(t) for t in model.outputs}
   reorderable = set()
   for node, _ in reversed(nodes):
@@ -73,7 +70,7 @@ def reorderable_tensors(model, nodes):
     if all(takes_any_channel_order(layer) or
            (passes_channel_order(layer, consumer) and
             id(graph.node_output(consumer)) in reorderable)
-           for consumer, layer in consumers[id(output)]):
+           for consumer, layer in consumers.get(id(output), [])):
       reorderable.add(id(output))
   return reorderable
 
