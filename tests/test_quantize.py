@@ -24,12 +24,12 @@ needs_litert = pytest.mark.skipif(
     reason="needs the litert extra")
 
 
-def _compact(sparsity=0.5, seed=0):
+def _compact(sparsity=0.5, seed=0, pool_first=False):
   model = helpers.tiny_densenet()
   if sparsity:
     helpers.prune_randomly(model, sparsity, seed)
   helpers.randomize_batch_norm(model, seed)
-  return tfsdn.strip(model).model
+  return tfsdn.strip(model, pool_first=pool_first).model
 
 
 def test_fold_batch_norms_keeps_the_function(images):
@@ -106,11 +106,14 @@ def _tflite_ops(path):
 
 
 @needs_litert
-def test_qat_model_converts_to_an_all_int8_graph(tmp_path, images):
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_qat_model_converts_to_an_all_int8_graph(tmp_path, images,
+                                                 pool_first):
   # Plain tfmot quantize_model fails on these models (slices, and the
   # pooling's same-scale constraint; the benchmark test below converts a
-  # dense one).
-  qat = quantize.quantize_aware(_compact())
+  # dense one). With pool_first a ReLU, not a convolution, feeds each
+  # pooling.
+  qat = quantize.quantize_aware(_compact(pool_first=pool_first))
   x, y = helpers.random_data(32)
   helpers.compile_sgd(qat, 0.01)
   qat.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -128,6 +131,15 @@ def test_qat_model_converts_to_an_all_int8_graph(tmp_path, images):
   float_edges = [n for n, d in ops if n in ("QUANTIZE", "DEQUANTIZE")
                  and np.float32 in d]
   assert len(float_edges) <= 4, float_edges
+  if pool_first:
+    # The ReLU a pooling reads takes the pooling's range, so the
+    # convolution after the pooling reads it without a requantization.
+    details = interpreter._get_ops_details()  # pylint: disable=protected-access
+    requantized = {i for op in details if op["op_name"] == "QUANTIZE"
+                   for i in op["inputs"]}
+    pooled = {o for op in details if op["op_name"] == "AVERAGE_POOL_2D"
+              for o in op["outputs"]}
+    assert len(pooled) == 2 and not pooled & requantized
   inp = interpreter.get_input_details()[0]
   interpreter.resize_tensor_input(inp["index"], [4, 32, 32, 3])
   interpreter.allocate_tensors()

@@ -19,8 +19,9 @@ TFLite converts to int8:
 pieces: every BatchNormalization becomes the 1x1 DepthwiseConv2D that
 computes it in inference mode (its moving statistics folded in, as QAT
 fine-tuning freezes them anyway; tfmot quantizes a depthwise convolution
-per channel), a convolution read only by pooling quantizes its weights but
-not its output (the pooling's range is both), slices are left unwrapped (a
+per channel), a convolution (or, after `strip(..., pool_first=True)`, a
+ReLU) read only by pooling quantizes its weights but not its output (the
+pooling's range is both), slices are left unwrapped (a
 slice only moves int8 values, keeping its input's scale), and everything
 else is wrapped as `quantize_model` would. Fine-tune the result with `fit`,
 then convert it with `export_tflite(..., quantization="int8")`.
@@ -67,8 +68,8 @@ class OutputQuantizeConfig(_Q.QuantizeConfig):
 class WeightsOnlyQuantizeConfig(_Q.QuantizeConfig):
   """tfmot's default 8-bit weight quantization, without an output range.
 
-  For a convolution read only by a pooling layer, which must keep its
-  input's scale in TFLite: the pooling's output range then sets both.
+  For a convolution or ReLU read only by a pooling layer, which must keep
+  its input's scale in TFLite: the pooling's output range then sets both.
   """
 
   def _default(self, layer):
@@ -208,8 +209,8 @@ def quantize_aware(model):
       return layer.__class__.from_config(layer.get_config())
     if isinstance(layer, keras.layers.Normalization):
       return annotate(layer, OutputQuantizeConfig())
-    if isinstance(layer, keras.layers.Conv2D) and _read_only_by_pooling(
-        layer):
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.ReLU)) and (
+        _read_only_by_pooling(layer)):
       return annotate(layer, WeightsOnlyQuantizeConfig())
     if registry.supports(layer):
       return annotate(layer)
