@@ -332,9 +332,9 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
   pooled = _pooled_transitions(model, nodes) if pool_first else {}
   built_pools = set()  # ids of pooling nodes built inside a transition
   for node, layer in nodes:
-    output = graph.node_output(node)
     if id(node) in built_pools:
       continue
+    output = graph.node_output(node)
     if graph.is_input(node):
       tensor = graph.input_like(node, layer)
       new_inputs.append(tensor)
@@ -352,21 +352,19 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
     if isinstance(layer, PrunableConcatConv):
       keep_filters = orders.get(layer.name, np.flatnonzero(out_need))
       pool_node, pool = pooled.get(id(output), (None, None))
+      # With the pooling first, the conv computes the pooling's output.
+      outputs = [output]
       if pool is not None:
         built_pools.add(id(pool_node))
-        output_size = tuple(graph.node_output(pool_node).shape[1:3])
-      else:
-        output_size = tuple(output.shape[1:3])
+        outputs.append(graph.node_output(pool_node))
       x = _compact_concat_conv(
           layer, [new.get(id(t)) for t in inputs],
           [present.get(id(t)) for t in inputs], [id(t) for t in inputs],
-          keep_filters, reads, slice_cost_macs, output_size,
+          keep_filters, reads, slice_cost_macs, tuple(outputs[-1].shape[1:3]),
           None if pool is None else graph.copy_layer(pool))
-      new[id(output)] = x
-      present[id(output)] = keep_filters
-      if pool is not None:  # The pooling's output is the conv's now.
-        new[id(graph.node_output(pool_node))] = x
-        present[id(graph.node_output(pool_node))] = keep_filters
+      for tensor in outputs:
+        new[id(tensor)] = x
+        present[id(tensor)] = keep_filters
       record[layer.name] = StrippedLayer(
           layer.name, [s for t in inputs for s in sources[id(t)]],
           layer.live_mask(), layer.filters, len(keep_filters),
