@@ -20,8 +20,10 @@ JSON). The
 dense model is the same network with every input channel live; with
 --max_concat_inputs=0,5 both come with and without concatenations of at
 most 5 inputs (suffix _c5), with --pool_first every model also comes with
-its transitions pooling before their 1x1 convolution (suffix _pf), and
-each compact model is compared with the fastest dense model of each
+its transitions pooling before their 1x1 convolution (suffix _pf), with
+--reuse_concats with concatenations that start from an earlier layer's
+(suffix _r; the dense one then has a DenseNet's running concatenations),
+and each compact model is compared with the fastest dense model of each
 runtime and batch size. With
 --dataset, int8 is calibrated on training images and --eval_images test
 images measure each format's accuracy (of the compact model).
@@ -100,6 +102,11 @@ flags.DEFINE_bool("pool_first", False,
                   "Also time every model, dense included, stripped with "
                   "tfsdn.strip's pool_first=True (transitions pool before "
                   "their 1x1 convolution; suffix _pf).")
+flags.DEFINE_bool("reuse_concats", False,
+                  "Also time every model, dense included, stripped with "
+                  "tfsdn.strip's reuse_concats=True (a layer's "
+                  "concatenation starts from an earlier layer's, as a "
+                  "DenseNet's running concatenation does; suffix _r).")
 
 
 class _Result:
@@ -300,22 +307,28 @@ def main(argv):
         f"{tfsdn.compact.CHANNEL_READS}. Received: {','.join(reads)}")
   limits = _concat_limits(FLAGS.max_concat_inputs)
   stripped, model_costs = {}, {}
-  pools = [False, True] if FLAGS.pool_first else [False]
+  # (suffix, strip arguments) of each graph option timed.
+  options = [("", {})]
+  if FLAGS.pool_first:
+    options += [(suffix + "_pf", dict(kwargs, pool_first=True))
+                for suffix, kwargs in options]
+  if FLAGS.reuse_concats:
+    options += [(suffix + "_r", dict(kwargs, reuse_concats=True))
+                for suffix, kwargs in options]
   for limit in limits:
-    for pool in pools:
-      stripped["dense" + _concat_suffix(limit) + ("_pf" if pool else "")] = (
-          tfsdn.strip(dense_source, max_concat_inputs=limit, pool_first=pool))
+    for suffix, kwargs in options:
+      stripped["dense" + _concat_suffix(limit) + suffix] = tfsdn.strip(
+          dense_source, max_concat_inputs=limit, **kwargs)
   denses = list(stripped)
   for cost in costs:
     for read in reads:
       for limit in limits:
-        for pool in pools:
+        for suffix, kwargs in options:
           name = (_compact_name(cost) + ("" if read == "slice" else f"_{read}")
-                  + _concat_suffix(limit) + ("_pf" if pool else ""))
+                  + _concat_suffix(limit) + suffix)
           stripped[name] = tfsdn.strip(pruned, slice_cost_macs=cost,
                                        channel_reads=read,
-                                       max_concat_inputs=limit,
-                                       pool_first=pool)
+                                       max_concat_inputs=limit, **kwargs)
           model_costs[name] = cost
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
   compacts = [name for name in stripped if name not in denses]
@@ -343,6 +356,7 @@ def main(argv):
       "patterns": patterns, "rounds": FLAGS.rounds,
       "seconds_per_round": FLAGS.seconds, "threads": FLAGS.threads,
       "isolated_runtimes": FLAGS.isolate, "pool_first": FLAGS.pool_first,
+      "reuse_concats": FLAGS.reuse_concats,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
       "params": {k: r.total_params for k, r in reports.items()},
       "macs": {k: r.total_macs for k, r in reports.items()},

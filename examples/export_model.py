@@ -60,6 +60,11 @@ flags.DEFINE_bool(
     "tfsdn.strip's pool_first: transitions pool before their 1x1 "
     "convolution, which then runs on a quarter of the pixels (the same "
     "function).")
+flags.DEFINE_bool(
+    "reuse_concats", False,
+    "tfsdn.strip's reuse_concats: a layer's concatenation starts from an "
+    "earlier layer's, as a DenseNet's running concatenation does (fewer "
+    "concatenation inputs, the same function).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
@@ -128,7 +133,8 @@ def main(argv):
   stripped = (tfsdn.strip(model, slice_cost_macs=FLAGS.slice_cost_macs,
                           channel_reads=FLAGS.channel_reads,
                           max_concat_inputs=FLAGS.max_concat_inputs or None,
-                          pool_first=FLAGS.pool_first)
+                          pool_first=FLAGS.pool_first,
+                          reuse_concats=FLAGS.reuse_concats)
                if has_prunable else None)
   compact = stripped.model if has_prunable else model
   report = tfsdn.model_report(stripped if has_prunable else model)

@@ -204,3 +204,51 @@ def test_pool_first_leaves_transitions_with_dropout(images):
 def test_pool_first_must_be_a_bool():
   with pytest.raises(TypeError, match="pool_first.*'yes'"):
     tfsdn.strip(_pruned_model(), pool_first="yes")
+
+
+def _concat_inputs(model):
+  return [len(layer.input) for layer in model.layers
+          if isinstance(layer, keras.layers.Concatenate)]
+
+
+@pytest.mark.parametrize("channel_reads", ["slice", "split", "gather"])
+@pytest.mark.parametrize("max_concat_inputs", [None, 3])
+def test_reuse_concats_keeps_the_function_with_fewer_inputs(
+    images, channel_reads, max_concat_inputs):
+  model = _pruned_model(sparsity=0.3)
+  kwargs = dict(channel_reads=channel_reads,
+                max_concat_inputs=max_concat_inputs, slice_cost_macs=1e9)
+  plain = tfsdn.strip(model, **kwargs)
+  reused = tfsdn.strip(model, reuse_concats=True, **kwargs)
+  _assert_same(model, reused.model, images)
+  # Every read is widened to whole maps, so each layer's concatenation
+  # is the one before it plus the maps since: fewer inputs in all.
+  assert sum(_concat_inputs(reused.model)) < sum(_concat_inputs(plain.model))
+  assert tfsdn.model_report(reused).total_macs == tfsdn.model_report(
+      plain).total_macs
+  assert reused.model.count_params() == plain.model.count_params()
+
+
+def test_reuse_concats_gives_the_dense_model_running_concatenations(images):
+  # All channels live: as a stock DenseNet, each layer concatenates the
+  # concatenation of the layer before and that layer's new maps.
+  model = _pruned_model(sparsity=0.0)
+  dense = tfsdn.strip_to_compact(model, reuse_concats=True)
+  _assert_same(model, dense, images)
+  assert max(_concat_inputs(dense)) == 2
+  assert max(_concat_inputs(tfsdn.strip_to_compact(model))) > 2
+
+
+def test_reuse_concats_reorders_channels_with_exact_reads(images):
+  # Exact reads (no slice cost): a layer that reads some of what an
+  # earlier layer concatenated reuses it, with its BatchNormalization and
+  # kernel rows in the reused order.
+  model = _pruned_model(sparsity=0.5, seed=3)
+  for reads in ("slice", "gather"):
+    reused = tfsdn.strip(model, channel_reads=reads, reuse_concats=True)
+    _assert_same(model, reused.model, images)
+
+
+def test_reuse_concats_must_be_a_bool():
+  with pytest.raises(TypeError, match="reuse_concats.*1"):
+    tfsdn.strip(_pruned_model(), reuse_concats=1)

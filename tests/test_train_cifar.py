@@ -152,12 +152,13 @@ def test_late_failure_reruns_without_training_then_export_and_predict(
   refused = _run(export + ["--version=1"], check=False)
   assert refused.returncode == 1 and "pass --overwrite" in refused.stderr
   assert "Total parameters" not in refused.stdout  # refused before loading
-  # With merged ranges (zero kernel rows) read through splits, and
-  # transitions pooling first: still exported and verified against the
-  # model.
+  # With merged ranges (zero kernel rows) read through splits,
+  # transitions pooling first and reused concatenations: still exported
+  # and verified against the model.
   replaced = _run(export + ["--version=1", "--overwrite",
                             "--slice_cost_macs=200000",
-                            "--channel_reads=split", "--pool_first"])
+                            "--channel_reads=split", "--pool_first",
+                            "--reuse_concats"])
   assert f"Exported and verified: {tmp_path / 'sdn' / '1'}" in replaced.stdout
   predicted = _run([sys.executable, os.path.join(ROOT, "examples",
                                                  "predict.py"),

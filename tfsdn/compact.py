@@ -127,11 +127,12 @@ def _split(mask, tensors):
 
 
 def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
-                     max_concat_inputs=None, pool_first=False):
+                     max_concat_inputs=None, pool_first=False,
+                     reuse_concats=False):
   """Returns a compact stock-Keras model without the pruned channels.
 
   Same as `strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
-  pool_first).model`; see `strip`.
+  pool_first, reuse_concats).model`; see `strip`.
 
   Example:
 
@@ -146,19 +147,20 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
     channel_reads: See `strip`.
     max_concat_inputs: See `strip`.
     pool_first: See `strip`.
+    reuse_concats: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
   return strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
-               pool_first).model
+               pool_first, reuse_concats).model
 
 
 CHANNEL_READS = ("slice", "split", "gather")
 
 
 def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None, pool_first=False):
+          max_concat_inputs=None, pool_first=False, reuse_concats=False):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -222,6 +224,17 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   its two transition convolutions). An all-live model stripped this way is
   the dense model to compare against.
 
+  `reuse_concats=True` lets a layer's concatenation start from an earlier
+  layer's when that one joins only pieces (whole maps or slices) that this
+  layer also reads, as a DenseNet's running concatenation does: the
+  earlier concatenation of the most channels, then the next, and the
+  remaining pieces, with the BatchNormalization and kernel rows in that
+  order. An all-live model stripped this way concatenates 2 inputs per
+  layer, as a stock DenseNet does. Fewer concatenation inputs, the same
+  function, MACs and parameters; reads widened by `slice_cost_macs`
+  repeat more, so share more. Each concatenation still copies every
+  channel it joins.
+
   Example:
 
   ```python
@@ -246,6 +259,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       an integer >= 2 (see above).
     pool_first: If True, transitions pool before their 1x1 convolution
       (see above). A bool.
+    reuse_concats: If True, concatenations start from earlier ones (see
+      above). A bool.
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -258,7 +273,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       non-finite `slice_cost_macs` (or one above 0 on a model of unknown
       input height or width), an unknown `channel_reads` or a
       `max_concat_inputs` that is not None or an integer >= 2.
-    TypeError: if `pool_first` is not a bool.
+    TypeError: if `pool_first` or `reuse_concats` is not a bool.
   """
   require_functional(model)
   pool_first = checks.boolean("pool_first", pool_first)
@@ -277,14 +292,16 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   needed = channel_liveness(model)
   sources = graph.channel_sources(model)
   orders = layout.filter_orders(model, nodes, needed)
+  reuse_concats = checks.boolean("reuse_concats", reuse_concats)
   reads = _Reads(gather=channel_reads == "gather",
-                 max_inputs=max_concat_inputs)
+                 max_inputs=max_concat_inputs, reuse=reuse_concats)
   if channel_reads == "split":
     # A first build finds every range read of each feature map; the second
     # splits each map once at all of their boundaries.
     _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
            pool_first)
-    reads = _Reads(split_at=reads.recorded, max_inputs=max_concat_inputs)
+    reads = _Reads(split_at=reads.recorded, max_inputs=max_concat_inputs,
+                   reuse=reuse_concats)
   compact, record = _build(model, nodes, needed, sources, orders,
                            slice_cost_macs, reads, pool_first)
   _classify(record, nodes, sources)
@@ -385,7 +402,7 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
       # rest, and remember which original channels the result carries.
       offsets = np.cumsum([0] + [graph.channels(t) for t in inputs])
       built = [i for i, t in enumerate(inputs) if id(t) in new]
-      parts = [new[id(inputs[i])] for i in built]
+      parts = reads.reused_prefix([new[id(inputs[i])] for i in built])
       new[id(output)] = reads.concatenate(
           parts, layer.name, layer.dtype_policy.name,
           lambda: graph.copy_layer(layer))
@@ -463,10 +480,13 @@ class _Reads:
   of at most `max_inputs`, each group made once for all layers.
   """
 
-  def __init__(self, split_at=None, gather=False, max_inputs=None):
+  def __init__(self, split_at=None, gather=False, max_inputs=None,
+               reuse=False):
     self.split_at = split_at
     self.gather = gather
     self.max_inputs = max_inputs
+    self.reuse = reuse
+    self._atoms = {}  # id of a concatenation -> ids of the parts it joins
     self.recorded = collections.defaultdict(set)
     self._made = {}
     self._groups = {}  # ids of the inputs of a group -> its concatenation
@@ -516,23 +536,75 @@ class _Reads:
     return result
 
   def concat(self, name, dtype, inputs):
-    """The channels read of every input, in order: `inputs` are (key, tensor, ranges)."""
+    """The channels read of every input: `inputs` are (key, tensor, ranges).
+
+    Returns:
+      (tensor, order): `order[i]` is the position, among the channels read
+      in the order of `inputs` and their ranges, of the tensor's channel i.
+      With `reuse`, an earlier concatenation of some of the same parts
+      stands in for them (first), as a DenseNet's running concatenation
+      does: the channels come in another order, which the caller's
+      BatchNormalization and kernel rows follow.
+    """
     inputs = [(key, tensor, r) for key, tensor, r in inputs if len(r)]
     for key, tensor, r in inputs:
       self._read[key].update(
           rng for rng in r if rng != (0, graph.channels(tensor)))
     if not self.gather:
-      return self.concatenate([part for key, tensor, r in inputs
-                               for part in self.read(key, tensor, r)],
-                              name, dtype)
+      parts = [part for key, tensor, r in inputs
+               for part in self.read(key, tensor, r)]
+      parts, order = self._reused(parts)
+      return self.concatenate(parts, name, dtype), order
     whole = [tensor for _, tensor, _ in inputs]
     offsets = np.cumsum([0] + [graph.channels(t) for t in whole])
     index = np.concatenate([offsets[j] + channel_order.positions(r)
                             for j, (_, _, r) in enumerate(inputs)])
+    whole, placed = self._reused(whole)
     x = self.concatenate(whole, name, dtype)
+    index = np.argsort(placed)[index]  # Where each channel read now is.
+    order = np.arange(len(index))
     if np.array_equal(index, np.arange(offsets[-1])):
-      return x
-    return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather")
+      return x, order
+    return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather"), order
+
+  def reused_prefix(self, parts):
+    """`parts` with the longest earlier concatenation of its first parts,
+    if `reuse`, in their place: the same channels in the same order."""
+    ids = [id(part) for part in parts]
+    fits = [(len(atoms), tensor) for tensor, atoms in self._atoms.values()
+            if self.reuse and 1 < len(atoms) <= len(ids) and
+            list(atoms) == ids[:len(atoms)]]
+    if not fits:
+      return parts
+    length, tensor = max(fits, key=lambda fit: fit[0])
+    return [tensor] + parts[length:]
+
+  def _reused(self, parts):
+    """`parts` with earlier concatenations of some of them in their place.
+
+    Greedily, the earlier concatenation of the most channels whose parts
+    are all among those left stands in for them, until none is. Returns
+    the new parts and the order of their channels (see `concat`).
+    """
+    starts = np.cumsum([0] + [graph.channels(p) for p in parts])
+    spans = [np.arange(starts[i], starts[i + 1]) for i in range(len(parts))]
+    left = {id(p): i for i, p in enumerate(parts)}
+    if not self.reuse or len(left) != len(parts):
+      return parts, np.arange(starts[-1])
+    used = []  # (concatenation, indices of the parts it joins)
+    while True:
+      fits = [(graph.channels(t), -n, t, atoms) for n, (t, atoms) in
+              enumerate(self._atoms.values())
+              if len(atoms) > 1 and all(a in left for a in atoms)]
+      if not fits:
+        break
+      _, _, tensor, atoms = max(fits, key=lambda f: f[:2])
+      used.append((tensor, [left.pop(a) for a in atoms]))
+    rest = sorted(left.values())
+    order = [spans[i] for _, indices in used for i in indices]
+    order += [spans[i] for i in rest]
+    return ([t for t, _ in used] + [parts[i] for i in rest],
+            np.concatenate(order))
 
   def concatenate(self, parts, name, dtype, make_last=None):
     """`parts` concatenated on channels, at most `max_inputs` at a time
@@ -545,14 +617,21 @@ class _Reads:
 
     def concat(group, group_name):
       if group_name is None and make_last:
-        return make_last()(group)
+        return self._joined(make_last()(group), group)
       key = tuple(id(part) for part in group)
       if key not in self._groups:
-        self._groups[key] = keras.layers.Concatenate(
-            name=group_name or f"{name}_concat", dtype=dtype)(group)
+        self._groups[key] = self._joined(keras.layers.Concatenate(
+            name=group_name or f"{name}_concat", dtype=dtype)(group), group)
       return self._groups[key]
 
     return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
+
+  def _joined(self, tensor, group):
+    """Records the parts (not concatenations) that `tensor` joins."""
+    self._atoms[id(tensor)] = (tensor, tuple(
+        a for part in group
+        for a in self._atoms.get(id(part), (None, (id(part),)))[1]))
+    return tensor
 
   def _pieces(self, key, tensor):
     if key not in self._made:
@@ -601,7 +680,8 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
                 offsets[j])
   read = np.concatenate(read)  # Offered channel of each channel read.
   dtype = layer.dtype_policy.name
-  x = reads.concat(layer.name, dtype, reading)
+  x, order = reads.concat(layer.name, dtype, reading)
+  read = read[order]
   batch_norm = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
       name=f"{layer.name}_bn", dtype=dtype)
