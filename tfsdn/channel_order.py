@@ -123,6 +123,72 @@ def bounded_concat(parts, max_inputs, concat, name):
   return parts[0] if len(parts) == 1 else concat(parts, None)
 
 
+class ConcatReuse:
+  """Concatenations made so far, by the pieces they join, for reuse.
+
+  A DenseNet layer reads what the layer before it read plus a little: a
+  stock DenseNet concatenates the previous concatenation and one new map.
+  This finds, for the pieces (whole maps or slices) a layer reads, earlier
+  concatenations that join only some of them. Pieces are compared by
+  identity (`id`); the framework is the caller's.
+  """
+
+  def __init__(self, channels):
+    """`channels(tensor)`: the number of channels of a tensor."""
+    self._channels = channels
+    self._atoms = {}  # id of a concatenation -> (it, ids of its pieces)
+
+  def joined(self, tensor, group):
+    """Records that `tensor` concatenates `group` (pieces or earlier
+    concatenations, expanded to their pieces); returns `tensor`."""
+    self._atoms[id(tensor)] = (tensor, tuple(
+        a for part in group
+        for a in self._atoms.get(id(part), (None, (id(part),)))[1]))
+    return tensor
+
+  def reused(self, parts):
+    """`parts` with earlier concatenations of some of them in their place.
+
+    Greedily, the earlier concatenation of the most channels whose pieces
+    are all among those left stands in for them (first), until none does;
+    the pieces left follow in their order.
+
+    Returns:
+      `(parts, order)`: `order[i]` is the position, among the channels of
+      the given `parts` in their order, of channel i of the new parts.
+    """
+    starts = np.cumsum([0] + [self._channels(p) for p in parts])
+    spans = [np.arange(starts[i], starts[i + 1]) for i in range(len(parts))]
+    left = {id(p): i for i, p in enumerate(parts)}
+    if len(left) != len(parts):  # A piece read twice: keep it simple.
+      return list(parts), np.arange(starts[-1])
+    used = []  # (concatenation, indices of the parts it joins)
+    while True:
+      fits = [(self._channels(t), -n, t, atoms) for n, (t, atoms) in
+              enumerate(self._atoms.values())
+              if len(atoms) > 1 and all(a in left for a in atoms)]
+      if not fits:
+        break
+      _, _, tensor, atoms = max(fits, key=lambda fit: fit[:2])
+      used.append((tensor, [left.pop(a) for a in atoms]))
+    rest = sorted(left.values())
+    order = [spans[i] for _, indices in used for i in indices]
+    order += [spans[i] for i in rest]
+    return ([t for t, _ in used] + [parts[i] for i in rest],
+            np.concatenate(order))
+
+  def reused_prefix(self, parts):
+    """`parts` with the longest earlier concatenation of its first parts
+    in their place: the same channels in the same order."""
+    ids = [id(part) for part in parts]
+    fits = [(len(atoms), tensor) for tensor, atoms in self._atoms.values()
+            if 1 < len(atoms) <= len(ids) and list(atoms) == ids[:len(atoms)]]
+    if not fits:
+      return list(parts)
+    length, tensor = max(fits, key=lambda fit: fit[0])
+    return [tensor] + list(parts[length:])
+
+
 def count_runs(reads, order):
   """Contiguous ranges the consumers read when the channels are in `order`.
 

@@ -486,7 +486,7 @@ class _Reads:
     self.gather = gather
     self.max_inputs = max_inputs
     self.reuse = reuse
-    self._atoms = {}  # id of a concatenation -> ids of the parts it joins
+    self._concats = channel_order.ConcatReuse(graph.channels)
     self.recorded = collections.defaultdict(set)
     self._made = {}
     self._groups = {}  # ids of the inputs of a group -> its concatenation
@@ -567,44 +567,17 @@ class _Reads:
       return x, order
     return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather"), order
 
-  def reused_prefix(self, parts):
-    """`parts` with the longest earlier concatenation of its first parts,
-    if `reuse`, in their place: the same channels in the same order."""
-    ids = [id(part) for part in parts]
-    fits = [(len(atoms), tensor) for tensor, atoms in self._atoms.values()
-            if self.reuse and 1 < len(atoms) <= len(ids) and
-            list(atoms) == ids[:len(atoms)]]
-    if not fits:
-      return parts
-    length, tensor = max(fits, key=lambda fit: fit[0])
-    return [tensor] + parts[length:]
-
   def _reused(self, parts):
-    """`parts` with earlier concatenations of some of them in their place.
+    """`parts`, and their channels' order, with earlier concatenations of
+    some of them in their place if `reuse` (`ConcatReuse.reused`)."""
+    if not self.reuse:
+      return parts, np.arange(sum(graph.channels(p) for p in parts))
+    return self._concats.reused(parts)
 
-    Greedily, the earlier concatenation of the most channels whose parts
-    are all among those left stands in for them, until none is. Returns
-    the new parts and the order of their channels (see `concat`).
-    """
-    starts = np.cumsum([0] + [graph.channels(p) for p in parts])
-    spans = [np.arange(starts[i], starts[i + 1]) for i in range(len(parts))]
-    left = {id(p): i for i, p in enumerate(parts)}
-    if not self.reuse or len(left) != len(parts):
-      return parts, np.arange(starts[-1])
-    used = []  # (concatenation, indices of the parts it joins)
-    while True:
-      fits = [(graph.channels(t), -n, t, atoms) for n, (t, atoms) in
-              enumerate(self._atoms.values())
-              if len(atoms) > 1 and all(a in left for a in atoms)]
-      if not fits:
-        break
-      _, _, tensor, atoms = max(fits, key=lambda f: f[:2])
-      used.append((tensor, [left.pop(a) for a in atoms]))
-    rest = sorted(left.values())
-    order = [spans[i] for _, indices in used for i in indices]
-    order += [spans[i] for i in rest]
-    return ([t for t, _ in used] + [parts[i] for i in rest],
-            np.concatenate(order))
+  def reused_prefix(self, parts):
+    """`parts`, with an earlier concatenation of the first ones in their
+    place if `reuse` (`ConcatReuse.reused_prefix`)."""
+    return self._concats.reused_prefix(parts) if self.reuse else parts
 
   def concatenate(self, parts, name, dtype, make_last=None):
     """`parts` concatenated on channels, at most `max_inputs` at a time
@@ -617,21 +590,14 @@ class _Reads:
 
     def concat(group, group_name):
       if group_name is None and make_last:
-        return self._joined(make_last()(group), group)
+        return self._concats.joined(make_last()(group), group)
       key = tuple(id(part) for part in group)
       if key not in self._groups:
-        self._groups[key] = self._joined(keras.layers.Concatenate(
+        self._groups[key] = self._concats.joined(keras.layers.Concatenate(
             name=group_name or f"{name}_concat", dtype=dtype)(group), group)
       return self._groups[key]
 
     return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
-
-  def _joined(self, tensor, group):
-    """Records the parts (not concatenations) that `tensor` joins."""
-    self._atoms[id(tensor)] = (tensor, tuple(
-        a for part in group
-        for a in self._atoms.get(id(part), (None, (id(part),)))[1]))
-    return tensor
 
   def _pieces(self, key, tensor):
     if key not in self._made:

@@ -208,3 +208,32 @@ def test_max_concat_inputs_bounds_every_concatenation_not_the_function(
   _reloads_alike(bounded.model, tmp_path / "bounded.keras", pixels)
   with pytest.raises(ValueError, match="max_concat_inputs=1"):
     sdn.strip(model, max_concat_inputs=1)
+
+
+@pytest.mark.parametrize("channel_reads", ["slice", "gather"])
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_reuse_concats_starts_from_earlier_concatenations(
+    tmp_path, pixels, channel_reads, fraction):
+  # Whole maps (fraction 0, or gaps merged by a large slice cost): each
+  # layer's concatenation is the one before plus new maps, as in a stock
+  # DenseNet. The same function, with fewer concatenation inputs.
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4)
+  _randomise_statistics(model, 5)
+  _prune_at_random(model, fraction, 5)
+  kwargs = dict(channel_reads=channel_reads, slice_cost_macs=1e12)
+  plain = sdn.strip(model, **kwargs)
+  reused = sdn.strip(model, reuse_concats=True, **kwargs)
+  np.testing.assert_allclose(np.asarray(reused.model(pixels)),
+                             np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
+
+  def inputs(stripped):
+    return [len(op.input) for op in stripped.model.operations
+            if isinstance(op, keras.layers.Concatenate)]
+
+  assert sum(inputs(reused)) < sum(inputs(plain))
+  if fraction == 0.0:
+    assert max(inputs(reused)) == 2 < max(inputs(plain))
+  assert sdn.dense_macs(reused.model) == sdn.dense_macs(plain.model)
+  _reloads_alike(reused.model, tmp_path / "reused.keras", pixels)
+  with pytest.raises(TypeError, match="reuse_concats"):
+    sdn.strip(model, reuse_concats="yes")

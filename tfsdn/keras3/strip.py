@@ -127,7 +127,7 @@ CHANNEL_READS = ("slice", "gather")
 
 
 def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None):
+          max_concat_inputs=None, reuse_concats=False):
   """Rebuilds `model` without its pruned input channels and dead filters.
 
   `slice_cost_macs` means what it means in `tfsdn.strip`: a layer also
@@ -139,7 +139,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   `tfsdn.keras3.export` on the TensorFlow backend). `max_concat_inputs`,
   as in `tfsdn.strip`, builds larger concatenations from concatenations of
   at most that many inputs (5 for LiteRT's XNNPACK delegate), each made
-  once.
+  once. `reuse_concats=True`, as in `tfsdn.strip`, lets a layer's
+  concatenation start from an earlier one that joins only whole feature
+  maps this layer also reads (a DenseNet's running concatenation; slices
+  are not shared between layers here, so only whole maps count).
 
   Args:
     model: A functional Keras 3 model with `tfsdn.keras3.PrunableConcatConv`
@@ -148,6 +151,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       a number >= 0; 0 (the default) reads exactly the live channels.
     channel_reads: `"slice"` (the default) or `"gather"`.
     max_concat_inputs: None (the default) or an integer >= 2.
+    reuse_concats: A bool (see above); False by default.
 
   Returns:
     A `Stripped`: `model` is the compact model (stock Keras 3 layers and
@@ -158,13 +162,15 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     ValueError: for a negative or non-finite `slice_cost_macs`, an
       unknown `channel_reads`, or a `max_concat_inputs` that is not None or
       an integer >= 2.
+    TypeError: if `reuse_concats` is not a bool.
   """
   require_keras3_model(model)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
                      f"Received: channel_reads={channel_reads!r}")
-  concat = _Concatenations(checks.concat_limit(max_concat_inputs))
+  concat = _Concatenations(checks.concat_limit(max_concat_inputs),
+                           checks.boolean("reuse_concats", reuse_concats))
   reads = _reads(model)
   readers = {}  # tensor id -> number of nodes reading it
   for node in _nodes(model):
@@ -227,7 +233,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
         part, part_ids = _select(tensor, np.flatnonzero(want), new, kept)
         parts.append(part)
         ids.append(part_ids + start)
-      new[id(output)] = concat(parts, layer.name, last=layer.name)
+      new[id(output)] = concat(concat.reused_prefix(parts), layer.name,
+                               last=layer.name)
       kept[id(output)] = np.concatenate(ids)
     else:
       _copy_layer(layer, node, inputs, output, new, kept)
@@ -242,11 +249,15 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
 class _Concatenations:
   """Channel concatenations of at most `max_inputs` inputs (None: any),
   as `channel_order.bounded_concat` builds them; each concatenation of the
-  same tensors is made once and shared by every layer that needs it."""
+  same tensors is made once and shared by every layer that needs it.
+  With `reuse`, a layer's concatenation can start from earlier ones
+  (`channel_order.ConcatReuse`)."""
 
-  def __init__(self, max_inputs):
+  def __init__(self, max_inputs, reuse=False):
     self.max_inputs = max_inputs
+    self.reuse = reuse
     self._made = {}
+    self._reuse = channel_order.ConcatReuse(_channels)
 
   def __call__(self, parts, name, last=None):
     """`parts` concatenated; the last concatenation named `last` (or
@@ -255,11 +266,23 @@ class _Concatenations:
     def concat(group, group_name):
       key = tuple(id(part) for part in group)
       if key not in self._made:
-        self._made[key] = keras.layers.Concatenate(
-            name=group_name or last or f"{name}_concat")(group)
+        self._made[key] = self._reuse.joined(keras.layers.Concatenate(
+            name=group_name or last or f"{name}_concat")(group), group)
       return self._made[key]
 
     return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
+
+  def reused(self, parts):
+    """`(parts, order)`, earlier concatenations in place of some parts if
+    `reuse` (`channel_order.ConcatReuse.reused`)."""
+    if not self.reuse:
+      return parts, np.arange(sum(_channels(p) for p in parts))
+    return self._reuse.reused(parts)
+
+  def reused_prefix(self, parts):
+    """`parts`, an earlier concatenation in place of the first ones if
+    `reuse` (`channel_order.ConcatReuse.reused_prefix`)."""
+    return self._reuse.reused_prefix(parts) if self.reuse else parts
 
 
 def _offered(inputs):
@@ -295,8 +318,9 @@ def _gather(wanted, new, kept, max_gap, name, concat):
     index.append(base + positions)
     ids.append(order[positions] + offset)
     base += len(order)
-  x = concat([new[id(t)] for t, _, _ in wanted], name)
-  index = np.concatenate(index)
+  whole, placed = concat.reused([new[id(t)] for t, _, _ in wanted])
+  x = concat(whole, name)
+  index = np.argsort(placed)[np.concatenate(index)]
   if not np.array_equal(index, np.arange(base)):
     x = keras.ops.take(x, index, axis=-1)
   return x, np.concatenate(ids)
@@ -414,7 +438,8 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
       tensor_parts, part_ids = _slices(tensor, want, new, kept, max_gap)
       parts += tensor_parts
       ids.append(part_ids + start)
-    read = np.concatenate(ids)
+    parts, order = concat.reused(parts)
+    read = np.concatenate(ids)[order]
     x = concat(parts, layer.name)
   bn = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
