@@ -24,12 +24,12 @@ needs_litert = pytest.mark.skipif(
     reason="needs the litert extra")
 
 
-def _compact(sparsity=0.5, seed=0, pool_first=False):
+def _compact(sparsity=0.5, seed=0, **strip_options):
   model = helpers.tiny_densenet()
   if sparsity:
     helpers.prune_randomly(model, sparsity, seed)
   helpers.randomize_batch_norm(model, seed)
-  return tfsdn.strip(model, pool_first=pool_first).model
+  return tfsdn.strip(model, **strip_options).model
 
 
 def test_fold_batch_norms_keeps_the_function(images):
@@ -106,14 +106,21 @@ def _tflite_ops(path):
 
 
 @needs_litert
-@pytest.mark.parametrize("pool_first", [False, True])
+@pytest.mark.parametrize("pool_first,reuse_concats",
+                         [(False, False), (True, False), (False, True)])
 def test_qat_model_converts_to_an_all_int8_graph(tmp_path, images,
-                                                 pool_first):
+                                                 pool_first, reuse_concats):
   # Plain tfmot quantize_model fails on these models (slices, and the
   # pooling's same-scale constraint; the benchmark test below converts a
   # dense one). With pool_first a ReLU, not a convolution, feeds each
-  # pooling.
-  qat = quantize.quantize_aware(_compact(pool_first=pool_first))
+  # pooling. With reuse_concats a concatenation reads another.
+  compact = _compact(pool_first=pool_first, reuse_concats=reuse_concats,
+                     slice_cost_macs=1e12 if reuse_concats else 0)
+  assert reuse_concats == any(
+      isinstance(layer, keras.layers.Concatenate) and any(
+          isinstance(t.node.layer, keras.layers.Concatenate)
+          for t in layer.input) for layer in compact.layers)
+  qat = quantize.quantize_aware(compact)
   x, y = helpers.random_data(32)
   helpers.compile_sgd(qat, 0.01)
   qat.fit(x, y, batch_size=8, epochs=1, verbose=0)
