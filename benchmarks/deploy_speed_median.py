@@ -6,6 +6,10 @@ command). This reads the runs' JSON files and writes, per compact model and
 (runtime, batch size), the median compact / dense ratio and every run's
 ratio, and the best compact model per (runtime, batch) by median. Runtimes
 that only some runs timed get the median of those runs, with their count.
+With --models=REGEX only the models whose names match count, dense ones
+included: each run's ratios are taken again from its images/s against the
+fastest matching dense model (say, --models='.*(?<!_r)' to leave out the
+--reuse_concats variants).
 
   python benchmarks/deploy_speed_median.py --runs=docs/deploy_speed_run1.json,\
 docs/deploy_speed.json,docs/deploy_speed_run3.json \
@@ -13,6 +17,7 @@ docs/deploy_speed.json,docs/deploy_speed_run3.json \
 """
 
 import json
+import re
 
 from absl import app
 from absl import flags
@@ -29,6 +34,8 @@ def _define_flags():
   flags.DEFINE_list("runs", None, "deploy_speed.py JSON files, one per run.",
                     required=True)
   flags.DEFINE_string("output", None, "Optional JSON of the medians.")
+  flags.DEFINE_string("models", None, "Optional regular expression: only "
+                      "the models (dense and compact) whose names match it.")
 
 
 def _numbers_as_floats(value):
@@ -38,6 +45,35 @@ def _numbers_as_floats(value):
   if isinstance(value, (int, float)) and not isinstance(value, bool):
     return float(value)
   return value
+
+
+def restricted(run, pattern):
+  """`run` with only the models whose names match `pattern` (fully).
+
+  Each compact model's ratio is taken again from the run's images/s,
+  against the fastest matching dense model of each runtime and batch size.
+
+  Raises:
+    ValueError: if no dense or no compact model matches.
+  """
+  regex = re.compile(pattern)
+  speeds = {}  # model -> {runtime@batch: images/s}
+  for key, speed in run["images_per_second"].items():
+    model, timed = key.split("/", 1)
+    if regex.fullmatch(model):
+      speeds.setdefault(model, {})[timed] = speed
+  denses = [m for m in speeds if m.startswith("dense")]
+  compacts = [m for m in speeds if not m.startswith("dense")]
+  if not denses or not compacts:
+    raise ValueError(f"models={pattern!r} matches dense models {denses} "
+                     f"and compact models {compacts}: need both")
+  by_model = {}
+  for model in compacts:
+    for timed, speed in speeds[model].items():
+      dense = max(speeds[m][timed] for m in denses if timed in speeds[m])
+      by_model.setdefault(model, {})[timed] = speed / dense
+  return dict(run, speedup_by_model=by_model,
+              macs={m: v for m, v in run["macs"].items() if m in speeds})
 
 
 def medians(runs):
@@ -85,6 +121,8 @@ def main(argv):
     with open(path) as f:
       runs.append(json.load(f))
   try:
+    if FLAGS.models is not None:
+      runs = [restricted(run, FLAGS.models) for run in runs]
     by_model, best = medians(runs)
   except ValueError as e:
     raise app.UsageError(f"--runs: {e}") from e
@@ -97,7 +135,7 @@ def main(argv):
     print(f"| {key} | " + " | ".join(cells) +
           f" | {choice['model']} ({choice['runs']} runs) |")
   if FLAGS.output:
-    write_json(FLAGS.output, {"runs": FLAGS.runs,
+    write_json(FLAGS.output, {"runs": FLAGS.runs, "models": FLAGS.models,
                               "speedup_by_model": by_model, "best": best})
 
 

@@ -180,3 +180,24 @@ def test_medians_of_separate_runs():
     median.medians([run(1.0, 1.0), other])
   with pytest.raises(ValueError, match="at least one run"):
     median.medians([])
+
+
+def test_medians_among_some_models_only():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  median = importlib.import_module("deploy_speed_median")
+  run = {"patterns": "trained", "slice_cost_macs": {}, "macs": {
+      "dense": 10, "dense_r": 10, "compact": 4, "compact_r": 4},
+         "images_per_second": {"dense/tf@1": 100.0, "dense_r/tf@1": 200.0,
+                               "compact/tf@1": 150.0,
+                               "compact_r/tf@1": 260.0}}
+  # Against the faster dense model of those that match.
+  plain = median.restricted(run, ".*(?<!_r)")
+  assert plain["speedup_by_model"] == {"compact": {"tf@1": 1.5}}
+  assert set(plain["macs"]) == {"dense", "compact"}
+  every = median.restricted(run, ".*")
+  assert every["speedup_by_model"] == {"compact": {"tf@1": 0.75},
+                                       "compact_r": {"tf@1": 1.3}}
+  _, best = median.medians([plain, plain])
+  assert best["tf@1"] == {"model": "compact", "median": 1.5, "runs": 2}
+  with pytest.raises(ValueError, match="models='compact.*'"):
+    median.restricted(run, "compact.*")
