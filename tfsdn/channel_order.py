@@ -130,12 +130,14 @@ class ConcatReuse:
   stock DenseNet concatenates the previous concatenation and one new map.
   This finds, for the pieces (whole maps or slices) a layer reads, earlier
   concatenations that join only some of them. Pieces are compared by
-  identity (`id`); the framework is the caller's.
+  identity (`id`); the framework is the caller's. When not `enabled`,
+  nothing is reused: parts come back as they are.
   """
 
-  def __init__(self, channels):
+  def __init__(self, channels, enabled=True):
     """`channels(tensor)`: the number of channels of a tensor."""
     self._channels = channels
+    self.enabled = enabled
     self._atoms = {}  # id of a concatenation -> (it, ids of its pieces)
 
   def joined(self, tensor, group):
@@ -160,7 +162,7 @@ class ConcatReuse:
     starts = np.cumsum([0] + [self._channels(p) for p in parts])
     spans = [np.arange(starts[i], starts[i + 1]) for i in range(len(parts))]
     left = {id(p): i for i, p in enumerate(parts)}
-    if len(left) != len(parts):  # A piece read twice: keep it simple.
+    if not self.enabled or len(left) != len(parts):  # (or a piece read twice)
       return list(parts), np.arange(starts[-1])
     used = []  # (concatenation, indices of the parts it joins)
     while True:
@@ -182,7 +184,8 @@ class ConcatReuse:
     in their place: the same channels in the same order."""
     ids = [id(part) for part in parts]
     fits = [(len(atoms), tensor) for tensor, atoms in self._atoms.values()
-            if 1 < len(atoms) <= len(ids) and list(atoms) == ids[:len(atoms)]]
+            if self.enabled and 1 < len(atoms) <= len(ids) and
+            list(atoms) == ids[:len(atoms)]]
     if not fits:
       return list(parts)
     length, tensor = max(fits, key=lambda fit: fit[0])

@@ -402,7 +402,7 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
       # rest, and remember which original channels the result carries.
       offsets = np.cumsum([0] + [graph.channels(t) for t in inputs])
       built = [i for i, t in enumerate(inputs) if id(t) in new]
-      parts = reads.reused_prefix([new[id(inputs[i])] for i in built])
+      parts = reads.concats.reused_prefix([new[id(inputs[i])] for i in built])
       new[id(output)] = reads.concatenate(
           parts, layer.name, layer.dtype_policy.name,
           lambda: graph.copy_layer(layer))
@@ -477,7 +477,8 @@ class _Reads:
   all its boundaries and a range is the run of pieces it covers. With
   `gather`, `concat` takes whole maps and gathers the channels read. With
   `max_inputs`, a concatenation of more inputs is built from concatenations
-  of at most `max_inputs`, each group made once for all layers.
+  of at most `max_inputs`, each group made once for all layers. With
+  `reuse`, a layer's concatenation starts from earlier ones (`concats`).
   """
 
   def __init__(self, split_at=None, gather=False, max_inputs=None,
@@ -485,8 +486,7 @@ class _Reads:
     self.split_at = split_at
     self.gather = gather
     self.max_inputs = max_inputs
-    self.reuse = reuse
-    self._concats = channel_order.ConcatReuse(graph.channels)
+    self.concats = channel_order.ConcatReuse(graph.channels, reuse)
     self.recorded = collections.defaultdict(set)
     self._made = {}
     self._groups = {}  # ids of the inputs of a group -> its concatenation
@@ -553,31 +553,19 @@ class _Reads:
     if not self.gather:
       parts = [part for key, tensor, r in inputs
                for part in self.read(key, tensor, r)]
-      parts, order = self._reused(parts)
+      parts, order = self.concats.reused(parts)
       return self.concatenate(parts, name, dtype), order
     whole = [tensor for _, tensor, _ in inputs]
     offsets = np.cumsum([0] + [graph.channels(t) for t in whole])
     index = np.concatenate([offsets[j] + channel_order.positions(r)
                             for j, (_, _, r) in enumerate(inputs)])
-    whole, placed = self._reused(whole)
+    whole, placed = self.concats.reused(whole)
     x = self.concatenate(whole, name, dtype)
     index = np.argsort(placed)[index]  # Where each channel read now is.
     order = np.arange(len(index))
     if np.array_equal(index, np.arange(offsets[-1])):
       return x, order
     return tf.gather(x, index.tolist(), axis=-1, name=f"{name}_gather"), order
-
-  def _reused(self, parts):
-    """`parts`, and their channels' order, with earlier concatenations of
-    some of them in their place if `reuse` (`ConcatReuse.reused`)."""
-    if not self.reuse:
-      return parts, np.arange(sum(graph.channels(p) for p in parts))
-    return self._concats.reused(parts)
-
-  def reused_prefix(self, parts):
-    """`parts`, with an earlier concatenation of the first ones in their
-    place if `reuse` (`ConcatReuse.reused_prefix`)."""
-    return self._concats.reused_prefix(parts) if self.reuse else parts
 
   def concatenate(self, parts, name, dtype, make_last=None):
     """`parts` concatenated on channels, at most `max_inputs` at a time
@@ -590,10 +578,10 @@ class _Reads:
 
     def concat(group, group_name):
       if group_name is None and make_last:
-        return self._concats.joined(make_last()(group), group)
+        return self.concats.joined(make_last()(group), group)
       key = tuple(id(part) for part in group)
       if key not in self._groups:
-        self._groups[key] = self._concats.joined(keras.layers.Concatenate(
+        self._groups[key] = self.concats.joined(keras.layers.Concatenate(
             name=group_name or f"{name}_concat", dtype=dtype)(group), group)
       return self._groups[key]
 

@@ -233,7 +233,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
         part, part_ids = _select(tensor, np.flatnonzero(want), new, kept)
         parts.append(part)
         ids.append(part_ids + start)
-      new[id(output)] = concat(concat.reused_prefix(parts), layer.name,
+      new[id(output)] = concat(concat.reuse.reused_prefix(parts), layer.name,
                                last=layer.name)
       kept[id(output)] = np.concatenate(ids)
     else:
@@ -255,9 +255,8 @@ class _Concatenations:
 
   def __init__(self, max_inputs, reuse=False):
     self.max_inputs = max_inputs
-    self.reuse = reuse
     self._made = {}
-    self._reuse = channel_order.ConcatReuse(_channels)
+    self.reuse = channel_order.ConcatReuse(_channels, reuse)
 
   def __call__(self, parts, name, last=None):
     """`parts` concatenated; the last concatenation named `last` (or
@@ -266,23 +265,12 @@ class _Concatenations:
     def concat(group, group_name):
       key = tuple(id(part) for part in group)
       if key not in self._made:
-        self._made[key] = self._reuse.joined(keras.layers.Concatenate(
+        self._made[key] = self.reuse.joined(keras.layers.Concatenate(
             name=group_name or last or f"{name}_concat")(group), group)
       return self._made[key]
 
     return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
 
-  def reused(self, parts):
-    """`(parts, order)`, earlier concatenations in place of some parts if
-    `reuse` (`channel_order.ConcatReuse.reused`)."""
-    if not self.reuse:
-      return parts, np.arange(sum(_channels(p) for p in parts))
-    return self._reuse.reused(parts)
-
-  def reused_prefix(self, parts):
-    """`parts`, an earlier concatenation in place of the first ones if
-    `reuse` (`channel_order.ConcatReuse.reused_prefix`)."""
-    return self._reuse.reused_prefix(parts) if self.reuse else parts
 
 
 def _offered(inputs):
@@ -318,7 +306,7 @@ def _gather(wanted, new, kept, max_gap, name, concat):
     index.append(base + positions)
     ids.append(order[positions] + offset)
     base += len(order)
-  whole, placed = concat.reused([new[id(t)] for t, _, _ in wanted])
+  whole, placed = concat.reuse.reused([new[id(t)] for t, _, _ in wanted])
   x = concat(whole, name)
   index = np.argsort(placed)[np.concatenate(index)]
   if not np.array_equal(index, np.arange(base)):
@@ -438,7 +426,7 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
       tensor_parts, part_ids = _slices(tensor, want, new, kept, max_gap)
       parts += tensor_parts
       ids.append(part_ids + start)
-    parts, order = concat.reused(parts)
+    parts, order = concat.reuse.reused(parts)
     read = np.concatenate(ids)[order]
     x = concat(parts, layer.name)
   bn = keras.layers.BatchNormalization(
