@@ -384,3 +384,44 @@ def test_covering_shares_the_slice_of_a_longer_prefix():
   # A widening that would overlap the next range partly is not made.
   reads.concat("second", "float32", [("p", x, [(0, 6)])])
   assert reads.covering("p", [(0, 3), (5, 8)], 3) == [(0, 3), (5, 8)]
+
+
+class _Piece:
+  """A stand-in tensor: `labels` are the channels it holds, in order."""
+
+  def __init__(self, labels):
+    self.labels = list(labels)
+
+
+@hypothesis.settings(deadline=None, max_examples=200)
+@hypothesis.given(sizes=st.lists(st.integers(1, 3), min_size=2, max_size=8),
+                  data=st.data())
+def test_concat_reuse_keeps_every_channel_and_says_where(sizes, data):
+  # Layers read random pieces in random order; each layer's concatenation
+  # is recorded. The reused parts must hold exactly the channels read, in
+  # the order `reused` reports, and reuse whatever earlier one fits.
+  starts = np.cumsum([0] + sizes)
+  pieces = [_Piece(range(starts[i], starts[i + 1])) for i in range(len(sizes))]
+  reuse = channel_order.ConcatReuse(lambda part: len(part.labels))
+  made = []
+  for _ in range(data.draw(st.integers(1, 6))):
+    parts = data.draw(st.permutations(pieces).flatmap(
+        lambda p: st.just(p[:max(1, len(p) // 2)]) | st.just(p)))
+    natural = np.concatenate([part.labels for part in parts])
+    new, order = reuse.reused(parts)
+    assert sorted(order) == list(range(len(natural)))
+    np.testing.assert_array_equal(
+        np.concatenate([part.labels for part in new]), natural[order])
+    fits = [m for m in made if set(map(id, m.parts)) <= set(map(id, parts))]
+    assert (len(new) < len(parts)) == any(len(m.parts) > 1 for m in fits)
+    same = reuse.reused_prefix(parts)
+    np.testing.assert_array_equal(
+        np.concatenate([part.labels for part in same]), natural)
+    joined = _Piece(np.concatenate([part.labels for part in new]))
+    joined.parts = parts
+    made.append(reuse.joined(joined, new))
+  off = channel_order.ConcatReuse(lambda part: len(part.labels),
+                                  enabled=False)
+  off.joined(_Piece(range(starts[-1])), pieces)
+  assert off.reused(pieces)[0] == pieces
+  assert off.reused_prefix(pieces) == pieces
