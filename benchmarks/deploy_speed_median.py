@@ -114,6 +114,23 @@ def medians(runs):
   return by_model, best
 
 
+def fastest_dense(runs):
+  """`{runtime@batch: {"median", "models"}}`: the median over runs of the
+  fastest dense model's images/s (among the models in each run's "macs",
+  which `restricted` narrows), and which model that was in each run."""
+  speeds = {}
+  for run in runs:
+    denses = [m for m in run["macs"] if m.startswith("dense")]
+    for key in sorted({k.split("/", 1)[1] for k in run["images_per_second"]}):
+      timed = [(run["images_per_second"][f"{m}/{key}"], m) for m in denses
+               if f"{m}/{key}" in run["images_per_second"]]
+      if timed:
+        speeds.setdefault(key, []).append(max(timed))
+  return {key: {"median": float(np.median([s for s, _ in fastest])),
+                "models": [m for _, m in fastest]}
+          for key, fastest in speeds.items()}
+
+
 def main(argv):
   del argv
   runs = []
@@ -126,17 +143,22 @@ def main(argv):
     by_model, best = medians(runs)
   except ValueError as e:
     raise app.UsageError(f"--runs: {e}") from e
+  dense = fastest_dense(runs)
   models = list(by_model)
-  print("| runtime@batch | " + " | ".join(models) + " | best |")
-  print("|" + " --- |" * (len(models) + 2))
+  print("| runtime@batch | dense img/s | " + " | ".join(models) + " | best |")
+  print("|" + " --- |" * (len(models) + 3))
   for key, choice in best.items():
     cells = [f"{by_model[m][key]['median']:.2f}x" if key in by_model[m]
              else "-" for m in models]
-    print(f"| {key} | " + " | ".join(cells) +
+    fastest = dense.get(key)
+    fastest = (f"{fastest['median']:.1f} ({'/'.join(fastest['models'])})"
+               if fastest else "-")
+    print(f"| {key} | {fastest} | " + " | ".join(cells) +
           f" | {choice['model']} ({choice['runs']} runs) |")
   if FLAGS.output:
     write_json(FLAGS.output, {"runs": FLAGS.runs, "models": FLAGS.models,
-                              "speedup_by_model": by_model, "best": best})
+                              "speedup_by_model": by_model, "best": best,
+                              "dense": dense})
 
 
 if __name__ == "__main__":

@@ -199,5 +199,7 @@ def test_medians_among_some_models_only():
                                        "compact_r": {"tf@1": 1.3}}
   _, best = median.medians([plain, plain])
   assert best["tf@1"] == {"model": "compact", "median": 1.5, "runs": 2}
+  assert median.fastest_dense([plain, every]) == {
+      "tf@1": {"median": 150.0, "models": ["dense", "dense_r"]}}
   with pytest.raises(ValueError, match="models='compact.*'"):
     median.restricted(run, "compact.*")
