@@ -277,6 +277,7 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   """
   require_functional(model)
   pool_first = checks.boolean("pool_first", pool_first)
+  reuse_concats = checks.boolean("reuse_concats", reuse_concats)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
@@ -292,7 +293,6 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   needed = channel_liveness(model)
   sources = graph.channel_sources(model)
   orders = layout.filter_orders(model, nodes, needed)
-  reuse_concats = checks.boolean("reuse_concats", reuse_concats)
   reads = _Reads(gather=channel_reads == "gather",
                  max_inputs=max_concat_inputs, reuse=reuse_concats)
   if channel_reads == "split":
