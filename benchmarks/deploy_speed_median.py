@@ -47,6 +47,23 @@ def _numbers_as_floats(value):
   return value
 
 
+def _speeds(run, keep):
+  """`{model: {runtime@batch: images/s}}` of the run's models that `keep`."""
+  speeds = {}
+  for key, speed in run["images_per_second"].items():
+    model, timed = key.split("/", 1)
+    if keep(model):
+      speeds.setdefault(model, {})[timed] = speed
+  return speeds
+
+
+def _fastest_dense(speeds, timed):
+  """`(images/s, model)` of the fastest dense model in `speeds` timed at
+  `timed` (runtime@batch), or None."""
+  return max(((s[timed], m) for m, s in speeds.items()
+              if m.startswith("dense") and timed in s), default=None)
+
+
 def restricted(run, pattern):
   """`run` with only the models whose names match `pattern` (fully).
 
@@ -56,22 +73,15 @@ def restricted(run, pattern):
   Raises:
     ValueError: if no dense or no compact model matches.
   """
-  regex = re.compile(pattern)
-  speeds = {}  # model -> {runtime@batch: images/s}
-  for key, speed in run["images_per_second"].items():
-    model, timed = key.split("/", 1)
-    if regex.fullmatch(model):
-      speeds.setdefault(model, {})[timed] = speed
+  speeds = _speeds(run, re.compile(pattern).fullmatch)
   denses = [m for m in speeds if m.startswith("dense")]
   compacts = [m for m in speeds if not m.startswith("dense")]
   if not denses or not compacts:
     raise ValueError(f"models={pattern!r} matches dense models {denses} "
                      f"and compact models {compacts}: need both")
-  by_model = {}
-  for model in compacts:
-    for timed, speed in speeds[model].items():
-      dense = max(speeds[m][timed] for m in denses if timed in speeds[m])
-      by_model.setdefault(model, {})[timed] = speed / dense
+  by_model = {model: {timed: speed / _fastest_dense(speeds, timed)[0]
+                      for timed, speed in speeds[model].items()}
+              for model in compacts}
   return dict(run, speedup_by_model=by_model,
               macs={m: v for m, v in run["macs"].items() if m in speeds})
 
@@ -118,17 +128,16 @@ def fastest_dense(runs):
   """`{runtime@batch: {"median", "models"}}`: the median over runs of the
   fastest dense model's images/s (among the models in each run's "macs",
   which `restricted` narrows), and which model that was in each run."""
-  speeds = {}
+  fastest = {}
   for run in runs:
-    denses = [m for m in run["macs"] if m.startswith("dense")]
-    for key in sorted({k.split("/", 1)[1] for k in run["images_per_second"]}):
-      timed = [(run["images_per_second"][f"{m}/{key}"], m) for m in denses
-               if f"{m}/{key}" in run["images_per_second"]]
-      if timed:
-        speeds.setdefault(key, []).append(max(timed))
-  return {key: {"median": float(np.median([s for s, _ in fastest])),
-                "models": [m for _, m in fastest]}
-          for key, fastest in speeds.items()}
+    speeds = _speeds(run, lambda model, run=run: model in run["macs"])
+    for timed in sorted({t for s in speeds.values() for t in s}):
+      found = _fastest_dense(speeds, timed)
+      if found:
+        fastest.setdefault(timed, []).append(found)
+  return {key: {"median": float(np.median([s for s, _ in found])),
+                "models": [m for _, m in found]}
+          for key, found in fastest.items()}
 
 
 def main(argv):
