@@ -23,7 +23,8 @@ most 5 inputs (suffix _c5), with --pool_first every model also comes with
 its transitions pooling before their 1x1 convolution (suffix _pf), with
 --reuse_concats with concatenations that start from an earlier layer's
 (suffix _r; the dense one then has a DenseNet's running concatenations),
-and each compact model is compared with the fastest dense model of each
+with --unfused_batch_norm with every BatchNormalization unfused (suffix
+_u), and each compact model is compared with the fastest dense model of each
 runtime and batch size. With
 --dataset, int8 is calibrated on training images and --eval_images test
 images measure each format's accuracy (of the compact model).
@@ -107,6 +108,10 @@ flags.DEFINE_bool("reuse_concats", False,
                   "tfsdn.strip's reuse_concats=True (a layer's "
                   "concatenation starts from an earlier layer's, as a "
                   "DenseNet's running concatenation does; suffix _r).")
+flags.DEFINE_bool("unfused_batch_norm", False,
+                  "Also time every model, dense included, stripped with "
+                  "tfsdn.strip's fused_batch_norm=False (BatchNormalization "
+                  "as a multiply and an add; suffix _u).")
 
 
 class _Result:
@@ -315,6 +320,9 @@ def main(argv):
   if FLAGS.reuse_concats:
     options += [(suffix + "_r", dict(kwargs, reuse_concats=True))
                 for suffix, kwargs in options]
+  if FLAGS.unfused_batch_norm:
+    options += [(suffix + "_u", dict(kwargs, fused_batch_norm=False))
+                for suffix, kwargs in options]
   for limit in limits:
     for suffix, kwargs in options:
       stripped["dense" + _concat_suffix(limit) + suffix] = tfsdn.strip(
@@ -357,6 +365,7 @@ def main(argv):
       "seconds_per_round": FLAGS.seconds, "threads": FLAGS.threads,
       "isolated_runtimes": FLAGS.isolate, "pool_first": FLAGS.pool_first,
       "reuse_concats": FLAGS.reuse_concats,
+      "unfused_batch_norm": FLAGS.unfused_batch_norm,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
       "params": {k: r.total_params for k, r in reports.items()},
       "macs": {k: r.total_macs for k, r in reports.items()},

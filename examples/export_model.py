@@ -65,6 +65,12 @@ flags.DEFINE_bool(
     "tfsdn.strip's reuse_concats: a layer's concatenation starts from an "
     "earlier layer's, as a DenseNet's running concatenation does (fewer "
     "concatenation inputs, the same function).")
+flags.DEFINE_bool(
+    "fused_batch_norm", True,
+    "tfsdn.strip's fused_batch_norm: --nofused_batch_norm computes every "
+    "BatchNormalization as a multiply and an add, faster in plain "
+    "TensorFlow (oneDNN) for channel counts that are not multiples of 4 "
+    "(the same function; TFLite gets the same graph either way).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
@@ -134,7 +140,8 @@ def main(argv):
                           channel_reads=FLAGS.channel_reads,
                           max_concat_inputs=FLAGS.max_concat_inputs or None,
                           pool_first=FLAGS.pool_first,
-                          reuse_concats=FLAGS.reuse_concats)
+                          reuse_concats=FLAGS.reuse_concats,
+                          fused_batch_norm=FLAGS.fused_batch_norm)
                if has_prunable else None)
   compact = stripped.model if has_prunable else model
   report = tfsdn.model_report(stripped if has_prunable else model)

@@ -249,6 +249,31 @@ def test_reuse_concats_reorders_channels_with_exact_reads(images):
     _assert_same(model, reused.model, images)
 
 
+@pytest.mark.parametrize("kwargs", [{}, dict(reuse_concats=True,
+                                             pool_first=True,
+                                             channel_reads="gather")])
+def test_unfused_batch_norm_keeps_the_function(images, kwargs):
+  model = _pruned_model()
+  fused = tfsdn.strip_to_compact(model, **kwargs)
+  unfused = tfsdn.strip_to_compact(model, fused_batch_norm=False, **kwargs)
+  batch_norms = [layer for layer in unfused.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+  # Every one: those strip builds and the copied final one.
+  assert len(batch_norms) == sum(
+      isinstance(layer, keras.layers.BatchNormalization)
+      for layer in fused.layers) > 1
+  assert {layer.fused for layer in batch_norms} == {False}
+  assert {layer.fused for layer in fused.layers
+          if isinstance(layer, keras.layers.BatchNormalization)} == {True}
+  _assert_same(model, unfused, images)
+  _assert_same(fused, unfused, images, atol=1e-5)
+
+
+def test_fused_batch_norm_must_be_a_bool():
+  with pytest.raises(TypeError, match="fused_batch_norm.*None"):
+    tfsdn.strip(_pruned_model(), fused_batch_norm=None)
+
+
 def test_reuse_concats_must_be_a_bool():
   with pytest.raises(TypeError, match="reuse_concats.*1"):
     tfsdn.strip(_pruned_model(), reuse_concats=1)

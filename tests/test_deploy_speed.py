@@ -109,6 +109,17 @@ def test_pool_first_and_reuse_concats_add_models_dense_included(tmp_path):
       "dense", "dense_pf", "dense_r", "dense_pf_r")
 
 
+def test_unfused_batch_norm_adds_models_dense_included(tmp_path):
+  results = _deploy_speed(tmp_path / "deploy.json", "--batch_sizes=1",
+                          "--runtimes=tf", "--unfused_batch_norm",
+                          "--isolate=false")
+  assert results["unfused_batch_norm"] is True
+  assert set(results["speedup_by_model"]) == {"compact", "compact_u"}
+  assert results["macs"]["compact_u"] == results["macs"]["compact"]
+  assert results["compact_max_abs_diff_from_keras"]["compact_u/tf"] < 1e-4
+  assert results["dense_model"]["tf@1"] in ("dense", "dense_u")
+
+
 def test_runtime_timing_names_an_unknown_runtime():
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   runtime_timing = importlib.import_module("runtime_timing")

@@ -226,6 +226,42 @@ def test_mixed_precision_model_is_served_in_float32(tmp_path, images):
                              atol=1e-4)
 
 
+def _saved_ops(path):
+  graph = tf.saved_model.load(path).signatures["serving_default"].graph
+  ops = {op.type for op in graph.get_operations()}
+  for function in graph.as_graph_def().library.function:
+    ops.update(node.op for node in function.node_def)
+  return ops
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_unfused_batch_norm_is_exported_unfused(tmp_path, images, policy):
+  keras = tfsdn.compat.keras
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    model = helpers.tiny_densenet()
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  helpers.randomize_batch_norm(model)
+  helpers.prune_randomly(model, 0.5, 0)
+  fused = tfsdn.strip_to_compact(model)
+  unfused = tfsdn.strip_to_compact(model, fused_batch_norm=False)
+  paths = {name: tfsdn.export_saved_model(m, tmp_path / name)
+           for name, m in (("fused", fused), ("unfused", unfused))}
+  # with_dtype rebuilds a mixed-precision model from its config, which
+  # does not carry `fused`.
+  assert any(op.startswith("FusedBatchNorm") for op in _saved_ops(
+      paths["fused"]))
+  assert not any(op.startswith("FusedBatchNorm") for op in _saved_ops(
+      paths["unfused"]))
+  serve = tf.saved_model.load(paths["unfused"]).signatures["serving_default"]
+  np.testing.assert_allclose(
+      serve(images=tf.constant(images))["logits"].numpy(),
+      tfsdn.export.with_dtype(fused, "float32")(images,
+                                                training=False).numpy(),
+      atol=1e-4)
+
+
 def test_onnx_has_no_gather_and_matches_keras(compact, tmp_path, images):
   onnxruntime = pytest.importorskip("onnxruntime")
   onnx = pytest.importorskip("onnx")

@@ -158,7 +158,7 @@ def test_late_failure_reruns_without_training_then_export_and_predict(
   replaced = _run(export + ["--version=1", "--overwrite",
                             "--slice_cost_macs=200000",
                             "--channel_reads=split", "--pool_first",
-                            "--reuse_concats"])
+                            "--reuse_concats", "--nofused_batch_norm"])
   assert f"Exported and verified: {tmp_path / 'sdn' / '1'}" in replaced.stdout
   predicted = _run([sys.executable, os.path.join(ROOT, "examples",
                                                  "predict.py"),

@@ -128,11 +128,11 @@ def _split(mask, tensors):
 
 def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
                      max_concat_inputs=None, pool_first=False,
-                     reuse_concats=False):
+                     reuse_concats=False, fused_batch_norm=True):
   """Returns a compact stock-Keras model without the pruned channels.
 
   Same as `strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
-  pool_first, reuse_concats).model`; see `strip`.
+  pool_first, reuse_concats, fused_batch_norm).model`; see `strip`.
 
   Example:
 
@@ -148,19 +148,21 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
     max_concat_inputs: See `strip`.
     pool_first: See `strip`.
     reuse_concats: See `strip`.
+    fused_batch_norm: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
   return strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
-               pool_first, reuse_concats).model
+               pool_first, reuse_concats, fused_batch_norm).model
 
 
 CHANNEL_READS = ("slice", "split", "gather")
 
 
 def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None, pool_first=False, reuse_concats=False):
+          max_concat_inputs=None, pool_first=False, reuse_concats=False,
+          fused_batch_norm=True):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -235,6 +237,18 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   repeat more, so share more. Each concatenation still copies every
   channel it joins.
 
+  `fused_batch_norm=False` builds every BatchNormalization of the model
+  with `fused=False`: TensorFlow then computes it as a multiply and an add
+  instead of its fused batch-norm kernel. With oneDNN (TensorFlow's CPU
+  default) that kernel is fast only for a number of channels that is a
+  multiple of 4, which pruning rarely leaves: a DenseNet-40 block of 12
+  BatchNormalization -> ReLU -> Conv2D layers whose inputs have odd channel
+  counts took 1.5x as long as with counts that are multiples of 4, and no
+  longer with unfused ones. The same function (up to float rounding); a
+  TFLite conversion is the same graph either way (a multiply and an add);
+  XLA fuses both alike. Keras 3 on TensorFlow computes BatchNormalization
+  unfused already.
+
   Example:
 
   ```python
@@ -261,6 +275,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       (see above). A bool.
     reuse_concats: If True, concatenations start from earlier ones (see
       above). A bool.
+    fused_batch_norm: If False, every BatchNormalization is built with
+      `fused=False` (see above); if True (the default), the ones strip
+      builds use Keras' default (fused) and copied ones keep their config.
+      A bool.
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -273,11 +291,13 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       non-finite `slice_cost_macs` (or one above 0 on a model of unknown
       input height or width), an unknown `channel_reads` or a
       `max_concat_inputs` that is not None or an integer >= 2.
-    TypeError: if `pool_first` or `reuse_concats` is not a bool.
+    TypeError: if `pool_first`, `reuse_concats` or `fused_batch_norm` is
+      not a bool.
   """
   require_functional(model)
   pool_first = checks.boolean("pool_first", pool_first)
   reuse_concats = checks.boolean("reuse_concats", reuse_concats)
+  fused_batch_norm = checks.boolean("fused_batch_norm", fused_batch_norm)
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
@@ -299,11 +319,12 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     # A first build finds every range read of each feature map; the second
     # splits each map once at all of their boundaries.
     _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
-           pool_first)
+           pool_first, fused_batch_norm)
     reads = _Reads(split_at=reads.recorded, max_inputs=max_concat_inputs,
                    reuse=reuse_concats)
   compact, record = _build(model, nodes, needed, sources, orders,
-                           slice_cost_macs, reads, pool_first)
+                           slice_cost_macs, reads, pool_first,
+                           fused_batch_norm)
   _classify(record, nodes, sources)
   source_channels = {
       layer.name: (graph.channels(graph.node_output(node))
@@ -340,8 +361,18 @@ def _pooled_transitions(model, nodes):
 
 
 def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
-           pool_first=False):
-  """The compact model and the record, reading channels through `reads`."""
+           pool_first=False, fused_batch_norm=True):
+  """The compact model and the record, reading channels through `reads`.
+
+  With `fused_batch_norm` False, every BatchNormalization is unfused.
+  """
+
+  def copy_layer(layer):
+    if isinstance(layer, keras.layers.BatchNormalization) and (
+        not fused_batch_norm):
+      return graph.copy_layer(layer, fused=False)
+    return graph.copy_layer(layer)
+
   record = {}
   new = {}      # id(original tensor) -> new tensor
   present = {}  # id(original tensor) -> original channel indices it carries
@@ -378,7 +409,7 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
           layer, [new.get(id(t)) for t in inputs],
           [present.get(id(t)) for t in inputs], [id(t) for t in inputs],
           keep_filters, reads, slice_cost_macs, tuple(outputs[-1].shape[1:3]),
-          None if pool is None else graph.copy_layer(pool))
+          None if pool is None else graph.copy_layer(pool), fused_batch_norm)
       for tensor in outputs:
         new[id(tensor)] = x
         present[id(tensor)] = keep_filters
@@ -410,13 +441,13 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
           [present[id(inputs[i])] + offsets[i] for i in built])
     elif layout.passes_channel_order(layer, node):
       carried = present[id(inputs[0])]
-      copy = graph.copy_layer(layer)
+      copy = copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights([w[carried] for w in layer.get_weights()])
       present[id(output)] = carried
     elif isinstance(layer, keras.layers.Dense):
       carried = _require_all(inputs, present, layer)
-      copy = graph.copy_layer(layer)
+      copy = copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
       weights = layer.get_weights()
       copy.set_weights([weights[0][carried]] + weights[1:])
@@ -427,7 +458,7 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
                               np.arange(graph.channels(tensor))):
           raise AssertionError(
               f"{layer.name} needs its input channels in their order")
-      copy = graph.copy_layer(layer)
+      copy = copy_layer(layer)
       new[id(output)] = graph.call_like(node, copy, new)
       copy.set_weights(layer.get_weights())
       present[id(output)] = np.arange(
@@ -596,11 +627,13 @@ class _Reads:
 
 
 def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
-                         reads, slice_cost_macs, output_size, pool=None):
+                         reads, slice_cost_macs, output_size, pool=None,
+                         fused_batch_norm=True):
   """Stock layers computing `layer` on its live inputs and computed filters.
 
   With `pool` (an average pooling layer, for `pool_first`), the layer
   computes `pool` of its output: the pooling goes before the convolution.
+  With `fused_batch_norm` False, its BatchNormalization is unfused.
 
   Reads, of every input, the ranges of channels it needs (through `reads`,
   shared with other layers; `keys` name the inputs; ranges merged across
@@ -638,7 +671,8 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
   read = read[order]
   batch_norm = keras.layers.BatchNormalization(
       momentum=layer.bn_momentum, epsilon=layer.bn_epsilon,
-      name=f"{layer.name}_bn", dtype=dtype)
+      fused=None if fused_batch_norm else False, name=f"{layer.name}_bn",
+      dtype=dtype)
   x = batch_norm(x)
   batch_norm.set_weights([w[read] for w in layer.batch_norm.get_weights()])
   x = keras.layers.ReLU(name=f"{layer.name}_relu", dtype=dtype)(x)

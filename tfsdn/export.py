@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfsdn import checks
 from tfsdn import onnx_names
+from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
@@ -265,6 +266,9 @@ def with_dtype(model, dtype):
       layer["config"]["dtype"] = dtype
   copy = model.__class__.from_config(config)
   copy.set_weights(model.get_weights())
+  for layer, copied in zip(model.layers, copy.layers):
+    if isinstance(layer, keras.layers.BatchNormalization):
+      copied.fused = layer.fused  # Not in the config (strip's fused=False).
   return copy
 
 

@@ -188,9 +188,14 @@ def is_input(node):
   return internals.node_is_input(node)
 
 
-def copy_layer(layer):
-  """A new, unbuilt layer with `layer`'s config (weights are not copied)."""
-  return type(layer).from_config(layer.get_config())
+def copy_layer(layer, **config):
+  """A new, unbuilt layer with `layer`'s config (weights are not copied).
+
+  Args:
+    layer: The layer to copy.
+    **config: Config entries to set in the copy's config.
+  """
+  return type(layer).from_config(dict(layer.get_config(), **config))
 
 
 def call_like(node, layer, new, training=None):
