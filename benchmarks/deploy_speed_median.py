@@ -9,7 +9,11 @@ that only some runs timed get the median of those runs, with their count.
 With --models=REGEX only the models whose names match count, dense ones
 included: each run's ratios are taken again from its images/s against the
 fastest matching dense model (say, --models='.*(?<!_r)' to leave out the
---reuse_concats variants).
+--reuse_concats variants). With --best_mode=tf,tf_xla each model runs in
+the fastest of those runtimes (as a user picks plain TensorFlow or XLA):
+per run and batch size, the fastest compact model against the fastest
+dense model, each in its own fastest runtime, and that ratio's median as a
+fraction of the ideal (MAC ratio).
 
   python benchmarks/deploy_speed_median.py --runs=docs/deploy_speed_run1.json,\
 docs/deploy_speed.json,docs/deploy_speed_run3.json \
@@ -36,6 +40,9 @@ def _define_flags():
   flags.DEFINE_string("output", None, "Optional JSON of the medians.")
   flags.DEFINE_string("models", None, "Optional regular expression: only "
                       "the models (dense and compact) whose names match it.")
+  flags.DEFINE_list("best_mode", [], "Optional runtimes (say tf,tf_xla): "
+                    "also the fastest compact model against the fastest "
+                    "dense model, each in the fastest of these runtimes.")
 
 
 def _numbers_as_floats(value):
@@ -140,6 +147,47 @@ def fastest_dense(runs):
           for key, found in fastest.items()}
 
 
+def best_mode(runs, runtimes):
+  """`{batch: {...}}`: the fastest compact model against the fastest dense
+  model, each in the fastest of `runtimes`, per run and its median.
+
+  Each entry holds "median" (of the runs' ratios), "runs" (the ratios),
+  "compact" and "dense" (per run, the `model/runtime` that was fastest),
+  and "of_ideal" (the median over the median of the runs' ideal MAC
+  ratios). Only the models in each run's "macs" count (`restricted`).
+
+  Raises:
+    ValueError: if a run did not time one of `runtimes`.
+  """
+  found = {}
+  for run in runs:
+    speeds = _speeds(run, lambda model, run=run: model in run["macs"])
+    timed = {t for s in speeds.values() for t in s}
+    batches = sorted({int(t.split("@")[1]) for t in timed})
+    for runtime in runtimes:
+      if not any(t.startswith(f"{runtime}@") for t in timed):
+        raise ValueError(f"A run did not time runtime {runtime!r}; it "
+                         f"timed {sorted(timed)}")
+    for batch in batches:
+      fastest = {}
+      for model, by_timed in speeds.items():
+        kind = "dense" if model.startswith("dense") else "compact"
+        for runtime in runtimes:
+          speed = by_timed.get(f"{runtime}@{batch}")
+          if speed is not None and speed > fastest.get(kind, (0,))[0]:
+            fastest[kind] = (speed, f"{model}/{runtime}")
+      entry = found.setdefault(str(batch), {"runs": [], "compact": [],
+                                            "dense": [], "ideal": []})
+      entry["runs"].append(fastest["compact"][0] / fastest["dense"][0])
+      entry["compact"].append(fastest["compact"][1])
+      entry["dense"].append(fastest["dense"][1])
+      entry["ideal"].append(run["ideal_speedup_mac_ratio"])
+  for entry in found.values():
+    entry["median"] = float(np.median(entry["runs"]))
+    entry["of_ideal"] = entry["median"] / float(np.median(entry.pop("ideal")))
+  return found
+
+
 def main(argv):
   del argv
   runs = []
@@ -150,6 +198,7 @@ def main(argv):
     if FLAGS.models is not None:
       runs = [restricted(run, FLAGS.models) for run in runs]
     by_model, best = medians(runs)
+    modes = best_mode(runs, FLAGS.best_mode) if FLAGS.best_mode else None
   except ValueError as e:
     raise app.UsageError(f"--runs: {e}") from e
   dense = fastest_dense(runs)
@@ -164,10 +213,16 @@ def main(argv):
                if fastest else "-")
     print(f"| {key} | {fastest} | " + " | ".join(cells) +
           f" | {choice['model']} ({choice['runs']} runs) |")
+  for batch, entry in (modes or {}).items():
+    print(f"best of {','.join(FLAGS.best_mode)} at batch {batch}: "
+          f"{entry['median']:.2f}x ({entry['of_ideal']:.2f} of ideal; runs "
+          + " / ".join(f"{r:.2f}" for r in entry["runs"]) + "; compact "
+          + ", ".join(entry["compact"]) + "; dense "
+          + ", ".join(entry["dense"]) + ")")
   if FLAGS.output:
     write_json(FLAGS.output, {"runs": FLAGS.runs, "models": FLAGS.models,
                               "speedup_by_model": by_model, "best": best,
-                              "dense": dense})
+                              "dense": dense, "best_mode": modes})
 
 
 if __name__ == "__main__":

@@ -214,3 +214,34 @@ def test_medians_among_some_models_only():
       "tf@1": {"median": 150.0, "models": ["dense", "dense_r"]}}
   with pytest.raises(ValueError, match="models='compact.*'"):
     median.restricted(run, "compact.*")
+
+
+def test_best_mode_takes_each_model_in_its_fastest_runtime():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  median = importlib.import_module("deploy_speed_median")
+
+  def run(dense_xla, compact_xla):
+    return {"macs": {"dense": 10, "dense_u": 10, "compact": 4},
+            "ideal_speedup_mac_ratio": 2.5,
+            "images_per_second": {
+                "dense/tf@1": 100.0, "dense_u/tf@1": 110.0,
+                "dense/tf_xla@1": dense_xla, "dense_u/tf_xla@1": 90.0,
+                "compact/tf@1": 120.0, "compact/tf_xla@1": compact_xla,
+                "compact/onnx@1": 999.0}}
+
+  found = median.best_mode([run(80.0, 200.0), run(220.0, 110.0),
+                            run(100.0, 165.0)], ["tf", "tf_xla"])
+  # 200/110, 120/220, 165/110: the median 1.5, of an ideal 2.5.
+  assert found["1"]["runs"] == pytest.approx([200 / 110, 120 / 220, 1.5])
+  assert found["1"]["median"] == pytest.approx(1.5)
+  assert found["1"]["of_ideal"] == pytest.approx(0.6)
+  assert found["1"]["compact"] == ["compact/tf_xla", "compact/tf",
+                                   "compact/tf_xla"]
+  assert found["1"]["dense"] == ["dense_u/tf", "dense/tf_xla", "dense_u/tf"]
+  # A model left out by `restricted` (not in "macs") does not count.
+  narrowed = run(80.0, 200.0)
+  del narrowed["macs"]["dense_u"]
+  assert median.best_mode([narrowed], ["tf", "tf_xla"])["1"]["runs"] == [
+      2.0]
+  with pytest.raises(ValueError, match="'litert'"):
+    median.best_mode([run(80.0, 200.0)], ["tf", "litert"])
