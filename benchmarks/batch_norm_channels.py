@@ -11,7 +11,7 @@ pruned layer has. `tfsdn.strip(..., fused_batch_norm=False)` builds the
 unfused kind.
 
   python benchmarks/batch_norm_channels.py \
-      --blocks=16:12,17:12,13:12,18:12,16:8,15:8 \
+      --blocks=16:12,17:12,13:12,18:12,20:12,16:8,15:8 \
       --output=docs/batch_norm_channels.json
 """
 

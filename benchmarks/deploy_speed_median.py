@@ -154,20 +154,24 @@ def best_mode(runs, runtimes):
   Each entry holds "median" (of the runs' ratios), "runs" (the ratios),
   "compact" and "dense" (per run, the `model/runtime` that was fastest),
   and "of_ideal" (the median over the median of the runs' ideal MAC
-  ratios). Only the models in each run's "macs" count (`restricted`).
+  ratios). Only the models in each run's "macs" count (`restricted`). A
+  batch size that only some runs timed gets the median of those runs
+  ("runs" lists them).
 
   Raises:
-    ValueError: if a run did not time one of `runtimes`.
+    ValueError: if a run did not time one of `runtimes`, or timed a batch
+      size in them for only dense or only compact models.
   """
   found = {}
   for run in runs:
     speeds = _speeds(run, lambda model, run=run: model in run["macs"])
     timed = {t for s in speeds.values() for t in s}
-    batches = sorted({int(t.split("@")[1]) for t in timed})
     for runtime in runtimes:
       if not any(t.startswith(f"{runtime}@") for t in timed):
         raise ValueError(f"A run did not time runtime {runtime!r}; it "
                          f"timed {sorted(timed)}")
+    batches = sorted({int(t.split("@")[1]) for t in timed
+                      if t.split("@")[0] in runtimes})
     for batch in batches:
       fastest = {}
       for model, by_timed in speeds.items():
@@ -176,6 +180,9 @@ def best_mode(runs, runtimes):
           speed = by_timed.get(f"{runtime}@{batch}")
           if speed is not None and speed > fastest.get(kind, (0,))[0]:
             fastest[kind] = (speed, f"{model}/{runtime}")
+      if len(fastest) < 2:
+        raise ValueError(f"A run timed only {sorted(fastest)} models at "
+                         f"batch {batch} in {runtimes}: need both")
       entry = found.setdefault(str(batch), {"runs": [], "compact": [],
                                             "dense": [], "ideal": []})
       entry["runs"].append(fastest["compact"][0] / fastest["dense"][0])

@@ -269,6 +269,18 @@ def test_unfused_batch_norm_keeps_the_function(images, kwargs):
   _assert_same(fused, unfused, images, atol=1e-5)
 
 
+def test_a_copied_batch_norm_keeps_its_fused():
+  model = _pruned_model()
+  copied = [layer for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)]
+  assert copied  # The final one, outside every PrunableConcatConv.
+  for layer in copied:
+    layer.fused = False  # Not in the config, so not in a from_config copy.
+  compact = tfsdn.strip_to_compact(model)
+  assert all(compact.get_layer(layer.name).fused is False
+             for layer in copied)
+
+
 def test_fused_batch_norm_must_be_a_bool():
   with pytest.raises(TypeError, match="fused_batch_norm.*None"):
     tfsdn.strip(_pruned_model(), fused_batch_norm=None)

@@ -245,3 +245,11 @@ def test_best_mode_takes_each_model_in_its_fastest_runtime():
       2.0]
   with pytest.raises(ValueError, match="'litert'"):
     median.best_mode([run(80.0, 200.0)], ["tf", "litert"])
+  # Batch sizes come from the runtimes asked for only.
+  other = run(80.0, 200.0)
+  other["images_per_second"].update({"dense/onnx@8": 5.0,
+                                     "compact/onnx@8": 6.0})
+  assert set(median.best_mode([other], ["tf", "tf_xla"])) == {"1"}
+  other["images_per_second"]["compact/tf@4"] = 6.0
+  with pytest.raises(ValueError, match="only \\['compact'\\] models at batch 4"):
+    median.best_mode([other], ["tf", "tf_xla"])

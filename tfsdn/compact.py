@@ -241,10 +241,11 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   with `fused=False`: TensorFlow then computes it as a multiply and an add
   instead of its fused batch-norm kernel. With oneDNN (TensorFlow's CPU
   default) that kernel is fast only for a number of channels that is a
-  multiple of 4, which pruning rarely leaves: a DenseNet-40 block of 12
-  BatchNormalization -> ReLU -> Conv2D layers whose inputs have odd channel
-  counts took 1.5x as long as with counts that are multiples of 4, and no
-  longer with unfused ones. The same function (up to float rounding); a
+  multiple of 4, which pruning rarely leaves: a DenseNet block of 12
+  BatchNormalization -> ReLU -> Conv2D layers took 8.3 to 9.1 ms at batch 1
+  with no input channel count a multiple of 4, 5.4 to 6.4 ms with all of
+  them multiples of 4, and 4.7 to 5.8 ms unfused either way
+  (`benchmarks/batch_norm_channels.py`). The same function (up to float rounding); a
   TFLite conversion is the same graph either way (a multiply and an add);
   XLA fuses both alike. Keras 3 on TensorFlow computes BatchNormalization
   unfused already.
@@ -277,8 +278,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       above). A bool.
     fused_batch_norm: If False, every BatchNormalization is built with
       `fused=False` (see above); if True (the default), the ones strip
-      builds use Keras' default (fused) and copied ones keep their config.
-      A bool.
+      builds use Keras' default (fused) and copied ones keep the `fused`
+      of the layer they copy. A bool.
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -368,9 +369,9 @@ def _build(model, nodes, needed, sources, orders, slice_cost_macs, reads,
   """
 
   def copy_layer(layer):
-    if isinstance(layer, keras.layers.BatchNormalization) and (
-        not fused_batch_norm):
-      return graph.copy_layer(layer, fused=False)
+    if isinstance(layer, keras.layers.BatchNormalization):
+      # `fused` is not in a layer's config: set it, or keep the source's.
+      return graph.copy_layer(layer, fused=layer.fused and fused_batch_norm)
     return graph.copy_layer(layer)
 
   record = {}
