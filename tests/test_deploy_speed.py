@@ -251,5 +251,6 @@ def test_best_mode_takes_each_model_in_its_fastest_runtime():
                                      "compact/onnx@8": 6.0})
   assert set(median.best_mode([other], ["tf", "tf_xla"])) == {"1"}
   other["images_per_second"]["compact/tf@4"] = 6.0
-  with pytest.raises(ValueError, match="only \\['compact'\\] models at batch 4"):
+  with pytest.raises(ValueError,
+                     match="only \\['compact'\\] models at batch 4"):
     median.best_mode([other], ["tf", "tf_xla"])
