@@ -75,25 +75,20 @@ def main(argv):
     images = tf.constant(np.random.default_rng(1).uniform(
         size=(FLAGS.batch_size, FLAGS.size, FLAGS.size, first)).astype(
             "float32"))
-    weights = None
+    weights, outputs = None, []
     for fused in (True, False):
       model = block(first, growth, FLAGS.layers, FLAGS.size, fused)
       if weights is None:
         weights = model.get_weights()
       model.set_weights(weights)  # The same block, fused or not.
+      outputs.append(model(images, training=False).numpy())
       function = tf.function(lambda x, m=model: m(x, training=False))
       name = f"{first}:{growth}/{'fused' if fused else 'unfused'}"
       # Each block times its own input; the batch argument only sizes it.
-      serve[name] = (lambda _, f=function, x=images: f(x).numpy(),
-                     model(images, training=False))
-  expected = {name: out for name, (_, out) in serve.items()}
-  for first, growth in blocks:
-    a, b = (expected[f"{first}:{growth}/{kind}"] for kind in
-            ("fused", "unfused"))
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
-  speed = interleaved_rounds(
-      {name: call for name, (call, _) in serve.items()},
-      {FLAGS.batch_size: None}, FLAGS.rounds, FLAGS.seconds)
+      serve[name] = lambda _, f=function, x=images: f(x).numpy()
+    np.testing.assert_allclose(*outputs, rtol=1e-4, atol=1e-4)
+  speed = interleaved_rounds(serve, {FLAGS.batch_size: None}, FLAGS.rounds,
+                             FLAGS.seconds)
   ms = {name: 1e3 * b / value for (name, b), value in speed.items()}
   results = {"tensorflow": tf.__version__, "cpus": os.cpu_count(),
              "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
