@@ -2,7 +2,8 @@ r"""Inference speed of a compact sparse DenseNet against the dense one.
 
 Builds DenseNet-40 (k=12), prunes every prunable layer to --sparsity with
 random scores (this measures speed, not accuracy), strips it with
-`tfsdn.strip_to_compact`, exports the dense and the compact model as
+`tfsdn.strip` (the dense model too, with the same --reuse_concats,
+--fused_batch_norm and --pool_first), exports the dense and the compact model as
 SavedModels with and without XLA, loads them back as TF Serving would, and
 times them side by side in one process, interleaving rounds so that machine
 noise hits every model alike. Peak memory is measured in a fresh process per
@@ -36,16 +37,34 @@ flags.DEFINE_float("seconds", 3.0, "Seconds per model per round and batch.")
 flags.DEFINE_string("output", "benchmarks/results/inference_speed.json",
                     "Where to write the JSON results.")
 flags.DEFINE_integer("seed", 0, "Seed of the random scores.")
+flags.DEFINE_bool("reuse_concats", False,
+                  "Strip both models with running concatenations "
+                  "(`tfsdn.strip(..., reuse_concats=True)`).")
+flags.DEFINE_bool("fused_batch_norm", True,
+                  "Strip both models with fused BatchNormalizations; "
+                  "--nofused_batch_norm: a multiply and an add, faster in "
+                  "TF plain on CPU (`tfsdn.strip(..., fused_batch_norm=False)`).")
+flags.DEFINE_bool("pool_first", False,
+                  "Strip both models with transitions that pool before "
+                  "their 1x1 convolution (`tfsdn.strip(..., pool_first=True)`).")
+
+def strip_options():
+  """The `tfsdn.strip` arguments the flags ask for, the same for both models."""
+  return {"reuse_concats": FLAGS.reuse_concats,
+          "fused_batch_norm": FLAGS.fused_batch_norm,
+          "pool_first": FLAGS.pool_first}
+
 
 def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+  options = strip_options()
   dense_stripped = tfsdn.strip(
-      tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate))
+      tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate), **options)
   dense = dense_stripped.model
   pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
   testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
-  stripped = tfsdn.strip(pruned)
+  stripped = tfsdn.strip(pruned, **options)
   compact = stripped.model
   images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
       "float32")
@@ -75,6 +94,7 @@ def main(argv):
   results = {
       "depth": FLAGS.depth, "growth_rate": FLAGS.growth_rate,
       "sparsity": FLAGS.sparsity, "rounds": FLAGS.rounds,
+      "strip_options": options,
       "seconds_per_round": FLAGS.seconds,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
       "compact_vs_pruned_max_abs_diff": max_diff,
