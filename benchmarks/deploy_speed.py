@@ -44,10 +44,10 @@ import numpy as np
 import tensorflow as tf
 
 import tfsdn
-from tfsdn import testing
 from tfsdn.compat import keras
 from tfsdn.files import write_json
 import int8_shared_scales
+import pruned_models
 import runtime_timing
 from runtime_timing import litert_serve
 from serving_timing import time_rounds
@@ -59,7 +59,7 @@ flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
 flags.DEFINE_integer("growth_rate", 12,
                      "Growth rate (without --pruned_model).")
 flags.DEFINE_float("sparsity", 0.5, "Sparsity (without --pruned_model).")
-flags.DEFINE_enum("pattern", "random", ["random", "prefixes"],
+flags.DEFINE_enum("pattern", "random", list(pruned_models.PATTERNS),
                   "Without --pruned_model: random (prune_at_random, every "
                   "layer at --sparsity) or prefixes (prune_to_prefixes: "
                   "each layer reads its newest input whole and the first "
@@ -194,27 +194,6 @@ def export_all(name, model, workdir, calibration):
   return out
 
 
-def _pruned_and_dense():
-  """(pruned model, same network with every channel live, patterns)."""
-  if FLAGS.pruned_model:
-    pruned = keras.models.load_model(FLAGS.pruned_model)
-    dense = keras.models.load_model(FLAGS.pruned_model)
-    patterns = f"trained: {FLAGS.pruned_model}"
-  else:
-    pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
-    if FLAGS.pattern == "prefixes":
-      testing.prune_to_prefixes(pruned, FLAGS.sparsity)
-      patterns = f"prefixes (prune_to_prefixes, sparsity {FLAGS.sparsity})"
-    else:
-      testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
-      patterns = f"random (prune_at_random, sparsity {FLAGS.sparsity})"
-    dense = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
-    dense.set_weights(pruned.get_weights())
-  for layer in tfsdn.prunable_layers(dense):
-    layer.contribution_score.assign(np.ones(layer.input_channels, "float32"))
-  return pruned, dense, patterns
-
-
 def _slice_costs(values):
   """--slice_cost_macs as sorted, distinct whole numbers of MACs."""
   try:
@@ -303,7 +282,9 @@ def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   costs = _slice_costs(FLAGS.slice_cost_macs)
-  pruned, dense_source, patterns = _pruned_and_dense()
+  pruned, dense_source, patterns = pruned_models.pruned_and_dense(
+      FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
+      FLAGS.pattern, FLAGS.seed)
   reads = FLAGS.channel_reads
   if not reads or set(reads) - set(tfsdn.compact.CHANNEL_READS) or len(
       set(reads)) != len(reads):

@@ -1,7 +1,8 @@
 r"""Inference speed of a compact sparse DenseNet against the dense one.
 
-Builds DenseNet-40 (k=12), prunes every prunable layer to --sparsity with
-random scores (this measures speed, not accuracy), strips it with
+Takes a pruned DenseNet (--pruned_model, a trained one) or builds
+DenseNet-40 (k=12) and prunes every prunable layer to --sparsity with
+random scores (--pattern; this measures speed, not accuracy), strips it with
 `tfsdn.strip` (the dense model too, with the same --reuse_concats,
 --fused_batch_norm and --pool_first), exports the dense and the compact model as
 SavedModels with and without XLA, loads them back as TF Serving would, and
@@ -22,21 +23,28 @@ import numpy as np
 import tensorflow as tf
 
 import tfsdn
-from tfsdn import testing
 from tfsdn.files import write_json
+import pruned_models
 from serving_timing import memory_mb
 from serving_timing import time_rounds
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("depth", 40, "DenseNet depth.")
-flags.DEFINE_integer("growth_rate", 12, "Growth rate.")
-flags.DEFINE_float("sparsity", 0.5, "Input-channel sparsity of every layer.")
+flags.DEFINE_string("pruned_model", None,
+                    "A pruned model (.keras), e.g. a final_model.keras of "
+                    "examples/train_cifar.py; default: --pattern.")
+flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
+flags.DEFINE_integer("growth_rate", 12,
+                     "Growth rate (without --pruned_model).")
+flags.DEFINE_float("sparsity", 0.5, "Input-channel sparsity of every layer "
+                   "(without --pruned_model).")
+flags.DEFINE_enum("pattern", "random", list(pruned_models.PATTERNS),
+                  "Sparsity pattern without --pruned_model.")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per model.")
 flags.DEFINE_float("seconds", 3.0, "Seconds per model per round and batch.")
 flags.DEFINE_string("output", "benchmarks/results/inference_speed.json",
                     "Where to write the JSON results.")
-flags.DEFINE_integer("seed", 0, "Seed of the random scores.")
+flags.DEFINE_integer("seed", 0, "Seed of the random pattern.")
 flags.DEFINE_bool("reuse_concats", False,
                   "Strip both models with running concatenations "
                   "(`tfsdn.strip(..., reuse_concats=True)`).")
@@ -59,11 +67,11 @@ def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   options = strip_options()
-  dense_stripped = tfsdn.strip(
-      tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate), **options)
+  pruned, dense_source, patterns = pruned_models.pruned_and_dense(
+      FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
+      FLAGS.pattern, FLAGS.seed)
+  dense_stripped = tfsdn.strip(dense_source, **options)
   dense = dense_stripped.model
-  pruned = tfsdn.densenet.DenseNet(FLAGS.depth, FLAGS.growth_rate)
-  testing.prune_at_random(pruned, FLAGS.sparsity, FLAGS.seed)
   stripped = tfsdn.strip(pruned, **options)
   compact = stripped.model
   images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
@@ -92,8 +100,7 @@ def main(argv):
 
   ideal = reports["dense"].total_macs / reports["compact"].total_macs
   results = {
-      "depth": FLAGS.depth, "growth_rate": FLAGS.growth_rate,
-      "sparsity": FLAGS.sparsity, "rounds": FLAGS.rounds,
+      "patterns": patterns, "rounds": FLAGS.rounds,
       "strip_options": options,
       "seconds_per_round": FLAGS.seconds,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
