@@ -5,7 +5,8 @@ pruned one to every runtime asked for, and times both side by side,
 interleaving rounds so machine noise hits both alike (median of --rounds),
 each runtime in its own process that loads only it (--noisolate: all in
 this one):
-TF SavedModel (plain and XLA), LiteRT (float32, float16 weights,
+TF SavedModel (plain, XLA, and plain with XLA auto-clustering of fusible
+ops: `tf_fusible`), LiteRT (float32, float16 weights,
 full-integer int8, and that int8 model rewritten without requantizations
 to measure what they cost, `int8_shared_scales.py`; XNNPACK, --threads
 threads) and ONNX Runtime (via tf2onnx). Reports images/s, compact/dense
@@ -68,7 +69,9 @@ flags.DEFINE_enum("pattern", "random", list(pruned_models.PATTERNS),
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                                "onnx"],
-                  "Runtimes to time: tf, tf_xla, litert (float32), "
+                  "Runtimes to time: tf, tf_xla, tf_fusible (the plain "
+                  "SavedModel with XLA auto-clustering of fusible ops; "
+                  "needs --isolate), litert (float32), "
                   "litert_f16 (float16 weights), litert_int8, "
                   "litert_int8_shared (int8 with one scale per group of "
                   "tensors a concatenation ties, no requantization: "
@@ -152,6 +155,9 @@ def _size(path):
              for d, _, files in os.walk(path) for f in files)
 
 
+# Runtimes that serve the SavedModel (tf_fusible: the plain one, timed with
+# `runtime_timing.FUSIBLE_XLA_FLAGS`).
+TF_RUNTIMES = ("tf", "tf_xla", "tf_fusible")
 _LITERT_QUANTIZATION = {"litert": None, "litert_f16": "float16",
                         "litert_int8": "int8"}
 
@@ -161,7 +167,7 @@ def export_all(name, model, workdir, calibration):
   out = {}
   for runtime in FLAGS.runtimes:
     key = f"{name}/{runtime}"
-    if runtime in ("tf", "tf_xla"):
+    if runtime in TF_RUNTIMES:
       path = tfsdn.export_saved_model(model, os.path.join(workdir, key),
                                       xla=runtime == "tf_xla")
       out[key] = (tf.saved_model.load(path).signatures["serving_default"],
@@ -271,7 +277,7 @@ def _time(served, batch_sizes):
     timed, imported_tf = runtime_timing.time_in_child(
         runtime, models, batch_sizes, FLAGS.rounds, FLAGS.seconds,
         FLAGS.threads)
-    if imported_tf and runtime not in ("tf", "tf_xla"):
+    if imported_tf and runtime not in TF_RUNTIMES:
       raise AssertionError(f"The {runtime} timing process imported TF.")
     logging.info("timed %s in its own process", runtime)
     throughput.update(timed)
@@ -280,6 +286,10 @@ def _time(served, batch_sizes):
 
 def main(argv):
   del argv
+  if "tf_fusible" in FLAGS.runtimes and not FLAGS.isolate:
+    raise app.UsageError(
+        "--runtimes=tf_fusible needs --isolate: TensorFlow reads "
+        "TF_XLA_FLAGS when it starts, so only a fresh process can have it.")
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   costs = _slice_costs(FLAGS.slice_cost_macs)
   pruned, dense_source, patterns = pruned_models.pruned_and_dense(

@@ -6,7 +6,13 @@ another ONNX Runtime session's) waking between calls do not slow the model
 they serve. `time_in_child` times the models of one runtime, interleaved in
 rounds as `serving_timing.time_rounds` does, in a fresh Python process that
 imports that runtime and nothing else of the benchmark (TensorFlow only for
-the `tf` and `tf_xla` runtimes). This module imports no TensorFlow itself.
+the `tf`, `tf_xla` and `tf_fusible` runtimes). This module imports no
+TensorFlow itself.
+
+`tf_fusible` is the plain SavedModel with TensorFlow's XLA auto-clustering
+on for fusible ops only (`FUSIBLE_XLA_FLAGS` in the child's environment):
+XLA fuses the slices, concatenations, batch norms and ReLUs between two
+convolutions into one kernel, and oneDNN runs the convolutions.
 
 Run as a script by `time_in_child`:
 
@@ -82,7 +88,13 @@ def _litert_serve(path, threads):
   return litert_serve(path, threads)[0]
 
 
-_SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve, "litert": _litert_serve,
+# TF_XLA_FLAGS of the `tf_fusible` runtime: auto-clustering (read when
+# TensorFlow starts) of the ops XLA fuses well, not of convolutions.
+FUSIBLE_XLA_FLAGS = ("--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit "
+                     "--tf_xla_ops_to_cluster=FUSIBLE")
+_ENVIRONMENT = {"tf_fusible": {"TF_XLA_FLAGS": FUSIBLE_XLA_FLAGS}}
+_SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve, "tf_fusible": _tf_serve,
+            "litert": _litert_serve,
             "litert_f16": _litert_serve, "litert_int8": _litert_serve,
             "litert_int8_shared": _litert_serve, "onnx": _onnx_serve}
 RUNTIMES = tuple(_SERVERS)
@@ -137,6 +149,9 @@ def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads):
     seconds: Seconds per model, batch size and round.
     threads: Threads of LiteRT and ONNX Runtime.
 
+  The child inherits this process's environment; for `tf_fusible`,
+  `FUSIBLE_XLA_FLAGS` are added to any TF_XLA_FLAGS there.
+
   Returns:
     `(throughput, imported_tensorflow)`: a dict from `(name, batch_size)`
     to the median images/second, and whether the child imported TensorFlow.
@@ -151,10 +166,12 @@ def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads):
   spec = {"runtime": runtime, "models": dict(models),
           "batch_sizes": [int(b) for b in batch_sizes], "rounds": int(rounds),
           "seconds": float(seconds), "threads": int(threads)}
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  for name, flags in _ENVIRONMENT.get(runtime, {}).items():
+    env[name] = " ".join(filter(None, [env.get(name), flags]))  # Yours too.
   done = subprocess.run(
       [sys.executable, os.path.abspath(__file__), json.dumps(spec)],
-      capture_output=True, text=True, check=False,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+      capture_output=True, text=True, check=False, env=env)
   if done.returncode:
     raise subprocess.CalledProcessError(done.returncode, done.args,
                                         done.stdout, done.stderr[-4000:])

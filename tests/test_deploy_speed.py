@@ -4,11 +4,15 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
 from absl import app
 import pytest
+
+import tfsdn
+from tfsdn import testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "deploy_speed.py")
@@ -125,6 +129,38 @@ def test_runtime_timing_names_an_unknown_runtime():
   runtime_timing = importlib.import_module("runtime_timing")
   with pytest.raises(ValueError, match="runtime='tflite'"):
     runtime_timing.time_in_child("tflite", {}, [1], 1, 0.1, 1)
+
+
+def test_tf_fusible_clusters_all_but_the_convolutions(tmp_path, monkeypatch):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  runtime_timing = importlib.import_module("runtime_timing")
+  model = tfsdn.densenet.DenseNet(10, 4)
+  testing.prune_at_random(model, 0.5, 0)
+  path = tfsdn.export_saved_model(
+      tfsdn.strip(model, fused_batch_norm=False).model, str(tmp_path / "sm"))
+  # The timing child keeps TF_XLA_FLAGS of its parent and adds its own, so
+  # XLA's clustering debug dump shows what it clustered.
+  monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_clustering_debug")
+  monkeypatch.setenv("TF_DUMP_GRAPH_PREFIX", str(tmp_path / "dump"))
+  timed, imported_tf = runtime_timing.time_in_child(
+      "tf_fusible", {"compact": path}, [2], 1, 0.05, 1)
+  assert imported_tf and timed[("compact", 2)] > 0
+  clustered, not_clustered = set(), set()
+  for name in os.listdir(tmp_path / "dump"):
+    if name.startswith("mark_for_compilation_annotated"):
+      text = (tmp_path / "dump" / name).read_text()
+      for node in text.split("\nnode {")[1:]:
+        op = re.search(r'op: "([^"]+)"', node).group(1)
+        (clustered if "_XlaCluster" in node else not_clustered).add(op)
+  assert {"StridedSlice", "ConcatV2", "Mul", "AddV2", "Relu"} <= clustered
+  assert "Conv2D" in not_clustered and "Conv2D" not in clustered
+
+
+def test_tf_fusible_needs_isolate(tmp_path):
+  with pytest.raises(subprocess.CalledProcessError) as raised:
+    _deploy_speed(tmp_path / "deploy.json", "--runtimes=tf,tf_fusible",
+                  "--isolate=false")
+  assert "tf_fusible needs --isolate" in raised.value.stderr
 
 
 @pytest.mark.parametrize("values", ["0,0.0", "-5", "1.5", "abc", "1e400"])
