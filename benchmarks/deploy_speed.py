@@ -54,18 +54,8 @@ from runtime_timing import litert_serve
 from serving_timing import time_rounds
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pruned_model", None,
-                    "A pruned model (.keras); default: random patterns.")
-flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
-flags.DEFINE_integer("growth_rate", 12,
-                     "Growth rate (without --pruned_model).")
-flags.DEFINE_float("sparsity", 0.5, "Sparsity (without --pruned_model).")
-flags.DEFINE_enum("pattern", "random", list(pruned_models.PATTERNS),
-                  "Without --pruned_model: random (prune_at_random, every "
-                  "layer at --sparsity) or prefixes (prune_to_prefixes: "
-                  "each layer reads its newest input whole and the first "
-                  "1 - --sparsity of every other producer, the best case "
-                  "for slices).")
+pruned_models.define_flags()
+flags.adopt_module_key_flags(pruned_models)  # In --help.
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                                "onnx"],
@@ -292,9 +282,7 @@ def main(argv):
         "TF_XLA_FLAGS when it starts, so only a fresh process can have it.")
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   costs = _slice_costs(FLAGS.slice_cost_macs)
-  pruned, dense_source, patterns = pruned_models.pruned_and_dense(
-      FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
-      FLAGS.pattern, FLAGS.seed)
+  pruned, dense_source, patterns = pruned_models.from_flags()
   reads = FLAGS.channel_reads
   if not reads or set(reads) - set(tfsdn.compact.CHANNEL_READS) or len(
       set(reads)) != len(reads):

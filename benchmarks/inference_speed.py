@@ -29,47 +29,22 @@ from serving_timing import memory_mb
 from serving_timing import time_rounds
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pruned_model", None,
-                    "A pruned model (.keras), e.g. a final_model.keras of "
-                    "examples/train_cifar.py; default: --pattern.")
-flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
-flags.DEFINE_integer("growth_rate", 12,
-                     "Growth rate (without --pruned_model).")
-flags.DEFINE_float("sparsity", 0.5, "Input-channel sparsity of every layer "
-                   "(without --pruned_model).")
-flags.DEFINE_enum("pattern", "random", list(pruned_models.PATTERNS),
-                  "Sparsity pattern without --pruned_model.")
+pruned_models.define_flags()
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per model.")
 flags.DEFINE_float("seconds", 3.0, "Seconds per model per round and batch.")
 flags.DEFINE_string("output", "benchmarks/results/inference_speed.json",
                     "Where to write the JSON results.")
 flags.DEFINE_integer("seed", 0, "Seed of the random pattern.")
-flags.DEFINE_bool("reuse_concats", False,
-                  "Strip both models with running concatenations "
-                  "(`tfsdn.strip(..., reuse_concats=True)`).")
-flags.DEFINE_bool("fused_batch_norm", True,
-                  "Strip both models with fused BatchNormalizations; "
-                  "--nofused_batch_norm: a multiply and an add, faster in "
-                  "TF plain on CPU (`tfsdn.strip(..., fused_batch_norm=False)`).")
-flags.DEFINE_bool("pool_first", False,
-                  "Strip both models with transitions that pool before "
-                  "their 1x1 convolution (`tfsdn.strip(..., pool_first=True)`).")
-
-def strip_options():
-  """The `tfsdn.strip` arguments the flags ask for, the same for both models."""
-  return {"reuse_concats": FLAGS.reuse_concats,
-          "fused_batch_norm": FLAGS.fused_batch_norm,
-          "pool_first": FLAGS.pool_first}
+pruned_models.define_strip_flags()
+flags.adopt_module_key_flags(pruned_models)  # In --help.
 
 
 def main(argv):
   del argv
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-  options = strip_options()
-  pruned, dense_source, patterns = pruned_models.pruned_and_dense(
-      FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
-      FLAGS.pattern, FLAGS.seed)
+  options = pruned_models.strip_options()
+  pruned, dense_source, patterns = pruned_models.from_flags()
   dense_stripped = tfsdn.strip(dense_source, **options)
   dense = dense_stripped.model
   stripped = tfsdn.strip(pruned, **options)

@@ -1,10 +1,13 @@
 """The pruned and dense DenseNets the speed benchmarks compare.
 
-Shared by `deploy_speed.py` and `tf_op_profile.py`: a trained pruned model
-(`final_model.keras` of examples/train_cifar.py) or a DenseNet pruned to a
-synthetic pattern, and the same network with every input channel live.
+Shared by `deploy_speed.py`, `inference_speed.py` and `tf_op_profile.py`:
+a trained pruned model (`final_model.keras` of examples/train_cifar.py) or
+a DenseNet pruned to a synthetic pattern, the same network with every
+input channel live, and the flags that choose them and how both are
+stripped.
 """
 
+from absl import flags
 import numpy as np
 
 import tfsdn
@@ -12,6 +15,69 @@ from tfsdn import testing
 from tfsdn.compat import keras
 
 PATTERNS = ("random", "prefixes")
+
+
+def define_flags():
+  """Defines the flags of `from_flags` (call once, at a script's top level).
+
+  --pruned_model, --depth, --growth_rate, --sparsity and --pattern; the
+  script defines --seed (it may seed more than the pattern). Defined once
+  per process: a second call (two benchmarks imported together, as the
+  tests do) does nothing.
+  """
+  if "pruned_model" in flags.FLAGS:
+    return
+  flags.DEFINE_string("pruned_model", None,
+                      "A pruned model (.keras), e.g. a final_model.keras of "
+                      "examples/train_cifar.py; default: --pattern.")
+  flags.DEFINE_integer("depth", 40,
+                       "DenseNet depth (without --pruned_model).")
+  flags.DEFINE_integer("growth_rate", 12,
+                       "Growth rate (without --pruned_model).")
+  flags.DEFINE_float("sparsity", 0.5,
+                     "Sparsity of every layer (without --pruned_model).")
+  flags.DEFINE_enum("pattern", "random", list(PATTERNS),
+                    "Without --pruned_model: random (prune_at_random, every "
+                    "layer at --sparsity) or prefixes (prune_to_prefixes: "
+                    "each layer reads its newest input whole and the first "
+                    "1 - --sparsity of every other producer, the best case "
+                    "for slices).")
+
+
+def define_strip_flags():
+  """Defines the flags of `strip_options` (at top level, once per process).
+
+  Not in a process that imports deploy_speed.py, whose --reuse_concats and
+  --pool_first add variants instead.
+  """
+  flags.DEFINE_bool("reuse_concats", False,
+                    "Strip both models with running concatenations "
+                    "(`tfsdn.strip(..., reuse_concats=True)`).")
+  flags.DEFINE_bool("fused_batch_norm", True,
+                    "Strip both models with fused BatchNormalizations; "
+                    "--nofused_batch_norm: a multiply and an add, faster in "
+                    "TF plain on CPU (`tfsdn.strip(..., "
+                    "fused_batch_norm=False)`).")
+  flags.DEFINE_bool("pool_first", False,
+                    "Strip both models with transitions that pool before "
+                    "their 1x1 convolution (`tfsdn.strip(..., "
+                    "pool_first=True)`).")
+
+
+def strip_options():
+  """The `tfsdn.strip` arguments of `define_strip_flags`' flags."""
+  values = flags.FLAGS
+  return {"reuse_concats": values.reuse_concats,
+          "fused_batch_norm": values.fused_batch_norm,
+          "pool_first": values.pool_first}
+
+
+def from_flags():
+  """`pruned_and_dense` of the flags `define_flags` defines (and --seed)."""
+  values = flags.FLAGS
+  return pruned_and_dense(values.pruned_model, values.depth,
+                          values.growth_rate, values.sparsity, values.pattern,
+                          values.seed)
 
 
 def pruned_and_dense(pruned_model=None, depth=40, growth_rate=12,

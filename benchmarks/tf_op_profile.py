@@ -33,17 +33,12 @@ import tensorflow as tf
 
 import tfsdn
 from tfsdn.files import write_json
+from op_kinds import by_kind
+from op_kinds import op_type
 import pruned_models
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pruned_model", None,
-                    "A pruned model (.keras); default: --pattern.")
-flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
-flags.DEFINE_integer("growth_rate", 12,
-                     "Growth rate (without --pruned_model).")
-flags.DEFINE_float("sparsity", 0.5, "Sparsity (without --pruned_model).")
-flags.DEFINE_enum("pattern", "random", list(pruned_models.PATTERNS),
-                  "Sparsity pattern without --pruned_model.")
+pruned_models.define_flags()
 flags.DEFINE_integer("seed", 0, "Seed of the random pattern and images.")
 flags.DEFINE_integer("batch_size", 64, "Images per traced batch.",
                      lower_bound=1)
@@ -54,43 +49,9 @@ flags.DEFINE_integer("timed", 10, "Untraced batches timed per model.",
 flags.DEFINE_integer("slice_cost_macs", 0,
                      "`tfsdn.strip(..., slice_cost_macs=)` of the compact "
                      "model.", lower_bound=0)
-flags.DEFINE_bool("reuse_concats", False,
-                  "Strip both models with running concatenations.")
-flags.DEFINE_bool("fused_batch_norm", True,
-                  "Strip both models with fused BatchNormalizations "
-                  "(--nofused_batch_norm: a multiply and an add).")
-flags.DEFINE_bool("pool_first", False,
-                  "Strip both models with transitions that pool first.")
+pruned_models.define_strip_flags()
+flags.adopt_module_key_flags(pruned_models)  # In --help.
 flags.DEFINE_string("output", "docs/tf_op_profile.json", "JSON results.")
-
-# Kinds of executed op types, tried in order: the first kind one of whose
-# substrings the op type holds.
-KINDS = (
-    ("convolution", ("Conv2D", "MatMul")),
-    ("channel reads", ("Slice", "Split", "Gather")),
-    ("concatenation", ("Concat",)),
-    ("batch norm and ReLU", ("BatchNorm", "Mul", "Add", "Sub", "Relu",
-                             "Rsqrt")),
-    ("pooling", ("Pool", "Mean")),
-)
-
-
-def kind_of(op_type):
-  """The kind (`KINDS`, else "other") of an executed op type."""
-  for kind, parts in KINDS:
-    if any(part in op_type for part in parts):
-      return kind
-  return "other"
-
-
-def op_type(node_stats):
-  """The executed op type of a `NodeExecStats` (its timeline label's)."""
-  # The label reads "name = OpType(inputs)"; an op without one is named.
-  label = node_stats.timeline_label
-  if " = " not in label:
-    return node_stats.node_name
-  return label.split(" = ", 1)[1].split("(", 1)[0].strip()
-
 
 def profile(path, images, traces, timed):
   """Op times (ms per batch, by op type), op counts and wall ms of a SavedModel.
@@ -136,23 +97,10 @@ def profile(path, images, traces, timed):
           {op: n // traces for op, n in counts.items()}, wall_ms)
 
 
-def by_kind(ms_by_op):
-  """Sums ms by op type into ms by kind (every kind of `KINDS`, and other)."""
-  kinds = {kind: 0.0 for kind, _ in KINDS}
-  kinds["other"] = 0.0
-  for op, ms in ms_by_op.items():
-    kinds[kind_of(op)] += ms
-  return kinds
-
-
 def main(argv):
   del argv
-  pruned, dense_source, patterns = pruned_models.pruned_and_dense(
-      FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
-      FLAGS.pattern, FLAGS.seed)
-  options = {"reuse_concats": FLAGS.reuse_concats,
-             "fused_batch_norm": FLAGS.fused_batch_norm,
-             "pool_first": FLAGS.pool_first}
+  pruned, dense_source, patterns = pruned_models.from_flags()
+  options = pruned_models.strip_options()
   stripped = {
       "dense": tfsdn.strip(dense_source, **options),
       "compact": tfsdn.strip(pruned, slice_cost_macs=FLAGS.slice_cost_macs,

@@ -14,7 +14,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "tf_op_profile.py")
 
 def _module():
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  return importlib.import_module("tf_op_profile")
+  return importlib.import_module("op_kinds")
 
 
 def test_profiles_dense_and_compact(tmp_path):
