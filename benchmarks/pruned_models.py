@@ -21,12 +21,8 @@ def define_flags():
   """Defines the flags of `from_flags` (call once, at a script's top level).
 
   --pruned_model, --depth, --growth_rate, --sparsity and --pattern; the
-  script defines --seed (it may seed more than the pattern). Defined once
-  per process: a second call (two benchmarks imported together, as the
-  tests do) does nothing.
+  script defines --seed (it may seed more than the pattern).
   """
-  if "pruned_model" in flags.FLAGS:
-    return
   flags.DEFINE_string("pruned_model", None,
                       "A pruned model (.keras), e.g. a final_model.keras of "
                       "examples/train_cifar.py; default: --pattern.")
@@ -45,7 +41,7 @@ def define_flags():
 
 
 def define_strip_flags():
-  """Defines the flags of `strip_options` (at top level, once per process).
+  """Defines the flags of `strip_options` (call once, at top level).
 
   Not in a process that imports deploy_speed.py, whose --reuse_concats and
   --pool_first add variants instead.
