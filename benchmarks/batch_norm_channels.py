@@ -27,16 +27,21 @@ from tfsdn.files import write_json
 from runtime_timing import interleaved_rounds
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("blocks", ["16:12", "17:12", "13:12", "18:12"],
-                  "FIRST:GROWTH of each block timed: the channels of the "
-                  "block's input and of each layer's output.")
-flags.DEFINE_integer("layers", 12, "Layers per block.")
-flags.DEFINE_integer("size", 32, "Height and width of the feature maps.")
-flags.DEFINE_integer("batch_size", 1, "Images per call.")
-flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
-flags.DEFINE_float("seconds", 0.6, "Seconds per block per round.")
-flags.DEFINE_string("output", "docs/batch_norm_channels.json",
-                    "JSON results.")
+
+
+def _define_flags():
+  # Defined only when run as a script, so tests can import `parse_block`
+  # next to deploy_speed, whose flags share some of these names.
+  flags.DEFINE_list("blocks", ["16:12", "17:12", "13:12", "18:12"],
+                    "FIRST:GROWTH of each block timed: the channels of the "
+                    "block's input and of each layer's output.")
+  flags.DEFINE_integer("layers", 12, "Layers per block.")
+  flags.DEFINE_integer("size", 32, "Height and width of the feature maps.")
+  flags.DEFINE_integer("batch_size", 1, "Images per call.")
+  flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
+  flags.DEFINE_float("seconds", 0.6, "Seconds per block per round.")
+  flags.DEFINE_string("output", "docs/batch_norm_channels.json",
+                      "JSON results.")
 
 
 def parse_block(value):
@@ -110,4 +115,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
