@@ -156,6 +156,18 @@ def test_tf_fusible_clusters_all_but_the_convolutions(tmp_path, monkeypatch):
   assert "Conv2D" in not_clustered and "Conv2D" not in clustered
 
 
+def test_tf_fusible_times_the_plain_saved_model_in_its_own_process(tmp_path):
+  results = _deploy_speed(tmp_path / "deploy.json", "--batch_sizes=1",
+                          "--runtimes=tf,tf_fusible")
+  assert set(results["speedup"]) == {"tf@1", "tf_fusible@1"}
+  assert results["images_per_second"]["compact/tf_fusible@1"] > 0
+  # The plain SavedModel, exported once; this process cannot serve it with
+  # the child's flags, so it reports no output difference for it.
+  assert results["file_bytes"]["compact/tf_fusible"] == results[
+      "file_bytes"]["compact/tf"]
+  assert set(results["compact_max_abs_diff_from_keras"]) == {"compact/tf"}
+
+
 def test_tf_fusible_needs_isolate(tmp_path):
   with pytest.raises(subprocess.CalledProcessError) as raised:
     _deploy_speed(tmp_path / "deploy.json", "--runtimes=tf,tf_fusible",
