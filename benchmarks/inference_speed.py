@@ -4,11 +4,11 @@ Takes a pruned DenseNet (--pruned_model, a trained one) or builds
 DenseNet-40 (k=12) and prunes every prunable layer to --sparsity with
 random scores (--pattern; this measures speed, not accuracy), strips it with
 `tfsdn.strip` (the dense model too, with the same --reuse_concats,
---fused_batch_norm and --pool_first), exports the dense and the compact model as
-SavedModels with and without XLA, loads them back as TF Serving would, and
-times them side by side in one process, interleaving rounds so that machine
-noise hits every model alike. Peak memory is measured in a fresh process per
-export. Prints a table and writes JSON.
+--fused_batch_norm and --pool_first), exports the dense and the compact
+model as SavedModels with and without XLA, loads them back as TF Serving
+would, and times them side by side in one process, interleaving rounds so
+that machine noise hits every model alike. Peak memory is measured in a
+fresh process per export. Prints a table and writes JSON.
 
   python benchmarks/inference_speed.py --output=benchmarks/results/speed.json
 """

@@ -31,7 +31,10 @@ def define_flags():
   flags.DEFINE_integer("growth_rate", 12,
                        "Growth rate (without --pruned_model).")
   flags.DEFINE_float("sparsity", 0.5,
-                     "Sparsity of every layer (without --pruned_model).")
+                     "Sparsity of every layer, in [0, 1) (without "
+                     "--pruned_model).")
+  flags.register_validator("sparsity", lambda value: 0 <= value < 1,
+                           message="--sparsity must be in [0, 1)")
   flags.DEFINE_enum("pattern", "random", list(PATTERNS),
                     "Without --pruned_model: random (prune_at_random, every "
                     "layer at --sparsity) or prefixes (prune_to_prefixes: "
@@ -87,12 +90,14 @@ def pruned_and_dense(pruned_model=None, depth=40, growth_rate=12,
     growth_rate: Growth rate (without `pruned_model`).
     sparsity: Sparsity of every layer (without `pruned_model`).
     pattern: `"random"` (`testing.prune_at_random`, seeded by `seed`) or
-      `"prefixes"` (`testing.prune_to_prefixes`: each layer reads the first
-      1 - `sparsity` of every producer, the best case for slices).
+      `"prefixes"` (`testing.prune_to_prefixes`: each layer reads its newest
+      input whole and the first 1 - `sparsity` of every other producer, the
+      best case for slices).
     seed: Seed of the random pattern.
 
   Returns:
-    (pruned, dense, patterns): `patterns` says where the pruning came from.
+    (pruned, dense, patterns): `patterns` says where the pruning came from
+    (the file, or the pattern with the network, sparsity and seed).
 
   Raises:
     ValueError: `pattern` is not one of `PATTERNS`.
@@ -108,10 +113,12 @@ def pruned_and_dense(pruned_model=None, depth=40, growth_rate=12,
     pruned = tfsdn.densenet.DenseNet(depth, growth_rate)
     if pattern == "prefixes":
       testing.prune_to_prefixes(pruned, sparsity)
-      patterns = f"prefixes (prune_to_prefixes, sparsity {sparsity})"
+      patterns = (f"prefixes (prune_to_prefixes, DenseNet-{depth}, "
+                  f"k={growth_rate}, sparsity {sparsity})")
     else:
       testing.prune_at_random(pruned, sparsity, seed)
-      patterns = f"random (prune_at_random, sparsity {sparsity})"
+      patterns = (f"random (prune_at_random, DenseNet-{depth}, "
+                  f"k={growth_rate}, sparsity {sparsity}, seed {seed})")
     dense = tfsdn.densenet.DenseNet(depth, growth_rate)
     dense.set_weights(pruned.get_weights())
   for layer in tfsdn.prunable_layers(dense):
