@@ -53,6 +53,7 @@ pruned_models.define_strip_flags()
 flags.adopt_module_key_flags(pruned_models)  # In --help.
 flags.DEFINE_string("output", "docs/tf_op_profile.json", "JSON results.")
 
+
 def profile(path, images, traces, timed):
   """Op times (ms per batch, by op type), op counts and wall ms of a SavedModel.
 
@@ -90,9 +91,9 @@ def profile(path, images, traces, timed):
         for node in device.node_stats:
           if node.node_name.startswith("_SOURCE"):
             continue
-          micros[op_type(node)] += (node.op_end_rel_micros -
-                                    node.op_start_rel_micros)
-          counts[op_type(node)] += 1
+          executed = op_type(node)
+          micros[executed] += node.op_end_rel_micros - node.op_start_rel_micros
+          counts[executed] += 1
   return ({op: us / traces / 1e3 for op, us in micros.items()},
           {op: n // traces for op, n in counts.items()}, wall_ms)
 
