@@ -34,8 +34,10 @@ images measure each format's accuracy (of the compact model).
       --dataset=tfrecord:../shared/data/cifar10 --output=docs/deploy_speed.json
 """
 
+import atexit
 import collections
 import os
+import shutil
 import tempfile
 
 from absl import app
@@ -333,6 +335,7 @@ def main(argv):
     calibration = [np.random.default_rng(FLAGS.seed).uniform(
         0, 255, (FLAGS.calibration_images, 32, 32, 3)).astype("float32")]
   workdir = tempfile.mkdtemp(prefix="tfsdn-deploy-")
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # Exports.
   served = {}
   for name, record in stripped.items():
     served.update(export_all(name, record.model, workdir, calibration))

@@ -13,7 +13,9 @@ fresh process per export. Prints a table and writes JSON.
   python benchmarks/inference_speed.py --output=benchmarks/results/speed.json
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from absl import app
@@ -56,6 +58,7 @@ def main(argv):
   reports = {"dense": tfsdn.model_report(dense_stripped),
              "compact": tfsdn.model_report(stripped)}
   workdir = tempfile.mkdtemp(prefix="tfsdn-speed-")
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # Exports.
   functions, paths = {}, {}
   for name, model in (("dense", dense), ("compact", compact)):
     for xla in (False, True):

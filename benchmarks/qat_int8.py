@@ -27,8 +27,10 @@ batch-1 LiteRT throughput, PTQ and QAT side by side in one run.
       --output=docs/qat_int8.json
 """
 
+import atexit
 import collections
 import os
+import shutil
 import tempfile
 
 from absl import app
@@ -172,6 +174,7 @@ def main(argv):
   calibration = tfsdn.data.representative_images(FLAGS.dataset,
                                                  FLAGS.calibration_images)
   workdir = tempfile.mkdtemp(prefix="tfsdn-qat-")
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # Exports.
   results, served = {}, {}
   for path in FLAGS.models:
     name, results[name], servers = evaluate(path, test, calibration, workdir)

@@ -20,8 +20,10 @@ were free.
       --reuse_concats --nofused_batch_norm --output=docs/tf_op_profile.json
 """
 
+import atexit
 import collections
 import os
+import shutil
 import tempfile
 import time
 
@@ -112,6 +114,7 @@ def main(argv):
   images = np.random.default_rng(FLAGS.seed).uniform(
       0, 255, (FLAGS.batch_size, 32, 32, 3)).astype("float32")
   workdir = tempfile.mkdtemp(prefix="tfsdn-op-profile-")
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # Exports.
   ms, counts, wall, kinds = {}, {}, {}, {}
   for name, s in stripped.items():
     path = tfsdn.export_saved_model(s.model, os.path.join(workdir, name))

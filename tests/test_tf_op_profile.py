@@ -18,15 +18,17 @@ def _module():
 
 
 def test_profiles_dense_and_compact(tmp_path):
-  output = tmp_path / "profile.json"
+  output, tmp = tmp_path / "profile.json", tmp_path / "tmp"
+  tmp.mkdir()
   run = subprocess.run(
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4",
        "--batch_size=2", "--traces=1", "--timed=1", "--nofused_batch_norm",
        f"--output={output}"],
       capture_output=True, text=True, cwd=ROOT, timeout=300, check=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp),
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
                    "PYTHONPATH", "")])))
+  assert not list(tmp.glob("tfsdn-*"))  # The exports are removed.
   results = json.loads(output.read_text())
   assert results["strip_options"]["fused_batch_norm"] is False
   assert results["macs"]["compact"] < results["macs"]["dense"]
