@@ -13,7 +13,10 @@ fastest matching dense model (say, --models='.*(?<!_r)' to leave out the
 the fastest of those runtimes (as a user picks plain TensorFlow or XLA):
 per run and batch size, the fastest compact model against the fastest
 dense model, each in its own fastest runtime, and that ratio's median as a
-fraction of the ideal (MAC ratio).
+fraction of the ideal (MAC ratio). With --targets it checks the
+deployment-speed targets (`SPEED_TARGETS` and the constants after it)
+against the medians: each target's figure, the compact model it comes
+from, and whether it is met.
 
   python benchmarks/deploy_speed_median.py --runs=docs/deploy_speed_run1.json,\
 docs/deploy_speed.json,docs/deploy_speed_run3.json \
@@ -43,6 +46,30 @@ def _define_flags():
   flags.DEFINE_list("best_mode", [], "Optional runtimes (say tf,tf_xla): "
                     "also the fastest compact model against the fastest "
                     "dense model, each in the fastest of these runtimes.")
+  flags.DEFINE_bool("targets", False, "Also check the deployment-speed "
+                    "targets against the medians.")
+
+
+# The deployment-speed targets: the best compact model's median ratio to
+# the fastest dense model in the same runtime and precision, at least...
+SPEED_TARGETS = (("TF plain, batch 64", "tf@64", 1.4),
+                 ("LiteRT float32, batch 64", "litert@64", 1.4),
+                 ("ONNX Runtime, batch 64", "onnx@64", 1.4),
+                 ("ONNX Runtime, batch 1", "onnx@1", 1.3),
+                 ("LiteRT int8, batch 1", "litert_int8@1", 1.4))
+# ... and at batch 1 at least 1.0 (never slower) in every runtime timed.
+NEVER_SLOWER_AT_BATCH = 1
+# Each model in its fastest TF mode, batch 64: at least this much of the
+# ideal (MAC) ratio.
+TF_MODES = ("tf", "tf_xla", "tf_fusible")
+TF_OF_IDEAL = ("best TF mode, batch 64, of the ideal", "64", 0.85)
+# The int8 model of the LiteRT int8 batch-1 target: test accuracy (on at
+# least INT8_ACCURACY_IMAGES images) within this many points of the float
+# (Keras) model's, and its file at most this fraction of the smallest
+# dense int8 file.
+INT8_ACCURACY_POINTS = 1.0
+INT8_ACCURACY_IMAGES = 1000
+INT8_FILE_RATIO = 0.55
 
 
 def _numbers_as_floats(value):
@@ -195,6 +222,103 @@ def best_mode(runs, runtimes):
   return found
 
 
+def _row(target, figure, bound, at_least, model=None, detail=None):
+  met = None if figure is None else (
+      figure >= bound if at_least else figure <= bound)
+  return {"target": target, "figure": figure,
+          "at_least" if at_least else "at_most": bound, "met": met,
+          "model": model, "detail": detail}
+
+
+def targets(runs, best):
+  """Each deployment-speed target, its figure, and whether it is met.
+
+  Args:
+    runs: The parsed JSON of each run (after `restricted`, if any).
+    best: The best compact model per runtime@batch, from `medians`.
+
+  Returns:
+    A list of dicts with "target", "figure" (None where the runs did not
+    measure it), "at_least" or "at_most", "met" (None when not measured,
+    or measured on fewer than INT8_ACCURACY_IMAGES images), "model" (the
+    compact model the figure comes from) and "detail".
+  """
+  rows = []
+  for target, key, bound in SPEED_TARGETS:
+    found = best.get(key, {})
+    rows.append(_row(target, found.get("median"), bound, True,
+                     found.get("model")))
+  for key in sorted(k for k in best
+                    if k.endswith(f"@{NEVER_SLOWER_AT_BATCH}")):
+    runtime = key.split("@")[0]
+    rows.append(_row(
+        f"{runtime}, batch {NEVER_SLOWER_AT_BATCH}, never slower",
+        best[key]["median"], 1.0, True, best[key]["model"]))
+  # The TF modes every run timed (best_mode needs each in every run).
+  modes = [m for m in TF_MODES if all(
+      any(key.split("/", 1)[1].startswith(f"{m}@")
+          for key in run["images_per_second"]) for run in runs)]
+  target, batch, bound = TF_OF_IDEAL
+  found = best_mode(runs, modes).get(batch) if modes else None
+  if found:
+    rows.append(_row(target, found["of_ideal"], bound, True,
+                     ", ".join(sorted(set(found["compact"]))),
+                     f"{found['median']:.2f}x in {'/'.join(modes)}"))
+  else:
+    rows.append(_row(target, None, bound, True))
+  rows += _int8_rows(runs, best.get("litert_int8@1", {}).get("model"))
+  return rows
+
+
+def _int8_rows(runs, model):
+  """The accuracy and file-size rows of the int8 `model` (None: untimed)."""
+  drops, files, images = [], [], []
+  for run in runs if model else ():
+    accuracy = run.get("compact_accuracy") or {}
+    if f"{model}/litert_int8" in accuracy and "keras" in accuracy:
+      # Rounded: accuracies are fractions of a count (0.49 - 0.5 is not
+      # quite -0.01 in floats).
+      drops.append(round(100 * (accuracy[f"{model}/litert_int8"] -
+                                accuracy["keras"]), 6))
+      images.append(run["eval_images"])
+    sizes = run.get("file_bytes", {})
+    dense = [v for k, v in sizes.items()
+             if k.startswith("dense") and k.endswith("/litert_int8")]
+    if f"{model}/litert_int8" in sizes and dense:
+      files.append(sizes[f"{model}/litert_int8"] / min(dense))
+  accuracy = _row("LiteRT int8 accuracy, points from float", None,
+                  INT8_ACCURACY_POINTS, False, model)
+  if drops:
+    drop = float(np.median(drops))
+    accuracy = _row(accuracy["target"], abs(drop), INT8_ACCURACY_POINTS,
+                    False, model, f"int8 - float {drop:+.2f} points on "
+                    f"{min(images)} test images")
+    if min(images) < INT8_ACCURACY_IMAGES:
+      accuracy["met"] = None  # Too few images to tell.
+  size = _row("LiteRT int8 file, of the smallest dense int8 file",
+              float(np.median(files)) if files else None, INT8_FILE_RATIO,
+              False, model)
+  return [accuracy, size]
+
+
+def format_targets(rows):
+  """A Markdown table of `targets`' rows."""
+  lines = ["| target | figure (medians) | needed | met | compact model |",
+           "| --- | ---: | ---: | --- | --- |"]
+  for row in rows:
+    if "at_least" in row:
+      needed = f">= {row['at_least']:.2f}"
+    else:
+      needed = f"<= {row['at_most']:.2f}"
+    figure = "-" if row["figure"] is None else f"{row['figure']:.2f}"
+    if row["detail"]:
+      figure += f" ({row['detail']})"
+    met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+    lines.append(f"| {row['target']} | {figure} | {needed} | {met} | "
+                 f"{row['model'] or '-'} |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   runs = []
@@ -206,6 +330,7 @@ def main(argv):
       runs = [restricted(run, FLAGS.models) for run in runs]
     by_model, best = medians(runs)
     modes = best_mode(runs, FLAGS.best_mode) if FLAGS.best_mode else None
+    checked = targets(runs, best) if FLAGS.targets else None
   except ValueError as e:
     raise app.UsageError(f"--runs: {e}") from e
   dense = fastest_dense(runs)
@@ -226,10 +351,13 @@ def main(argv):
           + " / ".join(f"{r:.2f}" for r in entry["runs"]) + "; compact "
           + ", ".join(entry["compact"]) + "; dense "
           + ", ".join(entry["dense"]) + ")")
+  if checked is not None:
+    print(format_targets(checked))
   if FLAGS.output:
     write_json(FLAGS.output, {"runs": FLAGS.runs, "models": FLAGS.models,
                               "speedup_by_model": by_model, "best": best,
-                              "dense": dense, "best_mode": modes})
+                              "dense": dense, "best_mode": modes,
+                              "targets": checked})
 
 
 if __name__ == "__main__":

@@ -19,14 +19,21 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "deploy_speed.py")
 
 
 def _deploy_speed(output, *args):
-  """Runs deploy_speed.py on a tiny DenseNet; returns its JSON results."""
+  """Runs deploy_speed.py on a tiny DenseNet; returns its JSON results.
+
+  The run gets a TMPDIR of its own, which must hold no folder of tfsdn's
+  afterwards: the exports are removed (ONNX Runtime leaves a `.ses` file).
+  """
+  tmp = output.parent / "tmp"
+  tmp.mkdir(exist_ok=True)
   subprocess.run(
       [sys.executable, SCRIPT, "--depth=10", "--growth_rate=4", "--rounds=1",
        "--seconds=0.05", "--slice_cost_macs=0", *args, f"--output={output}"],
       capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp),
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get(
                    "PYTHONPATH", "")])))
+  assert not list(tmp.glob("tfsdn-*"))
   return json.loads(output.read_text())
 
 
@@ -302,3 +309,59 @@ def test_best_mode_takes_each_model_in_its_fastest_runtime():
   with pytest.raises(ValueError,
                      match="only \\['compact'\\] models at batch 4"):
     median.best_mode([other], ["tf", "tf_xla"])
+
+
+def test_targets_read_from_the_medians():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  median = importlib.import_module("deploy_speed_median")
+
+  def run(compact_tf64, int8_accuracy):
+    speeds = {"dense/tf@64": 100.0, "dense/tf@1": 100.0,
+              "dense/tf_xla@64": 150.0, "dense/litert_int8@1": 100.0,
+              "compact/tf@64": compact_tf64, "compact/tf@1": 90.0,
+              "compact/tf_xla@64": 200.0, "compact/litert_int8@1": 150.0}
+    ratios = {}
+    for key, speed in speeds.items():
+      model, timed = key.split("/")
+      if model == "compact":
+        ratios.setdefault(model, {})[timed] = speed / speeds[f"dense/{timed}"]
+    return {"patterns": "trained", "slice_cost_macs": {"compact": 0},
+            "macs": {"dense": 10, "compact": 4},
+            "ideal_speedup_mac_ratio": 2.0, "images_per_second": speeds,
+            "speedup_by_model": ratios, "eval_images": 1000,
+            "compact_accuracy": {"keras": 0.5,
+                                 "compact/litert_int8": int8_accuracy},
+            "file_bytes": {"dense/litert_int8": 1000, "dense_r/litert_int8":
+                           800, "compact/litert_int8": 500}}
+
+  runs = [run(130.0, 0.52), run(150.0, 0.485), run(160.0, 0.49)]
+  _, best = median.medians(runs)
+  rows = {row["target"]: row for row in median.targets(runs, best)}
+  assert rows["TF plain, batch 64"] == {
+      "target": "TF plain, batch 64", "figure": 1.5, "at_least": 1.4,
+      "met": True, "model": "compact", "detail": None}
+  assert rows["ONNX Runtime, batch 64"]["met"] is None  # Not timed.
+  assert rows["LiteRT int8, batch 1"]["met"]  # 1.5x.
+  assert rows["tf, batch 1, never slower"]["figure"] == pytest.approx(0.9)
+  assert rows["tf, batch 1, never slower"]["met"] is False
+  assert "tf_xla, batch 1, never slower" not in rows  # Not timed at 1.
+  # Best of tf and tf_xla per run: 200/150, 200/150, 200/150 of 2.0.
+  tf_mode = rows["best TF mode, batch 64, of the ideal"]
+  assert tf_mode["figure"] == pytest.approx(2 / 3)
+  assert tf_mode["met"] is False and "in tf/tf_xla" in tf_mode["detail"]
+  # int8 - float: +2, -1.5, -1 points; the median -1 is within 1 point.
+  accuracy = rows["LiteRT int8 accuracy, points from float"]
+  assert accuracy["figure"] == pytest.approx(1.0) and accuracy["met"]
+  assert "-1.00 points on 1000 test images" in accuracy["detail"]
+  # Against the smallest dense int8 file: 500 / 800.
+  size = rows["LiteRT int8 file, of the smallest dense int8 file"]
+  assert size["figure"] == pytest.approx(0.625) and size["met"] is False
+  runs[0]["eval_images"] = 999  # The least of the runs counts.
+  accuracy = {row["target"]: row for row in median.targets(runs, best)}[
+      "LiteRT int8 accuracy, points from float"]
+  assert accuracy["met"] is None and "on 999 test images" in accuracy[
+      "detail"]
+  table = median.format_targets(list(rows.values()))
+  assert "| TF plain, batch 64 | 1.50 | >= 1.40 | yes | compact |" in table
+  assert "| ONNX Runtime, batch 1 | - | >= 1.30 | not measured | - |" in table
+  assert "| 0.62 | <= 0.55 | **no** | compact |" in table
