@@ -167,11 +167,14 @@ def main(argv):
   with strategy.scope():
     pruned = tfsdn.prune_dense_connections(model, schedule)
     recipe.compile_for_training(pruned, FLAGS.learning_rate)
-  log_dir = files.path("logs")
+  # Only the chief writes logs: tfmot's PruningSummaries never closes its
+  # writer, which at exit would write a non-chief's deleted folder again.
+  log_dir = files.path("logs") if files.chief else None
+  summaries = ([tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir)]
+               if log_dir else [])
   pruned.fit(train, epochs=FLAGS.epochs, validation_data=test, verbose=2,
              callbacks=[
-                 tfmot.sparsity.keras.UpdatePruningStep(),
-                 tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
+                 tfmot.sparsity.keras.UpdatePruningStep(), *summaries,
                  tfsdn.UpdateScores(log_dir=log_dir, nested=FLAGS.nested),
                  keras.callbacks.LearningRateScheduler(
                      recipe.step_decay(FLAGS.learning_rate, FLAGS.epochs)),

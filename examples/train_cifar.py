@@ -239,7 +239,9 @@ def main(argv):
       keras.callbacks.LearningRateScheduler(
           recipe.step_decay(values["learning_rate"], values["epochs"])),
   ]
-  log_dir = files.path("logs")
+  # Only the chief writes logs: tfmot's PruningSummaries never closes its
+  # writer, which at exit would write a non-chief's deleted folder again.
+  log_dir = files.path("logs") if files.chief else None
   with strategy.scope():
     if values["mac_budget"] is not None:
       schedule = recipe.global_schedule(
@@ -257,11 +259,13 @@ def main(argv):
       logging.info("Pruning schedule: %s (%d steps per epoch)", schedule,
                    steps_per_epoch)
       model = tfsdn.prune_dense_connections(model, schedule)
-      callbacks += [tfmot.sparsity.keras.UpdatePruningStep(),
-                    tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir),
-                    tfsdn.UpdateScores(log_dir=log_dir,
-                                       nested=values["nested"])]
-    else:
+      callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+      if log_dir:
+        callbacks.append(
+            tfmot.sparsity.keras.PruningSummaries(log_dir=log_dir))
+      callbacks.append(tfsdn.UpdateScores(log_dir=log_dir,
+                                          nested=values["nested"]))
+    elif log_dir:
       callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     recipe.compile_for_training(model, values["learning_rate"],
                                 values["jit_compile"])

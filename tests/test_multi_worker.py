@@ -36,11 +36,14 @@ def _args(records, model_dir, epochs):
 
 
 def _start_workers(args, log_dir):
-  """Starts one process per worker with its TF_CONFIG; returns them."""
+  """Starts one process per worker with its TF_CONFIG and a TMPDIR of its
+  own (`log_dir`/tmp<index>); returns them."""
   workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
   processes = []
   for index in range(2):
-    env = helpers.script_env(TF_CONFIG=json.dumps({
+    tmp = log_dir / f"tmp{index}"
+    tmp.mkdir(exist_ok=True)
+    env = helpers.script_env(TMPDIR=str(tmp), TF_CONFIG=json.dumps({
         "cluster": {"worker": workers},
         "task": {"type": "worker", "index": index}}))
     with open(log_dir / f"worker{index}.log", "w") as log:  # Popen dups it.
@@ -92,6 +95,9 @@ def test_two_workers_prune_alike_and_only_the_chief_writes(tmp_path):
                    "final_model.keras", "flags.json", "logs", "report.md",
                    "results.json"], names
   assert not [p for p in model_dir.rglob("*") if "worker" in p.name]
+  # Nor left in worker 1's temporary folder (its summary writers once wrote
+  # it again at exit, after cleanup).
+  assert not list((tmp_path / "tmp1").glob("tfsdn-*"))
 
 
 @pytest.mark.multi_worker
