@@ -102,7 +102,8 @@ def restricted(run, pattern):
   """`run` with only the models whose names match `pattern` (fully).
 
   Each compact model's ratio is taken again from the run's images/s,
-  against the fastest matching dense model of each runtime and batch size.
+  against the fastest matching dense model of each runtime and batch size,
+  and the ideal (MAC ratio) from the matching models' MACs.
 
   Raises:
     ValueError: if no dense or no compact model matches.
@@ -116,8 +117,12 @@ def restricted(run, pattern):
   by_model = {model: {timed: speed / _fastest_dense(speeds, timed)[0]
                       for timed, speed in speeds[model].items()}
               for model in compacts}
-  return dict(run, speedup_by_model=by_model,
-              macs={m: v for m, v in run["macs"].items() if m in speeds})
+  macs = {m: v for m, v in run["macs"].items() if m in speeds}
+  # The ideal as deploy_speed.py takes it, among the matching models.
+  ideal = (min(macs[m] for m in denses if m in macs) /
+           min(macs[m] for m in compacts if m in macs))
+  return dict(run, speedup_by_model=by_model, macs=macs,
+              ideal_speedup_mac_ratio=ideal)
 
 
 def medians(runs):
@@ -282,17 +287,18 @@ def _int8_rows(runs, model):
                                 accuracy["keras"]), 6))
       images.append(run["eval_images"])
     sizes = run.get("file_bytes", {})
-    dense = [v for k, v in sizes.items()
-             if k.startswith("dense") and k.endswith("/litert_int8")]
+    dense = [v for k, v in sizes.items()  # Those `restricted` kept.
+             if k.startswith("dense") and k.endswith("/litert_int8") and
+             k.split("/")[0] in run["macs"]]
     if f"{model}/litert_int8" in sizes and dense:
       files.append(sizes[f"{model}/litert_int8"] / min(dense))
   accuracy = _row("LiteRT int8 accuracy, points from float", None,
                   INT8_ACCURACY_POINTS, False, model)
-  if drops:
-    drop = float(np.median(drops))
-    accuracy = _row(accuracy["target"], abs(drop), INT8_ACCURACY_POINTS,
-                    False, model, f"int8 - float {drop:+.2f} points on "
-                    f"{min(images)} test images")
+  if drops:  # The median distance, so runs on either side do not cancel.
+    accuracy = _row(accuracy["target"], float(np.median(np.abs(drops))),
+                    INT8_ACCURACY_POINTS, False, model,
+                    "int8 - float " + " / ".join(f"{d:+.2f}" for d in drops)
+                    + f" points on {min(images)} test images")
     if min(images) < INT8_ACCURACY_IMAGES:
       accuracy["met"] = None  # Too few images to tell.
   size = _row("LiteRT int8 file, of the smallest dense int8 file",
@@ -310,10 +316,13 @@ def format_targets(rows):
       needed = f">= {row['at_least']:.2f}"
     else:
       needed = f"<= {row['at_most']:.2f}"
-    figure = "-" if row["figure"] is None else f"{row['figure']:.2f}"
+    # Three decimals: 1.3996 is not 1.40 for the check.
+    figure = "-" if row["figure"] is None else f"{row['figure']:.3f}"
     if row["detail"]:
       figure += f" ({row['detail']})"
     met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+    if row["met"] is None and row["figure"] is not None:
+      met = "too little data"  # Fewer test images than the target asks.
     lines.append(f"| {row['target']} | {figure} | {needed} | {met} | "
                  f"{row['model'] or '-'} |")
   return "\n".join(lines)

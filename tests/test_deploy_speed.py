@@ -260,6 +260,11 @@ def test_medians_among_some_models_only():
   plain = median.restricted(run, ".*(?<!_r)")
   assert plain["speedup_by_model"] == {"compact": {"tf@1": 1.5}}
   assert set(plain["macs"]) == {"dense", "compact"}
+  # The ideal from the matching models' MACs, not the run's.
+  run["ideal_speedup_mac_ratio"] = 99.0
+  run["macs"]["compact"] = 5
+  assert median.restricted(run, ".*(?<!_r)")["ideal_speedup_mac_ratio"] == 2.0
+  run["macs"]["compact"] = 4
   every = median.restricted(run, ".*")
   assert every["speedup_by_model"] == {"compact": {"tf@1": 0.75},
                                        "compact_r": {"tf@1": 1.3}}
@@ -326,7 +331,7 @@ def test_targets_read_from_the_medians():
       if model == "compact":
         ratios.setdefault(model, {})[timed] = speed / speeds[f"dense/{timed}"]
     return {"patterns": "trained", "slice_cost_macs": {"compact": 0},
-            "macs": {"dense": 10, "compact": 4},
+            "macs": {"dense": 10, "dense_r": 10, "compact": 4},
             "ideal_speedup_mac_ratio": 2.0, "images_per_second": speeds,
             "speedup_by_model": ratios, "eval_images": 1000,
             "compact_accuracy": {"keras": 0.5,
@@ -349,19 +354,33 @@ def test_targets_read_from_the_medians():
   tf_mode = rows["best TF mode, batch 64, of the ideal"]
   assert tf_mode["figure"] == pytest.approx(2 / 3)
   assert tf_mode["met"] is False and "in tf/tf_xla" in tf_mode["detail"]
-  # int8 - float: +2, -1.5, -1 points; the median -1 is within 1 point.
+  # int8 - float: +2, -1.5, -1 points; the median distance 1.5 is not
+  # within 1 point (the signed median, -1, would have been).
   accuracy = rows["LiteRT int8 accuracy, points from float"]
+  assert accuracy["figure"] == pytest.approx(1.5) and not accuracy["met"]
+  assert "+2.00 / -1.50 / -1.00 points on 1000 test images" in accuracy[
+      "detail"]
+  runs[0]["compact_accuracy"]["compact/litert_int8"] = 0.49  # -1: at 1.
+  accuracy = {row["target"]: row for row in median.targets(runs, best)}[
+      "LiteRT int8 accuracy, points from float"]
   assert accuracy["figure"] == pytest.approx(1.0) and accuracy["met"]
-  assert "-1.00 points on 1000 test images" in accuracy["detail"]
   # Against the smallest dense int8 file: 500 / 800.
   size = rows["LiteRT int8 file, of the smallest dense int8 file"]
   assert size["figure"] == pytest.approx(0.625) and size["met"] is False
+  # A dense model not among the run's models (`restricted` narrows "macs")
+  # does not count for the file.
+  for run_ in runs:
+    run_["file_bytes"]["dense_x/litert_int8"] = 100
+  size = {row["target"]: row for row in median.targets(runs, best)}[
+      "LiteRT int8 file, of the smallest dense int8 file"]
+  assert size["figure"] == pytest.approx(0.625)
   runs[0]["eval_images"] = 999  # The least of the runs counts.
   accuracy = {row["target"]: row for row in median.targets(runs, best)}[
       "LiteRT int8 accuracy, points from float"]
   assert accuracy["met"] is None and "on 999 test images" in accuracy[
       "detail"]
   table = median.format_targets(list(rows.values()))
-  assert "| TF plain, batch 64 | 1.50 | >= 1.40 | yes | compact |" in table
+  assert "| TF plain, batch 64 | 1.500 | >= 1.40 | yes | compact |" in table
   assert "| ONNX Runtime, batch 1 | - | >= 1.30 | not measured | - |" in table
-  assert "| 0.62 | <= 0.55 | **no** | compact |" in table
+  assert "| 0.625 | <= 0.55 | **no** | compact |" in table
+  assert "too little data" in median.format_targets([accuracy])
