@@ -14,7 +14,14 @@ seeds): a rerun reproduces an arm bit for bit.
 Each finished (arm, seed) writes OUTPUT_DIR/seedS/ARM.json (accuracies, the
 prediction for every validation and test image, parameters, MACs, the stages)
 and OUTPUT_DIR/seedS/ARM.keras (the compact model, stock tf_keras layers), so
-results can be committed as they land and re-evaluated on other data. A
+results can be committed as they land and re-evaluated on other data. Each
+result records the git commit it ran from (`commit`, `commit_dirty`) and
+where `tfsdn` was imported from (`tfsdn_path`); these are not part of the
+config, so a folder's digest does not depend on them. To keep later library
+changes out of a long run, run it from a worktree pinned at one commit
+(`git worktree add --detach DIR COMMIT`, then run DIR's script from DIR
+with PYTHONPATH=DIR, so that its `tfsdn` is imported rather than an
+editable install's) and check `tfsdn_path`. A
 restarted run skips what is done; an OUTPUT_DIR made with other flags is
 refused. `evidence_table.py` turns OUTPUT_DIR into the table and plot.
 
@@ -187,9 +194,12 @@ class Runner:
   def run(self, arm, seed, needed):
     """Trains one arm for one seed; returns (result dict, compact model)."""
     tfsdn, keras, config = self.tfsdn, self.keras, self.config
+    version = results_io.code_version()
     result = {"arm": arm.name, "kind": arm.kind, "keep": arm.keep,
               "seed": seed, "config_digest": results_io.digest(config),
-              "machine": results_io.machine()}
+              "machine": results_io.machine(),
+              "commit": version["commit"], "commit_dirty": version["dirty"],
+              "tfsdn_path": version["tfsdn"]}
     callbacks = []
     if arm.kind in arms_lib.FROM_SCRATCH:
       if arm.kind == "narrow_dense":
@@ -279,6 +289,10 @@ def main(argv):
     results_io.prepare_output_dir(FLAGS.output_dir, config)
   except results_io.ConfigMismatch as e:
     raise app.UsageError(str(e)) from None
+  version = results_io.code_version()
+  logging.info("Code: commit %s%s, tfsdn from %s", version["commit"],
+               " (tracked files changed since)" if version["dirty"] else "",
+               version["tfsdn"])
   runner = Runner(config)
   labels_path = os.path.join(FLAGS.output_dir, "labels.json")
   if not os.path.exists(labels_path):

@@ -53,6 +53,35 @@ def machine():
   return {"cpu": model, "cpus": os.cpu_count()}
 
 
+def code_version(path=__file__):
+  """The git commit of the code at `path`, so a result names what made it.
+
+  Kept out of the run config (and so out of its digest and of the trunk's
+  cache key): folders made before this field stay valid, and a restart from
+  a later commit is allowed, but each result records the commit it ran from.
+  A runner pinned in a worktree (`git worktree add --detach DIR COMMIT`)
+  keeps later library changes out of its arms; `tfsdn` is where the imported
+  library lives, which must be inside that worktree for the pin to hold.
+
+  Returns:
+    {"commit": hex or None, "dirty": whether tracked files differ from it
+    (None if unknown), "tfsdn": the imported tfsdn package's folder}.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+
+  def git(*args):
+    return subprocess.run(["git", "--no-optional-locks", "-C", directory, *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+  try:
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.CalledProcessError):
+    commit, dirty = None, None
+  return {"commit": commit, "dirty": dirty,
+          "tfsdn": os.path.dirname(os.path.abspath(files.__file__))}
+
+
 def prepare_output_dir(output_dir, config):
   """Creates `output_dir`, or checks that its results used `config`.
 
