@@ -70,8 +70,9 @@ def code_version(path=__file__):
   directory = os.path.dirname(os.path.abspath(path))
 
   def git(*args):
-    return subprocess.run(["git", "--no-optional-locks", "-C", directory, *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "--no-optional-locks", "-C", directory, *args], check=True,
+        capture_output=True, text=True).stdout.strip()
 
   try:
     commit = git("rev-parse", "HEAD")
