@@ -107,3 +107,68 @@ def test_refuses_a_model_without_wrapped_layers():
 def test_arguments_are_checked_where_they_enter():
   with pytest.raises(TypeError, match="raise_on_shortfall='no'"):
     tfsdn.UpdateScores(raise_on_shortfall="no")
+
+
+def _fit_plain(model, steps, callbacks, batch_size=8):
+  x, y = helpers.random_data(steps * batch_size)
+  model.fit(x, y, batch_size=batch_size, verbose=0, shuffle=False,
+            callbacks=callbacks)
+
+
+@pytest.mark.parametrize("callbacks", [
+    [tfmot.sparsity.keras.UpdatePruningStep()],  # The tfmot idiom alone.
+    [tfsdn.UpdateScores()],                       # tfsdn's callback alone.
+    None,
+])
+def test_the_tfmot_idiom_alone_prunes_as_scheduled(callbacks):
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.5)])))
+  _fit_plain(pruned, 4, callbacks)
+  for layer in tfsdn.prunable_layers(pruned):
+    assert len(layer.pruned_channels()) == schedule_lib.pruned_count(
+        layer.input_channels, 0.5), layer.name
+
+
+def _nested_model(training):
+  full = helpers.tiny_densenet()
+  backbone = keras.Model(full.input, full.get_layer("avg_pool").output,
+                         name="backbone")
+  inputs = keras.Input((32, 32, 3))
+  features = (backbone(inputs) if training is None else
+              backbone(inputs, training=training))
+  return keras.Model(inputs, keras.layers.Dense(10)(features))
+
+
+def test_a_backbone_called_with_training_false_is_refused():
+  with pytest.raises(ValueError, match=r"'backbone'.*training=False"):
+    tfsdn.prune_dense_connections(_nested_model(False),
+                                  tfsdn.StagedSparsity([(2, 0.5)]))
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      _nested_model(None), tfsdn.StagedSparsity([(2, 0.5)])))
+  _fit_plain(pruned, 3, [tfmot.sparsity.keras.UpdatePruningStep()])
+  assert tfsdn.strip(pruned).pruned
+  assert all(l.sparsity() == 0.5 for l in tfsdn.prunable_layers(pruned))
+
+
+def test_a_step_that_does_not_advance_the_pruning_step_raises():
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      _nested_model(None), tfsdn.StagedSparsity([(2, 0.5)])))
+  # What a backbone(x, training=False) wrapped by hand would do.
+  for wrapper in tfsdn.callbacks.pruning_wrappers(pruned):
+    wrapper.pruning_step.assign(0)
+    wrapper.call = (lambda inputs, training=None, w=wrapper, c=wrapper.call:
+                    c(inputs, training=False))
+  with pytest.raises(tfsdn.StageShortfallError, match="did not advance"):
+    _fit_plain(pruned, 3, [tfsdn.UpdateScores()])
+
+
+def test_training_that_ends_unpruned_raises_at_the_end_of_fit(monkeypatch):
+  monkeypatch.setattr(
+      criteria, "break_ties",
+      lambda scores, live, order=None: scores * _as_float(live))
+  layer_check = tfsdn.UpdateScores(raise_on_shortfall=True)
+  # Stage checks off (as a stage missed between two calls would be): the
+  # end of fit still finds the layers short of their schedule.
+  monkeypatch.setattr(layer_check, "_check", lambda *args: False)
+  with pytest.raises(tfsdn.StageShortfallError, match="ended at pruning step"):
+    _fit_zero_channel_model([layer_check])

@@ -13,6 +13,7 @@ a results table.
 
 from absl import logging
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 
 from tfsdn import allocation
 from tfsdn import checks
@@ -76,15 +77,18 @@ def _stage_steps(schedule):
   return None
 
 
-class UpdateScores(keras.callbacks.Callback):
+class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
   """Computes the scores before every pruning stage and checks it after.
 
-  Add it beside `tfmot.sparsity.keras.UpdatePruningStep()`; without it the
-  scores are never computed and a stage has nothing to go by:
+  It is tfmot's `UpdatePruningStep` (which it extends) plus tfsdn's side of
+  every stage, so it is the one callback a tfsdn model needs; beside
+  `UpdatePruningStep` it does no harm. A model from
+  `tfsdn.prune_dense_connections` adds one to `fit`'s callbacks when none is
+  there, so tfmot's idiom alone prunes as scheduled; without any, the
+  scores would never be computed and a stage would have nothing to go by:
 
   ```python
-  pruned.fit(data, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(),
-                              tfsdn.UpdateScores(log_dir="logs")])
+  pruned.fit(data, callbacks=[tfsdn.UpdateScores(log_dir="logs")])
   ```
 
   Before each training call that contains a step at which a layer's
@@ -99,7 +103,10 @@ class UpdateScores(keras.callbacks.Callback):
   the last batch) it logs, per layer, the pruned input channels and the
   scheduled count. A layer with fewer pruned channels than scheduled raises
   `StageShortfallError` (training stops); one with more (pruned earlier by
-  other means) is logged as a warning.
+  other means) is logged as a warning. A training batch that does not
+  advance tfmot's pruning step (the wrapped layers ran in inference mode)
+  raises a `StageShortfallError` too, and so does the end of `fit` if a
+  layer is then pruned less than its schedule asks for by that step.
 
   Args:
     log_dir: If given, TensorBoard scalars `stage_check/<layer>/achieved`
@@ -136,6 +143,7 @@ class UpdateScores(keras.callbacks.Callback):
     self._writer = None
 
   def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)  # UpdatePruningStep: step -1 -> 0.
     self._wrappers = pruning_wrappers(self.model)
     if not self._wrappers:
       raise ValueError(
@@ -205,6 +213,12 @@ class UpdateScores(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     step = self._step()
+    if step <= self._last_step:
+      raise StageShortfallError(
+          f"A training batch of {self.model.name!r} did not advance tfmot's "
+          f"pruning step (still {step}): its wrapped PrunableConcatConv "
+          "layers ran in inference mode, so no stage can prune them. Is a "
+          "nested model called with training=False? Call it without it.")
     first = max(self._last_step, 0) + 1
     self._last_step = step
     staged = [self._check(checked, step) for checked in range(first, step + 1)]
@@ -224,6 +238,24 @@ class UpdateScores(keras.callbacks.Callback):
   def on_train_end(self, logs=None):
     if self._writer is not None:
       self._writer.flush()
+    step = self._step()
+    short = []
+    for wrapper in self._wrappers:
+      if _stage_steps(wrapper.pruning_schedule) is None:
+        continue  # Checked at each of its stages: its sparsity between
+                  # them is not what its last stage pruned to.
+      _, sparsity = _schedule_at(wrapper.pruning_schedule, step)
+      layer = wrapper.layer
+      scheduled = pruned_count(layer.input_channels, sparsity)
+      pruned = len(layer.pruned_channels())
+      if pruned < scheduled:
+        short.append(f"{layer.name} {pruned}/{scheduled}/"
+                     f"{layer.input_channels}")
+    if short and self.raise_on_shortfall:
+      raise StageShortfallError(
+          f"Training of {self.model.name!r} ended at pruning step {step} "
+          f"with {len(short)} layers pruned less than scheduled by then "
+          "(pruned/scheduled/channels): " + ", ".join(short))
 
   def _step(self):
     return int(keras.backend.get_value(self._wrappers[0].pruning_step))

@@ -4,7 +4,10 @@ import fnmatch
 
 import tensorflow_model_optimization as tfmot
 
+from absl import logging
+
 from tfsdn import allocation as allocation_lib
+from tfsdn import graph
 from tfsdn import internals
 from tfsdn.allocation import GlobalAllocation
 from tfsdn.compat import keras
@@ -59,17 +62,55 @@ def prunable_layers(model):
   return found
 
 
+@keras.utils.register_keras_serializable(package="tfsdn")
+class PruningModel(keras.Model):
+  """The functional model `prune_dense_connections` returns.
+
+  A plain functional tf_keras model whose `fit` makes sure the stages run:
+  tfmot's `UpdatePruningStep` alone only advances the pruning step, and a
+  stage of a `PrunableConcatConv` prunes by contribution scores that
+  `tfsdn.UpdateScores` computes right before it. So while the model holds
+  pruning wrappers, `fit` adds a `tfsdn.UpdateScores()` (which also does
+  `UpdatePruningStep`'s job) unless one is among the callbacks: the tfmot
+  idiom `fit(..., callbacks=[UpdatePruningStep()])` prunes as scheduled.
+  Pass your own `tfsdn.UpdateScores(...)` for its options (`log_dir`,
+  `nested`). A custom training loop must call the callbacks itself.
+  """
+
+  def fit(self, *args, callbacks=None, **kwargs):  # pylint: disable=arguments-differ
+    return super().fit(*args, callbacks=_with_update_scores(self, callbacks),
+                       **kwargs)
+
+
+def _with_update_scores(model, callbacks):
+  """`callbacks` plus a `tfsdn.UpdateScores` if the model needs one."""
+  from tfsdn.callbacks import UpdateScores  # pylint: disable=g-import-not-at-top
+  from tfsdn.callbacks import pruning_wrappers  # pylint: disable=g-import-not-at-top
+  if isinstance(callbacks, keras.callbacks.CallbackList):
+    return callbacks  # Built by the caller: taken as it is.
+  callbacks = [] if callbacks is None else list(callbacks)
+  if (not any(isinstance(c, UpdateScores) for c in callbacks) and
+      pruning_wrappers(model)):
+    logging.info("fit: added tfsdn.UpdateScores() to the callbacks of %r: "
+                 "it computes the contribution scores before every stage.",
+                 model.name)
+    callbacks.append(UpdateScores())
+  return callbacks
+
+
 def prune_dense_connections(model, schedule, **wrapper_kwargs):
   """Returns a copy of `model` whose dense connections tfmot will prune.
 
   Every `PrunableConcatConv` (also inside nested functional models) is
   wrapped by `tfmot.sparsity.keras.prune_low_magnitude` with `schedule`;
   every other layer is copied unchanged. Weights are copied, so the original
-  model is left as it was. Train the result with
-  `tfmot.sparsity.keras.UpdatePruningStep()` and `tfsdn.UpdateScores()`
-  (which computes the scores before each stage) among the callbacks, and
-  remove the wrappers afterwards with `tfmot.sparsity.keras.strip_pruning`
-  or `tfsdn.strip_to_compact`.
+  model is left as it was. Train the result with `model.fit` and tfmot's
+  `UpdatePruningStep()` or `tfsdn.UpdateScores()` (which computes the
+  scores before each stage and checks each stage after it, and also does
+  `UpdatePruningStep`'s job) among the callbacks; the returned model's
+  `fit` adds a `tfsdn.UpdateScores()` if none is there (`PruningModel`).
+  Remove the wrappers afterwards with `tfmot.sparsity.keras.strip_pruning`
+  or `tfsdn.strip`.
 
   Example:
 
@@ -96,16 +137,19 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
       refused.
 
   Returns:
-    A new tf_keras model.
+    A new functional tf_keras model (a `PruningModel`).
 
   Raises:
     TypeError: for Keras 3 objects, subclassed models, or a `schedule` that
       is not a tfmot `PruningSchedule`.
-    ValueError: if the model has no `PrunableConcatConv`, a dict of
+    ValueError: if the model has no `PrunableConcatConv`, a nested model
+      holding prunable layers is called with `training=False` (its layers
+      would never train, so tfmot would never prune them), a dict of
       schedules misses a layer, or a `GlobalAllocation`'s last budget is
       out of reach (its floor and overrides keep more).
   """
   require_functional(model)
+  _refuse_frozen_calls(model)
   meaningless = sorted(set(wrapper_kwargs) & set(_MEANINGLESS_WRAPPER_KWARGS))
   if meaningless:
     raise TypeError(
@@ -154,10 +198,38 @@ def prune_dense_connections(model, schedule, **wrapper_kwargs):
 
   pruned = keras.models.clone_model(model, clone_function=clone)
   _copy_weights(model, pruned)
+  if not isinstance(pruned, PruningModel):
+    pruned = PruningModel(inputs=pruned.inputs, outputs=pruned.outputs,
+                          name=pruned.name)
   for layer in prunable_layers(pruned):
     if chosen[layer.name] is None:
       layer.measuring.assign(0.0)  # Never pruned: no statistics needed.
   return pruned
+
+
+def _refuse_frozen_calls(model):
+  """Refuses nested models with prunable layers called with training=False.
+
+  `base(x, training=False)` (the fine-tuning idiom that keeps a backbone's
+  BatchNormalization in inference mode) runs every layer of `base` in
+  inference mode during `fit` too: tfmot's wrapper then never advances its
+  pruning step nor updates a mask, and no statistic is measured, so the
+  model would end training unpruned.
+  """
+  for node, layer in graph.topological_nodes(model):
+    if not isinstance(layer, keras.Model) or not prunable_layers(layer):
+      continue
+    if graph.training_argument(node) is False:
+      raise ValueError(
+          f"Nested model {layer.name!r} in {model.name!r} is called with "
+          "training=False, so its PrunableConcatConv layers never run in "
+          "training mode: tfmot would never advance their pruning step, "
+          "measure their inputs or prune them. Call it without training="
+          f"False (`{layer.name}(x)`); to keep BatchNormalization layers in "
+          "inference mode while pruning, set `trainable = False` on them "
+          "(tfsdn.make_prunable keeps a frozen BatchNormalization frozen "
+          "inside the PrunableConcatConv).")
+    _refuse_frozen_calls(layer)
 
 
 def _schedule_chooser(schedule):
