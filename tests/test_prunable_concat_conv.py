@@ -160,6 +160,19 @@ def test_rejects_non_nhwc_input():
     tfsdn.PrunableConcatConv(4)(np.ones((2, 3), "float32"))
 
 
+def test_inputs_of_different_sizes_are_refused_naming_the_shapes():
+  big, small = keras.Input((8, 8, 3)), keras.Input((4, 4, 3))
+  with pytest.raises(ValueError, match=r"heights differ.*\(None, 8, 8, 3\), "
+                     r"\(None, 4, 4, 3\)"):
+    tfsdn.PrunableConcatConv(4)([big, small])
+  layer = tfsdn.PrunableConcatConv(4)
+  layer.build([(None, None, None, 3)] * 2)  # Sizes unknown when built.
+  with pytest.raises(ValueError, match=r"widths differ.*\(2, 6, 6, 3\), "
+                     r"\(2, 6, 4, 3\)"):
+    layer([np.zeros((2, 6, 6, 3), "float32"),
+           np.zeros((2, 6, 4, 3), "float32")])
+
+
 def test_keras3_layer_gets_type_error_with_the_fix():
   with pytest.raises(TypeError, match="TF_USE_LEGACY_KERAS=1"):
     tfsdn.compat.require_tf_keras_layer(keras3.layers.Dense(2))

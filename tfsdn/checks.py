@@ -122,3 +122,36 @@ def concat_conv_arguments(filters, kernel_size, strides, padding, criterion,
       "bn_momentum": real("bn_momentum", bn_momentum, 0.0, 1.0),
       "bn_epsilon": real("bn_epsilon", bn_epsilon, 0.0, low_open=True),
   }
+
+
+def concat_input_shapes(layer_name, shapes):
+  """The channel counts of a PrunableConcatConv's inputs, checked.
+
+  Its inputs are concatenated on the channel axis, so they must be NHWC
+  tensors with a known channel count whose batch and spatial sizes agree
+  where they are known (an unknown size, None, agrees with any).
+
+  Args:
+    layer_name: The layer's name, quoted in the error.
+    shapes: The input shapes, each a sequence of ints or None.
+
+  Returns:
+    A list of the inputs' channel counts.
+
+  Raises:
+    ValueError: quoting the shapes otherwise.
+  """
+  shapes = [tuple(None if d is None else int(d) for d in s) for s in shapes]
+  for shape in shapes:
+    if len(shape) != 4 or shape[-1] is None:
+      raise ValueError(
+          f"{layer_name} takes NHWC tensors with a known channel count. "
+          f"Received input shapes: {shapes}")
+  for axis, what in ((0, "batch"), (1, "height"), (2, "width")):
+    known = {s[axis] for s in shapes if s[axis] is not None}
+    if len(known) > 1:
+      raise ValueError(
+          f"{layer_name} concatenates its inputs on the channel axis, so "
+          f"their batch size, height and width must agree; their {what}s "
+          f"differ. Received input shapes: {shapes}")
+  return [s[-1] for s in shapes]

@@ -107,12 +107,8 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
                                                     tf.TensorShape))) else [
                                                         input_shape]
     shapes = [tf.TensorShape(s) for s in shapes]
-    for shape in shapes:
-      if shape.rank != 4 or shape[-1] is None:
-        raise ValueError(
-            f"{self.name} takes NHWC tensors with a known channel count. "
-            f"Received input shapes: {[s.as_list() for s in shapes]}")
-    self.input_channel_counts = [int(s[-1]) for s in shapes]
+    self.input_channel_counts = checks.concat_input_shapes(
+        self.name, [s.as_list() if s.rank is not None else () for s in shapes])
     channels = sum(self.input_channel_counts)
     concat_shape = shapes[0][:-1].concatenate([channels])
     self.conv_output_shape = tuple(
@@ -231,6 +227,8 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     # In the compute dtype (bfloat16/float16 under a mixed policy), also
     # when a float32 tfmot wrapper calls this method directly.
     inputs = [tf.cast(t, self.compute_dtype) for t in _as_list(inputs)]
+    # Sizes unknown when built are known here (at trace time).
+    checks.concat_input_shapes(self.name, [t.shape.as_list() for t in inputs])
     x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
     x = self.batch_norm(x, training=training)
     x = tf.nn.relu(x)

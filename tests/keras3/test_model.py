@@ -61,6 +61,19 @@ def test_bad_arguments_are_refused_with_the_value():
     sdn.PrunableConcatConv(4, score_momentum=1.0)
 
 
+def test_inputs_of_different_sizes_are_refused_naming_the_shapes():
+  big, small = keras.Input((8, 8, 3)), keras.Input((4, 4, 3))
+  with pytest.raises(ValueError, match=r"heights differ.*\(None, 8, 8, 3\), "
+                     r"\(None, 4, 4, 3\)"):
+    sdn.PrunableConcatConv(4)([big, small])
+  layer = sdn.PrunableConcatConv(4)
+  layer.build([(None, None, None, 3)] * 2)  # Sizes unknown when built.
+  with pytest.raises(ValueError, match=r"widths differ.*\(2, 6, 6, 3\), "
+                     r"\(2, 6, 4, 3\)"):
+    layer([np.zeros((2, 6, 6, 3), "float32"),
+           np.zeros((2, 6, 4, 3), "float32")])
+
+
 def test_statistics_move_in_training_only_and_skip_non_finite_batches():
   layer = sdn.PrunableConcatConv(4, 1, score_momentum=0.5)
   x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")

@@ -102,12 +102,7 @@ class PrunableConcatConv(keras.layers.Layer):
 
   def build(self, input_shape):
     shapes = _shapes(input_shape)
-    for shape in shapes:
-      if len(shape) != 4 or shape[-1] is None:
-        raise ValueError(
-            f"{self.name} takes NHWC tensors with a known channel count. "
-            f"Received input shapes: {shapes}")
-    self.input_channel_counts = [int(s[-1]) for s in shapes]
+    self.input_channel_counts = checks.concat_input_shapes(self.name, shapes)
     channels = sum(self.input_channel_counts)
     concat_shape = tuple(shapes[0][:-1]) + (channels,)
     self.conv_output_shape = tuple(self.conv.compute_output_shape(concat_shape))
@@ -195,6 +190,8 @@ class PrunableConcatConv(keras.layers.Layer):
   def call(self, inputs, training=None):
     inputs = [ops.cast(t, self.compute_dtype) for t in (
         inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    # Sizes unknown when built are known here (at trace time).
+    checks.concat_input_shapes(self.name, [tuple(t.shape) for t in inputs])
     x = inputs[0] if len(inputs) == 1 else ops.concatenate(inputs, axis=-1)
     x = ops.relu(self.batch_norm(x, training=training))
     if training and self.criterion == "expected_l1":
