@@ -228,7 +228,8 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
     # when a float32 tfmot wrapper calls this method directly.
     inputs = [tf.cast(t, self.compute_dtype) for t in _as_list(inputs)]
     # Sizes unknown when built are known here (at trace time).
-    checks.concat_input_shapes(self.name, [t.shape.as_list() for t in inputs])
+    checks.concat_input_shapes(self.name, [t.shape.as_list() for t in inputs
+                                           if t.shape.rank is not None])
     x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
     x = self.batch_norm(x, training=training)
     x = tf.nn.relu(x)
