@@ -4,7 +4,8 @@ Plain numpy, shared by the tfmot path's strip (`tfsdn.layout`) and the
 Keras 3 path's (`tfsdn.keras3`). Runtimes copy a contiguous range of
 channels cheaply (a slice) but not an arbitrary subset, so the strip step
 orders each producer's filters so that what each consumer reads is few
-ranges, ideally one prefix.
+ranges, ideally one prefix, and only the filters of producers whose order
+no model output shows (`reorderable`).
 """
 
 import numpy as np
@@ -190,6 +191,45 @@ class ConcatReuse:
       return list(parts)
     length, tensor = max(fits, key=lambda fit: fit[0])
     return [tensor] + list(parts[length:])
+
+
+ANY_ORDER = "any"        # Reads any order of its input channels.
+PASSES_ORDER = "passes"  # Its output channel c is input channel c.
+FIXED_ORDER = "fixed"    # Needs its input channels in their order.
+
+
+def reorderable(tensors, readers, outputs):
+  """Tensors whose channels may be put in any order without changing outputs.
+
+  Which producers' filters the strip step may reorder, the one decision
+  of both paths (`tfsdn.layout`, `tfsdn.keras3.strip`). A tensor
+  qualifies when it is not a model output and every reader either reads
+  any order (a convolution or dense layer, whose kernel rows follow the
+  order) or passes channel c on as channel c (a concatenation, a
+  channel-wise layer, a global pooling) to a tensor that qualifies. So no
+  order chosen for contiguous reads reaches a model's output: a feature
+  extractor's features stay in their channels.
+
+  Args:
+    tensors: Keys (any hashable) of the tensors that might qualify
+      (channels-last, 2-D or 4-D), producers before consumers.
+    readers: A dict from key to a list, one `(how, output key)` pair per
+      reader of the tensor: `how` is `ANY_ORDER`, `PASSES_ORDER` (then the
+      output key is the reader's output) or `FIXED_ORDER`.
+    outputs: Keys of the model's outputs.
+
+  Returns:
+    A set of keys.
+  """
+  outputs = set(outputs)
+  found = set()
+  for key in reversed(list(tensors)):
+    if key in outputs:
+      continue
+    if all(how == ANY_ORDER or (how == PASSES_ORDER and output in found)
+           for how, output in readers.get(key, ())):
+      found.add(key)
+  return found
 
 
 def count_runs(reads, order):

@@ -15,6 +15,7 @@ import collections
 
 import numpy as np
 
+from tfsdn import channel_order
 from tfsdn import graph
 from tfsdn.channel_order import order_channels
 from tfsdn.compat import keras
@@ -48,10 +49,11 @@ def passes_channel_order(layer, node):
 def reorderable_tensors(model, nodes):
   """Tensors whose channels may be put in any order without changing outputs.
 
-  A tensor qualifies when it is not a model output and every consumer
-  either follows any order (`takes_any_channel_order`) or passes channels
-  through (concatenation, channel-wise layers, global pooling) to tensors
-  that qualify.
+  `channel_order.reorderable` (the decision the Keras 3 path shares) on
+  this graph: a tensor qualifies when it is not a model output and every
+  consumer either follows any order (`takes_any_channel_order`) or passes
+  channels through (concatenation, channel-wise layers, global pooling) to
+  tensors that qualify.
 
   Args:
     model: A functional model without pruning wrappers.
@@ -60,19 +62,20 @@ def reorderable_tensors(model, nodes):
   Returns:
     A set of `id(keras_tensor)`.
   """
-  consumers = graph.consumers(nodes)
-  outputs = {id(t) for t in model.outputs}
-  reorderable = set()
-  for node, _ in reversed(nodes):
-    output = graph.node_output(node)
-    if id(output) in outputs or output.shape.rank not in (2, 4):
-      continue
-    if all(takes_any_channel_order(layer) or
-           (passes_channel_order(layer, consumer) and
-            id(graph.node_output(consumer)) in reorderable)
-           for consumer, layer in consumers.get(id(output), [])):
-      reorderable.add(id(output))
-  return reorderable
+
+  def how(node, layer):
+    if takes_any_channel_order(layer):
+      return channel_order.ANY_ORDER, None
+    if passes_channel_order(layer, node):
+      return channel_order.PASSES_ORDER, id(graph.node_output(node))
+    return channel_order.FIXED_ORDER, None
+
+  readers = {key: [how(node, layer) for node, layer in found]
+             for key, found in graph.consumers(nodes).items()}
+  tensors = [id(graph.node_output(node)) for node, _ in nodes
+             if graph.node_output(node).shape.rank in (2, 4)]
+  return channel_order.reorderable(tensors, readers,
+                                   [id(t) for t in model.outputs])
 
 
 def filter_orders(model, nodes, needed):
