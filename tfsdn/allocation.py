@@ -10,13 +10,16 @@ layer.
 """
 
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfsdn import checks
 from tfsdn import costs
 from tfsdn import global_allocation
+from tfsdn import liveness
 from tfsdn.compat import keras
+from tfsdn.costs import channel_graph
 from tfsdn.costs import dense_cost
 from tfsdn.costs import layer_costs
 from tfsdn.schedule import sparsity_for_count
@@ -90,7 +93,11 @@ def allocate(model, wrappers, step):
   """Sets the sparsity of every wrapper's `AllocatedSparsity` for `step`.
 
   Called by `tfsdn.UpdateScores` right before the stage, after the scores
-  are computed. `wrappers` are the tfmot wrappers of one allocation.
+  are computed. `wrappers` are the tfmot wrappers of one allocation. Under
+  a MAC budget the plan prices each cut by the compact model's MACs
+  (`tfsdn.costs.compact_macs`: filters no one reads any more go too), and
+  the channels that carry an ignored layer's filters stay live: their
+  scores are raised above the layer's others, so tfmot keeps them.
 
   Args:
     model: The model being trained.
@@ -104,12 +111,38 @@ def allocate(model, wrappers, step):
   layers = [wrapper.layer for wrapper in wrappers]
   costs = layer_costs(layers, allocation.budget)
   total = dense_cost(model, allocation.budget, layers)
-  keep = allocation.plan(layers, costs, total, step)
-  for wrapper, layer, kept in zip(wrappers, layers, keep):
+  nodes, outputs = channel_graph(model)
+  protected = protected_inputs(nodes, layers, allocation)
+  compact_cost = None
+  if allocation.budget == "macs":
+    from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
+    current = {layer.name: layer.live_mask()
+               for layer in prunable_layers(model)}
+    compact_cost = lambda masks: liveness.compact_macs(
+        nodes, outputs, {**current, **masks})
+  keep = allocation.plan(layers, costs, total, step, protected, compact_cost)
+  for wrapper, layer, kept, mask in zip(wrappers, layers, keep, protected):
     wrapper.pruning_schedule.sparsity.assign(
         sparsity_for_count(layer.input_channels,
                            layer.input_channels - kept))
+    if mask is not None:
+      layer.contribution_score.assign(
+          global_allocation.raise_protected(
+              layer.contribution_score.numpy(), mask))
   return {layer.name: kept for layer, kept in zip(layers, keep)}
+
+
+def protected_inputs(nodes, layers, allocation):
+  """Per layer, None or the input channels that carry an ignored layer's
+  filters (`tfsdn.liveness` nodes of the model)."""
+  if not allocation.ignored_layers:
+    return [None] * len(layers)
+  result = []
+  for layer in layers:
+    mask = np.array([allocation.is_ignored(producer) for producer, _ in
+                     liveness.producers_of_channels(nodes, layer.name)])
+    result.append(mask if mask.any() else None)
+  return result
 
 
 def check_reachable(model, allocation, layers, all_layers):

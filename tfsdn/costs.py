@@ -5,6 +5,7 @@ conv per input channel, the dense model's MACs counted as `model_report`
 counts them, and the layer-wise sparsity with the same estimated cost.
 """
 
+from tfsdn import liveness
 from tfsdn.compat import keras
 from tfsdn.global_allocation import layer_costs
 from tfsdn.global_allocation import least_layerwise_sparsity
@@ -69,3 +70,97 @@ def layerwise_sparsity(model, keep, budget="macs"):
   layers = prunable_layers(model)
   return least_layerwise_sparsity(
       layers, dense_cost(model, budget, layers), keep, budget, model.name)
+
+
+def channel_graph(model):
+  """`tfsdn.liveness` `Node`s of `model`, wrapped or not, nested included.
+
+  Nested functional models are walked through (their inputs are the outer
+  tensors they are called on), tfmot wrappers are seen through, so the
+  description is that of the flat model the strip step builds from.
+
+  Args:
+    model: A functional tf_keras model.
+
+  Returns:
+    `(nodes, outputs)`: the nodes in topological order and the keys of the
+    model's outputs.
+  """
+  from tfsdn import graph  # pylint: disable=g-import-not-at-top
+  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
+  from tfsdn.prune import unwrap  # pylint: disable=g-import-not-at-top
+  nodes, alias = [], {}
+
+  def key(tensor):
+    return alias.get(id(tensor), id(tensor))
+
+  def walk(current):
+    for node, layer in graph.topological_nodes(current):
+      layer = unwrap(layer)
+      if graph.is_input(node):
+        continue
+      inputs = graph.node_inputs(node)
+      output = graph.node_output(node)
+      if isinstance(layer, keras.Model):
+        for inner, outer in zip(layer.inputs, inputs):
+          alias[id(inner)] = key(outer)
+        walk(layer)
+        alias[id(output)] = key(layer.outputs[0])
+        continue
+      rank = output.shape.rank
+      out_channels = graph.channels(output) if rank else 1
+      pair, macs = 0, 0
+      if isinstance(layer, PrunableConcatConv):
+        kind = liveness.PRUNABLE
+        pair = layer_costs([layer], "macs")[0] // layer.filters
+      elif rank == 4 and graph.is_channel_concat(layer):
+        kind = liveness.CONCAT
+      elif rank == 4 and graph.passes_channels(layer, node):
+        kind = liveness.PASSES
+      elif (type(layer) is keras.layers.Conv2D and layer.groups == 1 and  # pylint: disable=unidiomatic-typecheck
+            layer.data_format == "channels_last"):
+        kind = liveness.CONV
+        kh, kw = layer.kernel_size
+        pair = kh * kw * int(output.shape[1]) * int(output.shape[2])
+      else:
+        kind = liveness.READS_ALL
+        macs = _layer_macs(layer)
+      nodes.append(liveness.Node(
+          kind, layer.name, [key(t) for t in inputs],
+          [graph.channels(t) if t.shape.rank else 1 for t in inputs],
+          key(output), out_channels, pair, macs))
+
+  walk(model)
+  return nodes, [key(t) for t in model.outputs]
+
+
+def _layer_macs(layer):
+  """MACs of a Conv2D or Dense as `dense_macs` counts them, else 0."""
+  if isinstance(layer, keras.layers.Conv2D):
+    kh, kw = layer.kernel_size
+    height, width = layer.output_shape[1:3]
+    return (kh * kw * int(layer.input_shape[-1]) // layer.groups *
+            layer.filters * height * width)
+  if isinstance(layer, keras.layers.Dense):
+    return int(layer.input_shape[-1]) * layer.units
+  return 0
+
+
+def compact_macs(model, live_masks=None):
+  """MACs of the compact model `tfsdn.strip(model)` would build.
+
+  The cascade included: filters that no consumer reads are not computed.
+
+  Args:
+    model: A functional tf_keras model with `PrunableConcatConv`s.
+    live_masks: Dict from prunable layer name to the input channels it
+      would read; layers not in it read their current live channels.
+
+  Returns:
+    The MACs per example, an int.
+  """
+  from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
+  masks = {layer.name: layer.live_mask() for layer in prunable_layers(model)}
+  masks.update(live_masks or {})
+  nodes, outputs = channel_graph(model)
+  return liveness.compact_macs(nodes, outputs, masks)

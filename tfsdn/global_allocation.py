@@ -182,8 +182,16 @@ class GlobalAllocation:
         keep = stage_keep
     return keep
 
-  def plan(self, layers, costs, dense_cost, step):
+  def plan(self, layers, costs, dense_cost, step, protected=None,
+           compact_cost=None):
     """Live inputs each layer keeps after the stage at `step`.
+
+    The channels are taken in the order of the ranking (lowest share per
+    cost first) until the budget is met. Without `compact_cost` the cost is
+    estimated from the pruned inputs alone; with it, each candidate cut is
+    priced by what the compact model would really cost (the filters that no
+    one reads any more go too), and the fewest channels that meet the
+    budget are taken, so the compact model lands at the budget, not below.
 
     Args:
       layers: The allocated `PrunableConcatConv`s (ignored ones excluded),
@@ -193,6 +201,12 @@ class GlobalAllocation:
         non-prunable layers included), or with `budget="channels"` the input
         channels of the allocated layers.
       step: The stage step.
+      protected: None, or per layer None or a boolean vector over its
+        inputs: channels that must stay live (they carry the filters of an
+        ignored layer).
+      compact_cost: None, or a function from a dict `{layer name: boolean
+        vector of the inputs it would read}` (every allocated layer) to the
+        compact model's cost in the budget's unit.
 
     Returns:
       A list of kept counts, one per layer.
@@ -204,46 +218,88 @@ class GlobalAllocation:
     final_keep = self.stages[-1][1]
     progress = (1.0 if final_keep >= 1.0 else
                 min(1.0, (1.0 - keep_fraction) / (1.0 - final_keep)))
+    protected = list(protected) if protected is not None else [None] * len(
+        layers)
     channels = [layer.input_channels for layer in layers]
-    live = [int(np.sum(layer.live_mask())) for layer in layers]
+    live_masks = [np.asarray(layer.live_mask(), bool) for layer in layers]
+    live = [int(np.sum(mask)) for mask in live_masks]
+    scores = [np.asarray(layer.contribution_score.numpy()) for layer in layers]
+    # Per layer, its live channels that may go, lowest score first.
+    removable_order = []
+    for i, mask in enumerate(live_masks):
+      free = mask if protected[i] is None else mask & ~np.asarray(
+          protected[i], bool)
+      indices = np.flatnonzero(free)
+      removable_order.append(indices[np.argsort(scores[i][indices],
+                                                kind="stable")])
     prunable_cost = sum(c * n for c, n in zip(costs, channels))
     fixed = dense_cost - prunable_cost
     keep = []
-    for layer, n, alive in zip(layers, channels, live):
+    for i, (layer, n, alive) in enumerate(zip(layers, channels, live)):
       sparsity = self.override(layer.name)
       if sparsity is None:
         keep.append(alive)
       else:
-        keep.append(min(alive, n - pruned_count(n, sparsity * progress)))
+        floor = alive - len(removable_order[i])  # The protected ones.
+        keep.append(max(floor, min(alive, n - pruned_count(n, sparsity *
+                                                           progress))))
     target = keep_fraction * dense_cost
-    excess = fixed + sum(c * k for c, k in zip(costs, keep)) - target
-    if excess <= 0:
-      return keep
     candidates = []  # (priority, layer index, rank within the layer)
     for i, layer in enumerate(layers):
       if self.override(layer.name) is not None:
         continue
-      removable = live[i] - max(1, math.ceil(self.floor * channels[i]))
+      removable = min(len(removable_order[i]),
+                      live[i] - max(1, math.ceil(self.floor * channels[i])))
       if removable <= 0:
         continue
-      scores = np.asarray(layer.contribution_score.numpy())
-      lowest = np.sort(scores[scores > 0])[:removable]
-      share = lowest / live[i]
+      share = scores[i][removable_order[i][:removable]] / live[i]
       candidates.append(np.stack(
           [share / costs[i], np.full(removable, i), np.arange(removable)], 1))
     if candidates:
       candidates = np.concatenate(candidates)
       order = np.lexsort((candidates[:, 2], candidates[:, 1], candidates[:, 0]))
       candidates = candidates[order]
+    else:
+      candidates = np.zeros((0, 3))
+
+    def kept_after(taken):
+      counts = list(keep)
+      for i in candidates[:taken, 1]:
+        counts[int(i)] -= 1
+      return counts
+
+    if compact_cost is None:
+      excess = fixed + sum(c * k for c, k in zip(costs, keep)) - target
+      if excess <= 0:
+        return keep
       saved = np.cumsum([costs[int(i)] for i in candidates[:, 1]])
       taken = int(np.searchsorted(saved, excess)) + 1
       if taken > len(candidates):
-        raise ValueError(self._unreachable(step, target, dense_cost, excess -
-                                           saved[-1]))
-      for i in candidates[:taken, 1]:
-        keep[int(i)] -= 1
-      return keep
-    raise ValueError(self._unreachable(step, target, dense_cost, excess))
+        raise ValueError(self._unreachable(
+            step, target, dense_cost,
+            excess - (saved[-1] if len(saved) else 0)))
+      return kept_after(taken)
+
+    def cost_after(taken):
+      masks = {}
+      for i, (layer, kept) in enumerate(zip(layers, kept_after(taken))):
+        mask = live_masks[i].copy()
+        mask[removable_order[i][:live[i] - kept]] = False
+        masks[layer.name] = mask
+      return compact_cost(masks)
+
+    low, high = 0, len(candidates)  # Fewest taken that meet the budget.
+    least = cost_after(high)
+    if least > target:
+      raise ValueError(self._unreachable(step, target, dense_cost,
+                                         least - target))
+    while low < high:
+      middle = (low + high) // 2
+      if cost_after(middle) <= target:
+        high = middle
+      else:
+        low = middle + 1
+    return kept_after(low)
 
   def _unreachable(self, step, target, dense_cost, left):
     return (
@@ -272,6 +328,21 @@ class GlobalAllocation:
 
   def __repr__(self):
     return f"GlobalAllocation(**{self.get_config()!r})"
+
+
+def raise_protected(scores, protected):
+  """`scores` with the live `protected` ones above every other, distinct.
+
+  tfmot prunes a layer's lowest scores; a channel that must stay live (it
+  carries an ignored layer's filter) is given a score above the layer's
+  largest, so the stage keeps it. Pruned scores (0) stay 0.
+  """
+  scores = np.array(scores, dtype=np.float32)
+  raised = np.flatnonzero(np.asarray(protected, bool) & (scores > 0))
+  if len(raised):
+    top = max(float(scores.max()), 1.0)
+    scores[raised] = top * (2.0 + np.arange(len(raised)) / len(raised))
+  return scores
 
 
 def layer_costs(layers, budget):
