@@ -144,10 +144,19 @@ def main(argv):
                           fused_batch_norm=FLAGS.fused_batch_norm)
                if has_prunable else None)
   compact = stripped.model if has_prunable else model
-  report = tfsdn.model_report(stripped if has_prunable else model)
-  print(report.to_markdown())
   images, _ = next(iter(sdn_data.make_dataset(
       FLAGS.dataset, "test", FLAGS.verify_images, data_dir=FLAGS.data_dir)))
+  # A model built for any image size is reported and exported at the
+  # data's (the exports need a fixed size).
+  any_size = None in compact.inputs[0].shape[1:3]
+  image_size = tuple(images.shape[1:3]) if any_size else None
+  if any_size:
+    logging.info("The model takes images of any size: reported and exported "
+                 "at the data's, %s", image_size)
+    compact = tfsdn.export.with_image_size(compact, image_size)
+  report = tfsdn.model_report(stripped if has_prunable else model,
+                              input_size=image_size)
+  print(report.to_markdown())
   expected = compact(images, training=False).numpy()
   if has_prunable:
     diff = np.abs(model(images, training=False).numpy() - expected).max()

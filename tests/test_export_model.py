@@ -51,3 +51,19 @@ def test_mistakes_are_one_line_before_loading(paths, overrides, message):
   assert last.startswith("export_model.py: error: ") and message in last
   assert "Traceback" not in result.stderr
   assert "--tflite_path" not in result.stderr  # no flag help
+
+
+def test_a_model_of_any_image_size_is_exported_at_the_data_size(tmp_path):
+  model = helpers.tiny_densenet(input_shape=(None, None, 3))
+  helpers.prune_randomly(model, 0.5)
+  model.save(tmp_path / "any_size.keras")
+  result = subprocess.run(
+      [sys.executable, SCRIPT, f"--model={tmp_path / 'any_size.keras'}",
+       f"--export_dir={tmp_path / 'sdn'}",
+       f"--tflite_path={tmp_path / 'sdn.tflite'}",
+       f"--dataset=tfrecord:{write_tfrecords(tmp_path / 'cifar', 4)}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env=helpers.script_env())
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Exported and verified" in result.stdout
+  assert "total MACs per image" in result.stdout

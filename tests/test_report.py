@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import tfsdn
 from tfsdn.compat import keras
@@ -54,6 +55,24 @@ def test_dense_macs_of_densenet40():
       macs += channels * channels * size * size
   macs += 448 * 10
   assert report.total_macs == macs
+
+
+def test_a_model_of_any_image_size_is_counted_at_the_size_given():
+  fixed = helpers.tiny_densenet()
+  any_size = helpers.tiny_densenet(input_shape=(None, None, 3))
+  with pytest.raises(ValueError, match=r"unknown size.*input_size=\(32, 32\)"):
+    tfsdn.model_report(any_size)
+  with pytest.raises(ValueError, match=r"input_size=\(0, 32\)"):
+    tfsdn.model_report(any_size, input_size=(0, 32))
+  expected = tfsdn.model_report(fixed)
+  for model in (any_size, tfsdn.strip(any_size), fixed):
+    report = tfsdn.model_report(model, input_size=(32, 32))
+    assert (report.total_macs, report.total_params) == (
+        expected.total_macs, expected.total_params)
+  # At 64x64 every conv computes 4 times the positions; the classifier
+  # (40 pooled features x 10 classes) does not grow.
+  bigger = tfsdn.model_report(any_size, input_size=64)
+  assert bigger.total_macs == 4 * (expected.total_macs - 40 * 10) + 40 * 10
 
 
 def test_connectivity_matrix_of_a_pruned_block():

@@ -264,12 +264,54 @@ def with_dtype(model, dtype):
   for layer in config["layers"]:
     if "dtype" in layer["config"]:
       layer["config"]["dtype"] = dtype
-  copy = model.__class__.from_config(config)
+  return _with_weights(model, model.__class__.from_config(config))
+
+
+def _with_weights(model, copy):
   copy.set_weights(model.get_weights())
   for layer, copied in zip(model.layers, copy.layers):
     if isinstance(layer, keras.layers.BatchNormalization):
       copied.fused = layer.fused  # Not in the config (strip's fused=False).
   return copy
+
+
+def with_image_size(model, image_size):
+  """`model` taking images of `image_size`: itself, or a copy.
+
+  The exports need images of a fixed size; a model built for any size
+  (`input_shape=(None, None, 3)`, fully convolutional up to a global
+  pooling) is exported at the size it will serve.
+
+  Example:
+
+  ```python
+  compact = tfsdn.export.with_image_size(tfsdn.strip(model).model, (32, 32))
+  tfsdn.export_saved_model(compact, "/models/sdn")
+  ```
+
+  Args:
+    model: A functional tf_keras model with one NHWC image input.
+    image_size: `(height, width)`, or an int for a square.
+
+  Returns:
+    `model` itself if it already takes images of that size, else a model
+    with the same layers' configurations and weights that does.
+
+  Raises:
+    ValueError: for a bad `image_size`, or a model without one NHWC input.
+  """
+  require_functional(model)
+  size = checks.pair("image_size", image_size)
+  shape = model.inputs[0].shape
+  if len(model.inputs) != 1 or shape.rank != 4:
+    raise ValueError(
+        f"Model {model.name!r} must have exactly one NHWC image input. "
+        f"Received input shapes: {[t.shape for t in model.inputs]}")
+  if tuple(shape[1:3]) == size:
+    return model
+  images = keras.Input(shape=size + (shape[3],), name=model.input_names[0])
+  return _with_weights(
+      model, keras.models.clone_model(model, input_tensors=images))
 
 
 ONNX_OPSET = 17

@@ -23,15 +23,17 @@ from tfsdn.reporting import LayerRow  # noqa: F401  pylint: disable=unused-impor
 from tfsdn.reporting import ModelReport
 from tfsdn.reporting import comparison_markdown  # noqa: F401  pylint: disable=unused-import
 from tfsdn.reporting import connectivity
+from tfsdn.reporting import image_size
 from tfsdn.reporting import weight_rows
 
 
-def _weight_rows(compact, stripped_layers):
+def _weight_rows(compact, stripped_layers, input_size):
   return weight_rows(compact, stripped_layers, keras,
-                     lambda layer: (layer.input_shape, layer.output_shape))
+                     lambda layer: (layer.input_shape, layer.output_shape),
+                     input_size)
 
 
-def model_report(model):
+def model_report(model, input_size=None):
   """Per-layer live inputs, parameters and MACs, totals, and connectivity.
 
   Example:
@@ -42,6 +44,8 @@ def model_report(model):
   after = tfsdn.model_report(stripped)        # no second strip
   print(before.to_markdown(), after.to_markdown())
   print(tfsdn.comparison_markdown(before, after))
+  # A model built for any image size (input_shape=(None, None, 3)):
+  report = tfsdn.model_report(model, input_size=(224, 224))
   ```
 
   Args:
@@ -49,23 +53,30 @@ def model_report(model):
       model: dense or pruned (wrapped or stripped), reported through one
       `strip`, or without `PrunableConcatConv` (form `"compact"`: counted
       layer by layer, no prunable rows, no connectivity).
+    input_size: `(height, width)` of the images to count MACs for (an int
+      for a square); needed when the model takes images of any size
+      (`input_shape=(None, None, 3)`). None counts at the model's own image
+      size. Parameters and connectivity do not depend on it.
 
   Returns:
     A `ModelReport`.
 
   Raises:
     TypeError: for Keras 3 objects and subclassed models.
+    ValueError: for a bad `input_size`, or none for a model whose image
+      size is unknown.
   """
   if not isinstance(model, Stripped):
     require_functional(model)
+    image_size(model, input_size)  # Checked before the strip.
     if not prunable_layers(model):
       model = graph.flatten(strip_wrappers(model))
-      rows = _weight_rows(model, {})
+      rows = _weight_rows(model, {}, input_size)
       return ModelReport(model.name, "compact", list(rows.values()),
                          int(model.count_params()),
                          int(sum(r.macs for r in rows.values())), [])
     model = strip(model)
-  rows = _weight_rows(model.model, model.layers)
+  rows = _weight_rows(model.model, model.layers, input_size)
   return ModelReport(model.source_name, "pruned" if model.pruned else "dense",
                      list(rows.values()), int(model.model.count_params()),
                      int(sum(r.macs for r in rows.values())),

@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from tfsdn import checks
+
 
 @dataclasses.dataclass
 class LayerRow:
@@ -154,7 +156,52 @@ def comparison_markdown(before, after):
   ])
 
 
-def weight_rows(model, stripped_layers, keras, shapes):
+def image_size(model, input_size):
+  """The image size a report counts MACs at: `input_size`, or the model's.
+
+  Args:
+    model: A functional model (tf_keras or Keras 3).
+    input_size: None (the model's own image size, which must be known), or
+      `(height, width)` (an int for a square) to count at.
+
+  Returns:
+    None (count at the model's own size) or `(height, width)`.
+
+  Raises:
+    ValueError: for an `input_size` that is not a positive int or a pair
+      of them, an `input_size` for a model without one NHWC image input, or
+      no `input_size` for a model whose image size is unknown (MACs depend
+      on it).
+  """
+  shapes = [tuple(t.shape) for t in model.inputs]
+  if input_size is None:
+    if any(len(s) == 4 and None in s[1:3] for s in shapes):
+      raise ValueError(
+          f"Model {model.name!r} takes images of unknown size (input shapes "
+          f"{shapes}), and its MACs depend on the size: give the size to "
+          "count them at, e.g. model_report(model, input_size=(32, 32)). "
+          "Received: input_size=None")
+    return None
+  size = checks.pair("input_size", input_size)
+  if len(shapes) != 1 or len(shapes[0]) != 4:
+    raise ValueError(
+        f"input_size needs a model with one image input [batch, height, "
+        f"width, channels]; model {model.name!r} takes {shapes}. Received: "
+        f"input_size={input_size!r}")
+  return size
+
+
+def _sized(model, keras, input_size):
+  """`model`, or a copy (same layer names) that takes `input_size` images."""
+  size = image_size(model, input_size)
+  shape = tuple(model.inputs[0].shape)
+  if size is None or tuple(shape[1:3]) == size:
+    return model
+  return keras.models.clone_model(
+      model, input_tensors=keras.Input(shape=size + (shape[3],)))
+
+
+def weight_rows(model, stripped_layers, keras, shapes, input_size=None):
   """Rows for every Conv2D and Dense layer of a stock (compact) model.
 
   Args:
@@ -164,10 +211,16 @@ def weight_rows(model, stripped_layers, keras, shapes):
       parameters.
     keras: The Keras module of `model` (tf_keras or Keras 3).
     shapes: `layer -> (input shape, output shape)` in that Keras.
+    input_size: `(height, width)` of the images to count MACs for; None
+      for the model's own size (`image_size`).
 
   Returns:
     A dict from layer name to `LayerRow`.
+
+  Raises:
+    ValueError: from `image_size`.
   """
+  model = _sized(model, keras, input_size)
   rows = {}
   for layer in model.layers:
     if isinstance(layer, keras.layers.Conv2D):

@@ -74,6 +74,13 @@ def test_inputs_of_different_sizes_are_refused_naming_the_shapes():
            np.zeros((2, 6, 4, 3), "float32")])
 
 
+def test_report_of_a_model_of_any_image_size_asks_for_the_size():
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=4,
+                                input_shape=(None, None, 3))
+  with pytest.raises(ValueError, match=r"unknown size.*input_size="):
+    sdn.model_report(model)
+
+
 def test_statistics_move_in_training_only_and_skip_non_finite_batches():
   layer = sdn.PrunableConcatConv(4, 1, score_momentum=0.5)
   x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
