@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsdn import checks
-from tfsdn import onnx_names
+from tfsdn import serving_names
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
@@ -366,8 +366,8 @@ def export_onnx(model, path, opset=ONNX_OPSET):
       output_names=[frozen.outputs[0].name], opset=opset)
   from tfsdn import onnx_transpose  # pylint: disable=g-import-not-at-top
   proto = onnx_transpose.optimize(proto)
-  onnx_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
-  onnx_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
+  serving_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+  serving_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
   with atomic_path(path, suffix=".onnx") as tmp:
     with open(tmp, "wb") as f:
       f.write(proto.SerializeToString())

@@ -28,7 +28,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfsdn import onnx_names
+from tfsdn import serving_names
 from tfsdn.files import apply_umask
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
@@ -203,8 +203,8 @@ def _write_onnx(model, path):
     raise ValueError(
         "The ONNX graph takes more than the images: "
         f"{[i.name for i in proto.graph.input]}.")
-  onnx_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
-  onnx_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
+  serving_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+  serving_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
   onnx.save(proto, path)
 
 
