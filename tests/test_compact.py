@@ -3,6 +3,7 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import tfsdn
+from tfsdn import compact as compact_lib
 from tfsdn.compat import keras
 from tests import helpers
 
@@ -289,3 +290,22 @@ def test_fused_batch_norm_must_be_a_bool():
 def test_reuse_concats_must_be_a_bool():
   with pytest.raises(TypeError, match="reuse_concats.*1"):
     tfsdn.strip(_pruned_model(), reuse_concats=1)
+
+
+def test_strip_checks_the_function_and_raises_on_a_difference(monkeypatch):
+  model = helpers.tiny_densenet()
+  helpers.prune_randomly(model, 0.5)
+  real_build = compact_lib._build
+
+  def corrupted(*args, **kwargs):
+    built, record = real_build(*args, **kwargs)
+    kernel = built.get_layer("block2_layer1").kernel
+    kernel.assign(kernel + 0.5)
+    return built, record
+
+  monkeypatch.setattr(compact_lib, "_build", corrupted)
+  with pytest.raises(RuntimeError, match="another function"):
+    tfsdn.strip(model)
+  assert tfsdn.strip(model, check_function=False).pruned
+  with pytest.raises(TypeError, match="check_function"):
+    tfsdn.strip(model, check_function="yes")

@@ -3,6 +3,8 @@
 import math
 import numbers
 
+import numpy as np
+
 
 def real(name, value, low=None, high=None, low_open=False, high_open=False):
   """Returns `value` as a float if it is a finite real number in range.
@@ -155,3 +157,45 @@ def concat_input_shapes(layer_name, shapes):
           f"their batch size, height and width must agree; their {what}s "
           f"differ. Received input shapes: {shapes}")
   return [s[-1] for s in shapes]
+
+
+def same_function(original, compact, predict, input_shapes,
+                  low_precision=False):
+  """Checks that `compact` computes `original`'s function on one batch.
+
+  The strip step's own check: both models run in inference mode on the
+  same two images of random pixels (0-255, as tfsdn's models take them;
+  an unknown height or width is taken as 32).
+
+  Args:
+    original: The pruned model.
+    compact: The compact model built from it.
+    predict: `(model, images) -> list of numpy outputs`, in the model's
+      Keras; `images` is a list, one array per model input.
+    input_shapes: The shape of each model input (None for unknown sizes).
+    low_precision: The model computes in 16 bits: 2e-2 instead of 1e-4.
+
+  Raises:
+    RuntimeError: naming the output and the largest difference, relative
+      to 1 + |expected|, if it is above the tolerance.
+  """
+  rng = np.random.default_rng(0)
+  images = [rng.uniform(0, 255, (2,) + tuple(
+      32 if size is None else int(size) for size in shape[1:])).astype(
+          "float32") for shape in input_shapes]
+  tolerance = 2e-2 if low_precision else 1e-4
+  expected, actual = predict(original, images), predict(compact, images)
+  for index, (want, got) in enumerate(zip(expected, actual)):
+    want = np.asarray(want, np.float64)
+    got = np.asarray(got, np.float64)
+    difference = (np.inf if want.shape != got.shape else
+                  float(np.max(np.abs(want - got) / (1.0 + np.abs(want)),
+                               initial=0.0)))
+    if not difference <= tolerance:
+      raise RuntimeError(
+          f"strip built a compact model that computes another function: "
+          f"output {index} differs from the pruned model's by {difference:g} "
+          f"(relative to 1 + |output|; tolerance {tolerance:g}; shapes "
+          f"{want.shape} and {got.shape}) on random images of shapes "
+          f"{[i.shape for i in images]}. Please report it; "
+          "check_function=False skips this check.")

@@ -128,7 +128,8 @@ def _split(mask, tensors):
 
 def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
                      max_concat_inputs=None, pool_first=False,
-                     reuse_concats=False, fused_batch_norm=True):
+                     reuse_concats=False, fused_batch_norm=True,
+                     check_function=True):
   """Returns a compact stock-Keras model without the pruned channels.
 
   Same as `strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
@@ -149,12 +150,14 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
     pool_first: See `strip`.
     reuse_concats: See `strip`.
     fused_batch_norm: See `strip`.
+    check_function: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
   return strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
-               pool_first, reuse_concats, fused_batch_norm).model
+               pool_first, reuse_concats, fused_batch_norm,
+               check_function).model
 
 
 CHANNEL_READS = ("slice", "split", "gather")
@@ -162,7 +165,7 @@ CHANNEL_READS = ("slice", "split", "gather")
 
 def strip(model, slice_cost_macs=0, channel_reads="slice",
           max_concat_inputs=None, pool_first=False, reuse_concats=False,
-          fused_batch_norm=True):
+          fused_batch_norm=True, check_function=True):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -280,6 +283,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       `fused=False` (see above); if True (the default), the ones strip
       builds use Keras' default (fused) and copied ones keep the `fused`
       of the layer they copy. A bool.
+    check_function: If True (the default), the compact model and `model`
+      are run in inference mode on one batch of random pixels and must
+      agree (`tfsdn.checks.same_function`: 1e-4 in float32); False skips
+      that check, for speed. A bool.
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -292,10 +299,14 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       non-finite `slice_cost_macs` (or one above 0 on a model of unknown
       input height or width), an unknown `channel_reads` or a
       `max_concat_inputs` that is not None or an integer >= 2.
-    TypeError: if `pool_first`, `reuse_concats` or `fused_batch_norm` is
-      not a bool.
+    TypeError: if `pool_first`, `reuse_concats`, `fused_batch_norm` or
+      `check_function` is not a bool.
+    RuntimeError: if `check_function` finds the compact model computing
+      another function.
   """
   require_functional(model)
+  check_function = checks.boolean("check_function", check_function)
+  original = model
   pool_first = checks.boolean("pool_first", pool_first)
   reuse_concats = checks.boolean("reuse_concats", reuse_concats)
   fused_batch_norm = checks.boolean("fused_batch_norm", fused_batch_norm)
@@ -331,7 +342,17 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       layer.name: (graph.channels(graph.node_output(node))
                    if graph.node_output(node).shape.rank else 1)
       for node, layer in nodes}
+  if check_function:
+    checks.same_function(
+        original, compact, _predict, [t.shape for t in original.inputs],
+        low_precision=original.compute_dtype != "float32")
   return Stripped(compact, model.name, record, source_channels)
+
+
+def _predict(model, images):
+  images = [tf.constant(i) for i in images]
+  outputs = model(images if len(images) > 1 else images[0], training=False)
+  return [np.asarray(o) for o in tf.nest.flatten(outputs)]
 
 
 def _pooled_transitions(model, nodes):
