@@ -7,7 +7,7 @@ and the connectivity come from `tfsdn.reporting`), so
 
 import keras
 
-from tfsdn.keras3.checks import require_keras3_model
+from tfsdn.keras3 import graph
 from tfsdn.keras3.pruning import prunable_layers
 from tfsdn.keras3.strip import Stripped
 from tfsdn.keras3.strip import strip
@@ -24,20 +24,28 @@ def _weight_rows(compact, stripped_layers):
 def model_report(model):
   """Per-layer live inputs, parameters and MACs, totals, and connectivity.
 
+  Nested models (a backbone under a head) are inlined, as `strip` and the
+  tfmot path's `tfsdn.model_report` do: the report counts every layer.
+
   Args:
-    model: A `tfsdn.keras3.Stripped` record, or a functional Keras 3 model
-      (with `PrunableConcatConv`s: reported through one `strip`; without:
-      counted layer by layer, form `"compact"`).
+    model: A `tfsdn.keras3.Stripped` record, or a functional or Sequential
+      Keras 3 model (with `PrunableConcatConv`s: reported through one
+      `strip`; without: counted layer by layer, form `"compact"`).
 
   Returns:
     A `tfsdn.reporting.ModelReport`, the tfmot path's report type.
+
+  Raises:
+    TypeError: for a tf_keras or subclassed model, or a Sequential model
+      without an input shape.
   """
   if not isinstance(model, Stripped):
-    require_keras3_model(model)
+    graph.functional(model)  # Checks the model's type.
     if not prunable_layers(model):
-      rows = _weight_rows(model, {})
+      flat = graph.flatten(model)
+      rows = _weight_rows(flat, {})
       return ModelReport(model.name, "compact", list(rows.values()),
-                         int(model.count_params()),
+                         int(flat.count_params()),
                          int(sum(r.macs for r in rows.values())), [])
     model = strip(model)
   rows = _weight_rows(model.model, model.layers)

@@ -1,12 +1,14 @@
 """Strip for Keras 3: a compact model of stock layers without pruned channels.
 
 The same rewrite as the tfmot path's `tfsdn.strip`, on a Keras 3 functional
-graph: a backward pass finds which channels of every tensor some consumer
-reads (a `PrunableConcatConv` reads its live inputs; Conv2D, Dense and
-unknown layers read everything; channel-wise layers and concatenations pass
-reads through), filters no one reads are dropped, each producer's filters
-are ordered so that its consumers read few contiguous ranges
-(`tfsdn.channel_order`, shared with the tfmot path), and every
+graph with nested models inlined (`tfsdn.keras3.graph`): a backward pass
+finds which channels of every tensor some consumer reads (a
+`PrunableConcatConv` reads its live inputs; Conv2D, Dense and unknown
+layers read everything; channel-wise layers and concatenations pass reads
+through), filters no one reads are dropped, the filters of each producer
+whose order no model output shows are ordered so that its consumers read
+few contiguous ranges (`tfsdn.channel_order`, shared with the tfmot
+path), and every
 `PrunableConcatConv` becomes slices + Concatenate + BatchNormalization +
 ReLU + Conv2D. The compact model has the same function (checked by the
 tests to 1e-4) and loads with plain `keras.saving.load_model`.
@@ -19,15 +21,8 @@ import numpy as np
 
 from tfsdn import channel_order
 from tfsdn import checks
-from tfsdn.keras3.checks import require_keras3_model
+from tfsdn.keras3 import graph
 from tfsdn.keras3.layer import PrunableConcatConv
-
-# Layers that act on each channel alone: reads pass through unchanged.
-_CHANNELWISE = (keras.layers.BatchNormalization, keras.layers.ReLU,
-                keras.layers.Activation, keras.layers.Dropout,
-                keras.layers.AveragePooling2D, keras.layers.MaxPooling2D,
-                keras.layers.GlobalAveragePooling2D,
-                keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding2D)
 
 
 @dataclasses.dataclass
@@ -78,18 +73,50 @@ class Stripped:
     return any(not layer.live.all() for layer in self.layers.values())
 
 
-def _nodes(model):
-  """The model's nodes in execution order."""
-  depths = sorted(model._nodes_by_depth, reverse=True)  # pylint: disable=protected-access
-  return [node for depth in depths for node in model._nodes_by_depth[depth]]  # pylint: disable=protected-access
+_nodes = graph.nodes
+_channels = graph.channels
 
 
 def _inputs(node):
   return list(node.input_tensors)
 
 
-def _channels(tensor):
-  return int(tensor.shape[-1])
+def _channelwise(layer, node):
+  """True for a layer that acts on each channel alone (reads pass through
+  unchanged): channel-wise 4-D layers and global pooling."""
+  return (graph.passes_channel_order(layer, node) and
+          not graph.is_channel_concat(layer))
+
+
+def _is_conv(layer):
+  return type(layer) is keras.layers.Conv2D and layer.groups == 1  # pylint: disable=unidiomatic-typecheck
+
+
+def _is_dense(layer, node):
+  return type(layer) is keras.layers.Dense and len(node.input_tensors[0].shape) == 2  # pylint: disable=unidiomatic-typecheck
+
+
+def _reorderable(model):
+  """`channel_order.reorderable` on this graph: ids of the tensors whose
+  channels strip may reorder (never a model output's)."""
+  readers = {}
+  for node in _nodes(model):
+    layer = node.operation
+    if node.is_input:
+      continue
+    if isinstance(layer, PrunableConcatConv) or _is_conv(layer) or _is_dense(
+        layer, node):
+      how = channel_order.ANY_ORDER, None
+    elif graph.passes_channel_order(layer, node):
+      how = channel_order.PASSES_ORDER, id(node.output_tensors[0])
+    else:
+      how = channel_order.FIXED_ORDER, None
+    for tensor in _inputs(node):
+      readers.setdefault(id(tensor), []).append(how)
+  tensors = [id(node.output_tensors[0]) for node in _nodes(model)
+             if len(node.output_tensors[0].shape) in (2, 4)]
+  return channel_order.reorderable(tensors, readers,
+                                   [id(t) for t in model.outputs])
 
 
 def _reads(model):
@@ -105,9 +132,7 @@ def _reads(model):
     inputs = _inputs(node)
     if isinstance(layer, PrunableConcatConv):
       rows = [layer.live_mask()] if wanted[0].any() else []
-    elif isinstance(layer, _CHANNELWISE):
-      rows = reads.get(id(outputs[0]), [])
-    elif isinstance(layer, keras.layers.Concatenate) and _last_axis(layer):
+    elif _channelwise(layer, node) or graph.is_channel_concat(layer):
       rows = reads.get(id(outputs[0]), [])
     else:
       rows = [np.ones(sum(_channels(t) for t in inputs), bool)] if any(
@@ -117,10 +142,6 @@ def _reads(model):
       for tensor, start, stop in zip(inputs, bounds, bounds[1:]):
         reads.setdefault(id(tensor), []).append(row[start:stop])
   return reads
-
-
-def _last_axis(layer):
-  return layer.axis in (-1, 3)
 
 
 CHANNEL_READS = ("slice", "gather")
@@ -144,9 +165,17 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   maps this layer also reads (a DenseNet's running concatenation; slices
   are not shared between layers here, so only whole maps count).
 
+  The model's outputs keep their channels in their order (a feature
+  extractor's features, such as a DenseNet's `avg_pool`): only filters
+  that no model output shows are reordered. Nested functional and
+  Sequential models (a backbone under a head) are inlined first, as
+  `tfsdn.strip` does. The record is the tfmot path's: a layer no one reads
+  any more is removed, with no live input, 0 filters computed and no
+  compact layers.
+
   Args:
-    model: A functional Keras 3 model with `tfsdn.keras3.PrunableConcatConv`
-      layers.
+    model: A functional or Sequential Keras 3 model with
+      `tfsdn.keras3.PrunableConcatConv` layers, in nested models or not.
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0; 0 (the default) reads exactly the live channels.
     channel_reads: `"slice"` (the default) or `"gather"`.
@@ -158,13 +187,16 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     ops), `layers` what each `PrunableConcatConv` kept.
 
   Raises:
-    TypeError: for a tf_keras or subclassed model.
-    ValueError: for a negative or non-finite `slice_cost_macs`, an
+    TypeError: for a tf_keras or subclassed model (nested or not), or a
+      Sequential model without an input shape.
+    ValueError: for a nested model with several outputs, two layers of the
+      same name in nested models, a negative or non-finite `slice_cost_macs`, an
       unknown `channel_reads`, or a `max_concat_inputs` that is not None or
       an integer >= 2.
     TypeError: if `reuse_concats` is not a bool.
   """
-  require_keras3_model(model)
+  flat = graph.flatten(model)  # Checks the model's type first.
+  source_name, model = model.name, flat
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
@@ -172,10 +204,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   concat = _Concatenations(checks.concat_limit(max_concat_inputs),
                            checks.boolean("reuse_concats", reuse_concats))
   reads = _reads(model)
-  readers = {}  # tensor id -> number of nodes reading it
-  for node in _nodes(model):
-    for tensor in _inputs(node):
-      readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+  reorderable = _reorderable(model)
+  sources = graph.channel_sources(model)
   source_channels = {}
   for node in _nodes(model):
     for tensor in node.output_tensors:
@@ -200,30 +230,33 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     output = node.output_tensors[0]
     needed = np.any(reads.get(id(output), [np.zeros(_channels(output), bool)]),
                     axis=0)
+    offered = [s for t in inputs for s in sources[id(t)]]
     if not needed.any():
-      # No one reads this output (a removed layer, or what follows it).
+      # No one reads this output (a removed layer, or what follows it): a
+      # removed PrunableConcatConv reads nothing and computes nothing, as
+      # in the tfmot path's record.
       if isinstance(layer, PrunableConcatConv):
-        records[layer.name] = StrippedLayer(layer.name, [], layer.live_mask(),
-                                            layer.filters, 0)
-        records[layer.name].offered = _offered(inputs)
+        records[layer.name] = StrippedLayer(
+            layer.name, offered, np.zeros(layer.input_channels, bool),
+            layer.filters, 0)
       continue
+    # Filters in an order that makes their readers' reads contiguous,
+    # unless a model output shows their order.
+    reorder = id(output) in reorderable
     if isinstance(layer, PrunableConcatConv):
       records[layer.name] = _strip_concat_conv(layer, inputs, output, needed,
                                                reads, new, kept,
                                                slice_cost_macs,
                                                channel_reads == "gather",
-                                               concat)
-      records[layer.name].offered = _offered(inputs)
-      if len(inputs) == 1 and readers.get(id(inputs[0])) == 1:
-        records[layer.name].prunes = "width"
-    elif isinstance(layer, keras.layers.Conv2D) and layer.groups == 1 and (
-        type(layer) is keras.layers.Conv2D):  # pylint: disable=unidiomatic-typecheck
-      _strip_conv(layer, inputs[0], output, needed, reads, new, kept)
-    elif type(layer) is keras.layers.Dense and len(inputs[0].shape) == 2:  # pylint: disable=unidiomatic-typecheck
+                                               concat, reorder)
+      records[layer.name].offered = offered
+    elif _is_conv(layer):
+      _strip_conv(layer, inputs[0], output, needed, reads, new, kept, reorder)
+    elif _is_dense(layer, node):
       _strip_dense(layer, inputs[0], output, new, kept)
-    elif isinstance(layer, _CHANNELWISE):
+    elif _channelwise(layer, node):
       _strip_channelwise(layer, inputs[0], output, needed, new, kept)
-    elif isinstance(layer, keras.layers.Concatenate) and _last_axis(layer):
+    elif graph.is_channel_concat(layer):
       parts, ids = [], []
       bounds = np.cumsum([0] + [_channels(t) for t in inputs])
       for tensor, start in zip(inputs, bounds):
@@ -243,7 +276,31 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       new_inputs if len(new_inputs) > 1 else new_inputs[0],
       outputs if len(outputs) > 1 else outputs[0],
       name=f"{model.name}_compact")
-  return Stripped(compact, model.name, records, source_channels)
+  _classify(records, model, sources)
+  return Stripped(compact, source_name, records, source_channels)
+
+
+def _classify(records, model, sources):
+  """Sets `prunes` of each record: "width" if it alone reads one layer.
+
+  As the tfmot path decides it: a layer prunes a width when everything it
+  is offered comes from one producer that no other layer reads (through
+  concatenations and channel-wise layers such as dropout).
+  """
+  readers = {}
+  for node in _nodes(model):
+    layer = node.operation
+    if node.is_input or graph.is_channel_concat(layer) or (
+        graph.passes_channels(layer, node)):
+      continue
+    for tensor in _inputs(node):
+      for source in {s for s, _ in sources[id(tensor)]}:
+        readers.setdefault(source, set()).add(layer.name)
+  for record in records.values():
+    offered = {s for s, _ in record.offered}
+    if len(offered) == 1 and readers.get(next(iter(offered))) == {
+        record.name}:
+      record.prunes = "width"
 
 
 class _Concatenations:
@@ -271,12 +328,6 @@ class _Concatenations:
 
     return channel_order.bounded_concat(parts, self.max_inputs, concat, name)
 
-
-
-def _offered(inputs):
-  """`(source layer name, channel)` per channel of a layer's inputs."""
-  return [(tensor._keras_history.operation.name, channel)  # pylint: disable=protected-access
-          for tensor in inputs for channel in range(_channels(tensor))]
 
 
 def _ranges(tensor, channels, kept, max_gap):
@@ -340,19 +391,19 @@ def _select(tensor, channels, new, kept, max_gap=0):
   return part, ids
 
 
-def _filter_order(output, needed, reads):
+def _filter_order(output, needed, reads, reorder=True):
   """Kept filters (old ids) in the order that makes consumers' reads few
-  contiguous ranges."""
+  contiguous ranges; with `reorder` False, in their own order."""
   keep = np.flatnonzero(needed)
   rows = np.array([row[keep] for row in reads.get(id(output), [])], bool)
-  if not len(rows):
+  if not len(rows) or not reorder:
     return keep
   return keep[channel_order.order_channels(rows)]
 
 
-def _strip_conv(layer, tensor, output, needed, reads, new, kept):
+def _strip_conv(layer, tensor, output, needed, reads, new, kept, reorder):
   source, order = _select(tensor, np.arange(_channels(tensor)), new, kept)
-  filters = _filter_order(output, needed, reads)
+  filters = _filter_order(output, needed, reads, reorder)
   config = layer.get_config()
   config["filters"] = len(filters)
   conv = keras.layers.Conv2D.from_config(config)
@@ -404,12 +455,10 @@ def _copy_layer(layer, node, inputs, output, new, kept):
 
 
 def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
-                       slice_cost_macs, gather, concat):
+                       slice_cost_macs, gather, concat, reorder):
   live = layer.live_mask()
   record = StrippedLayer(layer.name, [], live, layer.filters, 0)
-  if not needed.any():
-    return record  # No one reads its output: removed.
-  filters = _filter_order(output, needed, reads)
+  filters = _filter_order(output, needed, reads, reorder)
   max_gap = channel_order.max_gap(slice_cost_macs, output.shape[1:3],
                                   layer.kernel_size, len(filters), layer.name)
   bounds = np.cumsum([0] + [_channels(t) for t in inputs])
@@ -444,8 +493,7 @@ def _strip_concat_conv(layer, inputs, output, needed, reads, new, kept,
   conv.set_weights([kernel])
   new[id(output)], kept[id(output)] = x, filters
   record.filters_computed = len(filters)
-  # Not its concatenation, which other layers may share (and which holds
-  # no parameter).
-  record.compact_layers = (f"{layer.name}_bn", f"{layer.name}_relu",
-                           layer.name)
+  # The layers holding its parameters, as in the tfmot path's record (not
+  # its concatenation, which other layers may share, nor its ReLU).
+  record.compact_layers = (f"{layer.name}_bn", layer.name)
   return record
