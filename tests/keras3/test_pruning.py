@@ -6,6 +6,7 @@ import pytest
 
 import tfsdn.keras3 as sdn
 from tfsdn import stages
+from tfsdn.keras3.pruning import compact_macs
 
 
 def _model(**kwargs):
@@ -79,12 +80,35 @@ def test_global_allocation_meets_its_mac_budget_after_strip():
             callbacks=[sdn.Pruning(allocation)])
   dense = sdn.dense_macs(model)
   compact = sdn.strip(model).model
-  assert sdn.dense_macs(compact) <= 0.5 * dense
+  # The compact model (filters no one reads are gone too) lands within the
+  # budget and less than 5% below it.
+  assert 0.95 * 0.5 * dense <= sdn.dense_macs(compact) <= 0.5 * dense
+  assert sdn.dense_macs(compact) == compact_macs(model)
   counts = [len(l.pruned_channels()) / l.input_channels
             for l in sdn.prunable_layers(model)]
   assert len(set(np.round(counts, 3))) > 1  # not one fraction everywhere
   for layer in sdn.prunable_layers(model):
     assert layer.live_mask().sum() >= np.ceil(0.2 * layer.input_channels)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_mac_budget_is_met_and_ignored_layers_keep_inputs_and_filters(seed):
+  keras.utils.set_random_seed(seed)
+  model = sdn.densenet.DenseNet(depth=10, growth_rate=6)
+  model.compile(optimizer=keras.optimizers.SGD(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+  images, labels = _data(16)
+  allocation = sdn.GlobalAllocation([(3, 0.6)], ignored_layers=["block1_*"])
+  model.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+            callbacks=[sdn.Pruning(allocation)])
+  stripped = sdn.strip(model)
+  ratio = sdn.dense_macs(stripped.model) / sdn.dense_macs(model)
+  assert 0.95 * 0.6 <= ratio <= 0.6
+  for name, record in stripped.layers.items():
+    if name.startswith("block1_"):
+      assert record.live.all(), name
+      assert record.filters_computed == record.filters, name
 
 
 def test_layer_patterns_and_malformed_stages_are_refused():

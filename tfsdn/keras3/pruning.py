@@ -16,11 +16,14 @@ from absl import logging
 import keras
 import numpy as np
 
+from tfsdn import liveness
 from tfsdn import stages as stages_lib
 from tfsdn.global_allocation import GlobalAllocation
+from tfsdn.global_allocation import raise_protected
 from tfsdn.global_allocation import check_reachable
 from tfsdn.global_allocation import layer_costs
 from tfsdn.global_allocation import least_layerwise_sparsity
+from tfsdn.keras3 import graph
 from tfsdn.keras3.checks import require_keras3_model
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -59,6 +62,83 @@ def dense_macs(model):
     elif isinstance(layer, keras.layers.Dense):
       total += int(layer.input.shape[-1]) * layer.units
   return int(total)
+
+
+def channel_graph(model):
+  """`tfsdn.liveness` `Node`s of a Keras 3 model, nested models included.
+
+  The Keras 3 counterpart of `tfsdn.costs.channel_graph`: nested models are
+  walked through, so the description is that of the flat model strip
+  builds.
+
+  Returns:
+    `(nodes, outputs)`: the nodes in topological order and the keys of the
+    model's outputs.
+  """
+  nodes, alias = [], {}
+
+  def key(tensor):
+    return alias.get(id(tensor), id(tensor))
+
+  def walk(current):
+    for node in graph.nodes(current):
+      layer = node.operation
+      if node.is_input:
+        continue
+      inputs = list(node.input_tensors)
+      output = node.output_tensors[0]
+      if isinstance(layer, keras.Model):
+        inner = graph.functional(layer)
+        for inner_input, outer in zip(inner.inputs, inputs):
+          alias[id(inner_input)] = key(outer)
+        walk(inner)
+        alias[id(output)] = key(inner.outputs[0])
+        continue
+      rank = len(output.shape)
+      pair, macs = 0, 0
+      if isinstance(layer, PrunableConcatConv):
+        kind = liveness.PRUNABLE
+        pair = layer_costs([layer], "macs")[0] // layer.filters
+      elif rank == 4 and graph.is_channel_concat(layer):
+        kind = liveness.CONCAT
+      elif rank == 4 and graph.passes_channels(layer, node):
+        kind = liveness.PASSES
+      elif (type(layer) is keras.layers.Conv2D and layer.groups == 1 and  # pylint: disable=unidiomatic-typecheck
+            layer.data_format == "channels_last"):
+        kind = liveness.CONV
+        kh, kw = layer.kernel_size
+        pair = kh * kw * int(output.shape[1]) * int(output.shape[2])
+      else:
+        kind = liveness.READS_ALL
+        if isinstance(layer, keras.layers.Conv2D):
+          kh, kw = layer.kernel_size
+          macs = (kh * kw * int(inputs[0].shape[-1]) // layer.groups *
+                  layer.filters * int(output.shape[1]) * int(output.shape[2]))
+        elif isinstance(layer, keras.layers.Dense):
+          macs = int(inputs[0].shape[-1]) * layer.units
+      nodes.append(liveness.Node(
+          kind, layer.name, [key(t) for t in inputs],
+          [int(t.shape[-1]) if len(t.shape) else 1 for t in inputs],
+          key(output), int(output.shape[-1]) if rank else 1, pair, macs))
+
+  current = graph.functional(model)
+  walk(current)
+  return nodes, [key(t) for t in current.outputs]
+
+
+def compact_macs(model, live_masks=None):
+  """MACs of the compact model `tfsdn.keras3.strip(model)` would build
+  (filters no one reads are not computed), as `tfsdn.costs.compact_macs`.
+
+  Args:
+    model: A functional Keras 3 model with `PrunableConcatConv`s.
+    live_masks: Dict from prunable layer name to the inputs it would read;
+      other layers read their current live channels.
+  """
+  masks = {layer.name: layer.live_mask() for layer in prunable_layers(model)}
+  masks.update(live_masks or {})
+  nodes, outputs = channel_graph(model)
+  return liveness.compact_macs(nodes, outputs, masks)
 
 
 def layer_sparsity(model, keep, budget="macs"):
@@ -269,8 +349,28 @@ class Pruning(keras.callbacks.Callback):
     """Pruned inputs per layer after the stage at `step`."""
     if self.allocation is not None:
       total = self._dense_cost(layers)
+      nodes, outputs = channel_graph(self._model)
+      protected = [None] * len(layers)
+      if self.allocation.ignored_layers:
+        protected = []
+        for layer in layers:
+          mask = np.array([self.allocation.is_ignored(producer) for producer, _
+                           in liveness.producers_of_channels(nodes,
+                                                             layer.name)])
+          protected.append(mask if mask.any() else None)
+      compact_cost = None
+      if self.allocation.budget == "macs":
+        current = {layer.name: layer.live_mask()
+                   for layer in prunable_layers(self._model)}
+        compact_cost = lambda masks: liveness.compact_macs(
+            nodes, outputs, {**current, **masks})
       keep = self.allocation.plan(
-          layers, layer_costs(layers, self.allocation.budget), total, step)
+          layers, layer_costs(layers, self.allocation.budget), total, step,
+          protected, compact_cost)
+      for layer, mask in zip(layers, protected):
+        if mask is not None:  # The stage keeps an ignored layer's filters.
+          layer.contribution_score.assign(raise_protected(
+              np.asarray(layer.contribution_score.numpy()), mask))
       return [l.input_channels - k for l, k in zip(layers, keep)]
     counts = []
     for layer in layers:
