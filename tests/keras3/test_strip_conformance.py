@@ -4,6 +4,8 @@ Feature extractors keep their output channels in order, nested models are
 inlined, and a removed layer is recorded as the tfmot path records it.
 """
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -111,3 +113,23 @@ def test_both_paths_record_the_same(case):
       (b.consumers, b.sources) for b in expected.blocks]
   for block, other in zip(report.blocks, expected.blocks):
     np.testing.assert_array_equal(block.matrix, other.matrix)
+
+
+def test_strip_checks_the_function_and_raises_on_a_difference(monkeypatch):
+  strip_lib = importlib.import_module("tfsdn.keras3.strip")
+  model = _pruned_densenet()
+  real_strip_conv = strip_lib._strip_concat_conv
+
+  def corrupted(layer, *args, **kwargs):
+    record = real_strip_conv(layer, *args, **kwargs)
+    if layer.name == "block2_layer1":
+      layer.conv.kernel.assign(layer.conv.kernel + 0.5)  # Model changed
+    return record                                        # after its copy.
+
+  monkeypatch.setattr(strip_lib, "_strip_concat_conv", corrupted)
+  with pytest.raises(RuntimeError, match="another function"):
+    sdn.strip(model)
+  monkeypatch.undo()
+  assert sdn.strip(model, check_function=False).pruned
+  with pytest.raises(TypeError, match="check_function"):
+    sdn.strip(model, check_function="yes")

@@ -148,7 +148,7 @@ CHANNEL_READS = ("slice", "gather")
 
 
 def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None, reuse_concats=False):
+          max_concat_inputs=None, reuse_concats=False, check_function=True):
   """Rebuilds `model` without its pruned input channels and dead filters.
 
   `slice_cost_macs` means what it means in `tfsdn.strip`: a layer also
@@ -181,6 +181,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     channel_reads: `"slice"` (the default) or `"gather"`.
     max_concat_inputs: None (the default) or an integer >= 2.
     reuse_concats: A bool (see above); False by default.
+    check_function: If True (the default), the compact model and `model`
+      run in inference mode on one batch of random pixels and must agree
+      (`tfsdn.checks.same_function`: 1e-4 in float32), as in `tfsdn.strip`;
+      False skips that check, for speed.
 
   Returns:
     A `Stripped`: `model` is the compact model (stock Keras 3 layers and
@@ -193,9 +197,13 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       same name in nested models, a negative or non-finite `slice_cost_macs`, an
       unknown `channel_reads`, or a `max_concat_inputs` that is not None or
       an integer >= 2.
-    TypeError: if `reuse_concats` is not a bool.
+    TypeError: if `reuse_concats` or `check_function` is not a bool.
+    RuntimeError: if `check_function` finds the compact model computing
+      another function.
   """
   flat = graph.flatten(model)  # Checks the model's type first.
+  original = model
+  check_function = checks.boolean("check_function", check_function)
   source_name, model = model.name, flat
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
@@ -277,7 +285,16 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       outputs if len(outputs) > 1 else outputs[0],
       name=f"{model.name}_compact")
   _classify(records, model, sources)
+  if check_function:
+    checks.same_function(
+        original, compact, _predict, [t.shape for t in model.inputs],
+        low_precision=model.compute_dtype != "float32")
   return Stripped(compact, source_name, records, source_channels)
+
+
+def _predict(model, images):
+  outputs = model(images if len(images) > 1 else images[0], training=False)
+  return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(outputs)]
 
 
 def _classify(records, model, sources):
