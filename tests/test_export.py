@@ -298,3 +298,36 @@ def test_onnx_gathers_channels_first_without_transposes(pruned, tmp_path,
   logits = session.run(None, {session.get_inputs()[0].name: images})[0]
   np.testing.assert_allclose(logits, pruned(images, training=False).numpy(),
                              atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", [None, "softmax"])
+def test_outputs_are_named_for_what_they_hold_in_every_format(
+    tmp_path, images, activation):
+  # A logits model exports logits and their softmax; a softmax model its
+  # probabilities only: the same names in the SavedModel, TFLite and ONNX.
+  keras = tfsdn.compat.keras
+  inputs = keras.Input((32, 32, 3))
+  model = keras.Model(inputs, keras.layers.Dense(5, activation=activation)(
+      keras.layers.GlobalAveragePooling2D()(inputs / 255.0)))
+  output = model(images[:2]).numpy()
+  expected = ({"probabilities": output} if activation else
+              {"logits": output,
+               "probabilities": tf.nn.softmax(output).numpy()})
+  serve = tf.saved_model.load(tfsdn.export_saved_model(
+      model, tmp_path / "serving")).signatures["serving_default"]
+  served = serve(images=tf.constant(images[:2]))
+  interpreter = tf.lite.Interpreter(model_path=tfsdn.export_tflite(
+      model, str(tmp_path / "m.tflite")))
+  lite = interpreter.get_signature_runner("serving_default")(
+      images=images[:2])
+  onnxruntime = pytest.importorskip("onnxruntime")
+  session = onnxruntime.InferenceSession(
+      tfsdn.export_onnx(model, str(tmp_path / "m.onnx")),
+      providers=["CPUExecutionProvider"])
+  names = [o.name for o in session.get_outputs()]
+  assert names == list(expected)  # The model's own output first.
+  onnx = dict(zip(names, session.run(names, {"images": images[:2]})))
+  for outputs in (served, lite, onnx):
+    assert sorted(outputs) == sorted(expected)
+    for name, value in expected.items():
+      np.testing.assert_allclose(np.asarray(outputs[name]), value, atol=1e-5)

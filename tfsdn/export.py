@@ -1,4 +1,9 @@
-"""Export for serving: a versioned SavedModel for TF Serving, and TFLite."""
+"""Export for serving: a versioned SavedModel for TF Serving, TFLite, ONNX.
+
+Every format takes `images` and returns, by name, `logits` and
+`probabilities` for a model that outputs logits, or `probabilities` only for
+one that ends in a softmax (`tfsdn.serving_names`).
+"""
 
 import os
 import re
@@ -15,10 +20,10 @@ from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
 
-INPUT_NAME = "images"
-LOGITS = "logits"
-PROBABILITIES = "probabilities"
-SIGNATURE = "serving_default"
+INPUT_NAME = serving_names.INPUT_NAME
+LOGITS = serving_names.LOGITS
+PROBABILITIES = serving_names.PROBABILITIES
+SIGNATURE = serving_names.SIGNATURE
 
 
 def _image_spec(model):
@@ -35,37 +40,39 @@ def _image_spec(model):
                        name=INPUT_NAME)
 
 
-def _ends_in_softmax(model):
-  layer = model.layers[-1]
-  activation = getattr(layer, "activation", None)
-  return activation is not None and getattr(activation, "__name__",
-                                            "") == "softmax"
+def _named_outputs(model):
+  """`images -> {name: float32 output}`, named by `tfsdn.serving_names`."""
+  softmax = serving_names.ends_in_softmax(model)
+
+  def outputs(images):
+    output = tf.cast(model(images, training=False), tf.float32)
+    if softmax:
+      return {PROBABILITIES: output}
+    return {LOGITS: output, PROBABILITIES: tf.nn.softmax(output)}
+
+  return outputs
 
 
 def serving_function(model, xla=False):
-  """The `serving_default` function: raw pixels in, logits and probabilities out.
+  """The `serving_default` function: raw pixels in, named outputs out.
 
   Args:
-    model: A tf_keras image classifier taking raw RGB pixels (0-255).
+    model: A tf_keras image classifier taking raw RGB pixels (0-255), with
+      one output: logits, or probabilities if it ends in a softmax.
     xla: Compile the function with XLA (`jit_compile=True`).
 
   Returns:
     A `tf.function` with a fixed input signature named `images`, returning a
-    dict with float32 `logits` and `probabilities`. For a model whose last
-    layer already applies softmax, `logits` are the log-probabilities (logits
-    up to a constant).
+    dict of float32 [batch, classes] tensors: `logits` and `probabilities`
+    for a model that outputs logits, `probabilities` only for one that ends
+    in a softmax (`tfsdn.serving_names.ends_in_softmax`).
+
+  Raises:
+    ValueError: for a model without one fixed-size image input or with
+      several outputs.
   """
-  softmax_model = _ends_in_softmax(model)
-
-  @tf.function(input_signature=[_image_spec(model)], jit_compile=xla)
-  def serve(images):
-    outputs = tf.cast(model(images, training=False), tf.float32)
-    if softmax_model:
-      return {LOGITS: tf.math.log(tf.maximum(outputs, 1e-30)),
-              PROBABILITIES: outputs}
-    return {LOGITS: outputs, PROBABILITIES: tf.nn.softmax(outputs)}
-
-  return serve
+  return tf.function(_named_outputs(model),
+                     input_signature=[_image_spec(model)], jit_compile=xla)
 
 
 def _next_version(export_base):
@@ -82,7 +89,8 @@ def export_saved_model(model, export_base, version=None, xla=False,
   `tensorflow_model_server --model_base_path=export_base` watches. The
   signature `serving_default` takes `images`, float32 [batch, H, W, C] raw RGB
   pixels (0-255), and returns `logits` and `probabilities`, float32
-  [batch, classes]. The version is written to a temporary directory next to
+  [batch, classes], or only `probabilities` for a model that ends in a
+  softmax (`serving_function`). The version is written to a temporary directory next to
   it and renamed into place, so a crash never leaves a half-written version;
   two exports running at once get different versions, and `overwrite=True`
   swaps the new version in atomically (Linux), so it never goes missing.
@@ -171,8 +179,12 @@ def export_tflite(model, path, optimizations=None, quantization=None,
   """Converts `model` to a TFLite flatbuffer for edge devices.
 
   The TFLite model takes the same raw-pixel float32 input and returns the
-  model's own output (logits for tfsdn models) as float32, whatever the
-  quantization. Written to a temporary file, then renamed into place.
+  same named float32 outputs as the SavedModel, whatever the quantization:
+  its signature `serving_default` takes `images` and returns `logits` and
+  `probabilities` (a model that outputs logits, such as tfsdn's), or
+  `probabilities` only (a model that ends in a softmax). The model's own
+  output is the first output tensor. Written to a temporary file, then
+  renamed into place.
 
   Example:
 
@@ -214,9 +226,7 @@ def export_tflite(model, path, optimizations=None, quantization=None,
         "quantization='int8' needs representative_images (float32 image "
         "batches to calibrate on). Received: representative_images=None")
   model = with_dtype(model, "float32")
-  spec = _image_spec(model)
-  run = tf.function(lambda images: model(images, training=False),
-                    input_signature=[spec])
+  run = tf.function(_named_outputs(model), input_signature=[_image_spec(model)])
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [run.get_concrete_function()], model)
   if optimizations:
@@ -322,8 +332,10 @@ def export_onnx(model, path, opset=ONNX_OPSET):
 
   Needs the `onnx` extra (`pip install "tfsdn[onnx]"`: tf2onnx 1.17, onnx,
   onnxruntime, the versions tested). The graph takes `images`, float32
-  [batch, H, W, C] raw pixels, and returns `logits`, the model's output
-  (logits for tfsdn models), in float32. Channel gathers (`strip(...,
+  [batch, H, W, C] raw pixels, and returns float32 `logits` and
+  `probabilities` (a model that outputs logits, such as tfsdn's), or
+  `probabilities` only (a model that ends in a softmax), the model's own
+  output first, as the SavedModel and TFLite exports. Channel gathers (`strip(...,
   channel_reads="gather")`, the fastest compact layout in ONNX Runtime)
   run channels-first, without transposes (`tfsdn.onnx_transpose`). Written
   to a temporary file, then renamed.
@@ -333,7 +345,7 @@ def export_onnx(model, path, opset=ONNX_OPSET):
   ```python
   tfsdn.export_onnx(compact, "compact.onnx")
   session = onnxruntime.InferenceSession("compact.onnx")
-  logits = session.run(None, {"images": images})[0]
+  logits, probabilities = session.run(None, {"images": images})
   ```
 
   Args:
@@ -355,19 +367,21 @@ def export_onnx(model, path, opset=ONNX_OPSET):
         "export_onnx needs tf2onnx: pip install 'tfsdn[onnx]'") from e
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
   model = with_dtype(model, "float32")
-  run = tf.function(lambda images: model(images, training=False),
-                    input_signature=[_image_spec(model)])
+  run = tf.function(_named_outputs(model), input_signature=[_image_spec(model)])
+  names = sorted(run.get_concrete_function().structured_outputs)
   # Freezing folds captured constants (a Normalization layer's mean) that
   # tf2onnx.convert.from_function would turn into extra graph inputs.
   frozen = convert_to_constants.convert_variables_to_constants_v2(
       run.get_concrete_function())
   proto, _ = tf2onnx.convert.from_graph_def(
       frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
-      output_names=[frozen.outputs[0].name], opset=opset)
+      output_names=[t.name for t in frozen.outputs], opset=opset)
   from tfsdn import onnx_transpose  # pylint: disable=g-import-not-at-top
   proto = onnx_transpose.optimize(proto)
   serving_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
-  serving_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
+  # The outputs in the order of the function's (flattened: sorted) dict.
+  for output, name in zip(list(proto.graph.output), names):
+    serving_names.rename_value(proto.graph, output.name, name)
   with atomic_path(path, suffix=".onnx") as tmp:
     with open(tmp, "wb") as f:
       f.write(proto.SerializeToString())

@@ -101,3 +101,29 @@ def test_bad_format_and_existing_path_are_refused(compact, tmp_path):
   with pytest.raises(FileExistsError, match="taken.onnx"):
     sdn.export(compact, tmp_path / "taken.onnx", format="onnx")
   assert os.listdir(tmp_path) == ["taken.onnx"]  # nothing half-written
+
+
+def test_a_softmax_model_exports_probabilities_only_in_every_format(
+    tmp_path, pixels):
+  pytest.importorskip("tensorflow")
+  onnxruntime = pytest.importorskip("onnxruntime")
+  pytest.importorskip("tf2onnx")
+  litert = pytest.importorskip("ai_edge_litert.interpreter")
+  inputs = keras.Input(pixels.shape[1:])
+  model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(
+      keras.layers.GlobalAveragePooling2D()(inputs / 255.0)))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  serve = tf.saved_model.load(sdn.export(
+      model, tmp_path / "serving" / "1")).signatures["serving_default"]
+  session = onnxruntime.InferenceSession(
+      sdn.export(model, tmp_path / "m.onnx", format="onnx"),
+      providers=["CPUExecutionProvider"])
+  lite = litert.Interpreter(model_path=sdn.export(
+      model, tmp_path / "m.tflite", format="litert"))
+  assert list(serve.structured_outputs) == ["probabilities"]
+  assert [o.name for o in session.get_outputs()] == ["probabilities"]
+  assert lite.get_signature_list()["serving_default"] == {
+      "inputs": ["images"], "outputs": ["probabilities"]}
+  np.testing.assert_allclose(
+      serve(images=tf.constant(pixels))["probabilities"].numpy(),
+      np.asarray(model(pixels)), atol=1e-5)

@@ -6,13 +6,17 @@ images before it is renamed into place (so a failed or wrong export leaves
 nothing behind):
 
 * `"tf_saved_model"` (TF Serving): the same `serving_default` signature as
-  the tfmot path's `tfsdn.export_saved_model`: `images` (float32 raw
-  pixels, [batch, H, W, C]) in, `logits` and `probabilities` out. Needs
-  TensorFlow (on the JAX backend Keras converts through jax2tf).
-* `"onnx"` (ONNX Runtime): input `images`, output `logits`, as the tfmot
-  path's `tfsdn.export_onnx`.
-* `"litert"` (LiteRT, float32): Keras' converter; checked with
-  `ai_edge_litert`'s interpreter.
+  the tfmot path's `tfsdn.export_saved_model`. Needs TensorFlow (on the JAX
+  backend Keras converts through jax2tf).
+* `"onnx"` (ONNX Runtime), as the tfmot path's `tfsdn.export_onnx`.
+* `"litert"` (LiteRT, float32): Keras' converter, with the signature
+  `serving_default`; checked with `ai_edge_litert`'s interpreter.
+
+Every format takes `images` (float32 raw pixels, [batch, H, W, C]) and
+returns, by name, `logits` and `probabilities` for a model that outputs
+logits, or `probabilities` only for one that ends in a softmax
+(`tfsdn.serving_names`), the model's own output first; every output is
+checked.
 
 ONNX and LiteRT are converted on the TensorFlow backend: from another
 backend the (stock-layer) model goes through a child process that uses it,
@@ -29,6 +33,10 @@ import keras
 import numpy as np
 
 from tfsdn import serving_names
+from tfsdn.serving_names import INPUT_NAME
+from tfsdn.serving_names import LOGITS
+from tfsdn.serving_names import PROBABILITIES
+from tfsdn.serving_names import SIGNATURE
 from tfsdn.files import apply_umask
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
@@ -36,10 +44,6 @@ from tfsdn.keras3.checks import require_keras3_model
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
 ONNX_OPSET = 17  # as the tfmot path's export_onnx
-INPUT_NAME = "images"
-LOGITS = "logits"
-PROBABILITIES = "probabilities"
-SIGNATURE = "serving_default"
 
 
 def _sample_images(model, sample_images):
@@ -69,21 +73,23 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
 
   Args:
     model: A functional Keras 3 model with one image input of fixed
-      [H, W, C] shape, returning logits.
+      [H, W, C] shape and one output: logits, or probabilities if it ends
+      in a softmax.
     path: The SavedModel folder (for TF Serving, a version folder such as
       `base/1`) or the `.onnx` / `.tflite` file.
     format: One of `FORMATS`.
     overwrite: Replace an existing `path`.
     sample_images: Images the export is checked on (default: 4 random
-      ones); the exported logits must match the model's within `atol`
-      (relative to the largest logit magnitude, at least 1).
+      ones); every exported output must match the model's within `atol`
+      (relative to the output's largest magnitude, at least 1).
     atol: The tolerance of that check.
 
   Returns:
     `path`.
 
   Raises:
-    ValueError: for an unknown format or a mismatch after export.
+    ValueError: for an unknown format, a model with several outputs, or a
+      mismatch after export.
     FileExistsError: if `path` exists and `overwrite` is False.
   """
   require_keras3_model(model)
@@ -101,7 +107,12 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
   images = _sample_images(model, sample_images)
   # A direct call also marks the model as called, which Keras' exporters
   # check for on JAX.
-  expected = np.asarray(model(images, training=False), np.float32)
+  output = np.asarray(model(images, training=False), np.float32)
+  if serving_names.ends_in_softmax(model):
+    expected = {PROBABILITIES: output}
+  else:
+    expected = {LOGITS: output,
+                PROBABILITIES: np.asarray(keras.ops.softmax(output))}
   if format == "tf_saved_model":
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -121,7 +132,7 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
     elif format == "onnx":
       _write_onnx(model, tmp)
     else:
-      model.export(tmp, format="litert", verbose=False)
+      _write_litert(model, tmp)
     got = (_run_onnx if format == "onnx" else _run_litert)(tmp, images)
     _check(got, expected, format, atol)
   return path
@@ -146,7 +157,7 @@ def _export_in_tensorflow_process(model, path, format):  # pylint: disable=redef
         f"if {format!r} == 'onnx':\n"
         f"  e._write_onnx(m, {path!r})\n"
         "else:\n"
-        f"  m.export({path!r}, format='litert', verbose=False)\n")
+        f"  e._write_litert(m, {path!r})\n")
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True,
         env={**os.environ, "KERAS_BACKEND": "tensorflow",
@@ -159,18 +170,30 @@ def _export_in_tensorflow_process(model, path, format):  # pylint: disable=redef
 
 
 def _check(got, expected, format, atol):  # pylint: disable=redefined-builtin
-  scale = max(1.0, float(np.max(np.abs(expected))))
-  error = float(np.max(np.abs(np.asarray(got) - expected))) / scale
-  if not error <= atol:
+  """`got` and `expected`, dicts of outputs by name, agree within `atol`."""
+  if sorted(got) != sorted(expected):
     raise ValueError(
-        f"The {format} export does not match the Keras model: largest "
-        f"difference {error:.3g} (relative), tolerance {atol}.")
+        f"The {format} export returns {sorted(got)}; expected "
+        f"{sorted(expected)}.")
+  for name, value in expected.items():
+    scale = max(1.0, float(np.max(np.abs(value))))
+    error = float(np.max(np.abs(np.asarray(got[name]) - value))) / scale
+    if not error <= atol:
+      raise ValueError(
+          f"The {format} export's {name!r} does not match the Keras model: "
+          f"largest difference {error:.3g} (relative), tolerance {atol}.")
 
 
 def _serving_fn(model):
+  """`images -> {name: float32 output}`, named by `tfsdn.serving_names`."""
+  softmax = serving_names.ends_in_softmax(model)
+
   def serve(images):
-    logits = keras.ops.cast(model(images, training=False), "float32")
-    return {LOGITS: logits, PROBABILITIES: keras.ops.softmax(logits)}
+    output = keras.ops.cast(model(images, training=False), "float32")
+    if softmax:
+      return {PROBABILITIES: output}
+    return {LOGITS: output, PROBABILITIES: keras.ops.softmax(output)}
+
   return serve
 
 
@@ -189,23 +212,29 @@ def _write_saved_model(model, directory):
 def _run_saved_model(directory, images):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   serve = tf.saved_model.load(directory).signatures[SIGNATURE]
-  return serve(**{INPUT_NAME: tf.constant(images)})[LOGITS].numpy()
+  return {name: value.numpy() for name, value in
+          serve(**{INPUT_NAME: tf.constant(images)}).items()}
 
 
 def _write_onnx(model, path):
+  """Writes the ONNX file (on the TensorFlow backend: `export` sees to it)."""
   import onnx  # pylint: disable=g-import-not-at-top
-  if keras.backend.backend() == "tensorflow":
-    proto = _frozen_onnx(model)
-  else:
-    model.export(path, format="onnx", verbose=False)
-    proto = onnx.load(path)
+  proto, names = _frozen_onnx(model)
   if len(proto.graph.input) != 1:
     raise ValueError(
         "The ONNX graph takes more than the images: "
         f"{[i.name for i in proto.graph.input]}.")
   serving_names.rename_value(proto.graph, proto.graph.input[0].name, INPUT_NAME)
-  serving_names.rename_value(proto.graph, proto.graph.output[0].name, LOGITS)
+  for output, name in zip(list(proto.graph.output), names):
+    serving_names.rename_value(proto.graph, output.name, name)
   onnx.save(proto, path)
+
+
+def _write_litert(model, path):
+  """Writes the LiteRT file through Keras, with the exports' names."""
+  images = keras.Input(tuple(model.inputs[0].shape[1:]), name=INPUT_NAME)
+  named = keras.Model(images, _serving_fn(model)(images))
+  named.export(path, format="litert", verbose=False)
 
 
 def _frozen_onnx(model):
@@ -215,36 +244,39 @@ def _frozen_onnx(model):
   function captures (the `normalize` layer's mean and variance) into extra
   graph inputs; freezing folds them, as the tfmot path's `export_onnx` does,
   and channel gathers run channels-first (`tfsdn.onnx_transpose`).
+
+  Returns:
+    The ONNX proto and its outputs' names, in order.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf2onnx  # pylint: disable=g-import-not-at-top
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
   shape = (None,) + tuple(model.inputs[0].shape[1:])
-  run = tf.function(lambda images: model(images, training=False),
+  run = tf.function(_serving_fn(model),
                     input_signature=[tf.TensorSpec(shape, tf.float32,
                                                    name=INPUT_NAME)])
+  # The function's dict of outputs flattens in sorted order.
+  names = sorted(run.get_concrete_function().structured_outputs)
   frozen = convert_to_constants.convert_variables_to_constants_v2(
       run.get_concrete_function())
   from tfsdn import onnx_transpose  # pylint: disable=g-import-not-at-top
   proto, _ = tf2onnx.convert.from_graph_def(
       frozen.graph.as_graph_def(), input_names=[frozen.inputs[0].name],
-      output_names=[frozen.outputs[0].name], opset=ONNX_OPSET)
-  return onnx_transpose.optimize(proto)
+      output_names=[t.name for t in frozen.outputs], opset=ONNX_OPSET)
+  return onnx_transpose.optimize(proto), names
 
 
 def _run_onnx(path, images):
   import onnxruntime  # pylint: disable=g-import-not-at-top
   session = onnxruntime.InferenceSession(path,
                                          providers=["CPUExecutionProvider"])
-  return session.run([LOGITS], {INPUT_NAME: images})[0]
+  names = [output.name for output in session.get_outputs()]
+  return dict(zip(names, session.run(names, {INPUT_NAME: images})))
 
 
 def _run_litert(path, images):
   from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
   runner = litert.Interpreter(model_path=path)
-  detail = runner.get_input_details()[0]
-  runner.resize_tensor_input(detail["index"], images.shape)
-  runner.allocate_tensors()
-  runner.set_tensor(detail["index"], images)
-  runner.invoke()
-  return runner.get_tensor(runner.get_output_details()[0]["index"])
+  serve = runner.get_signature_runner(SIGNATURE)
+  return {name: np.asarray(value) for name, value in
+          serve(**{INPUT_NAME: images}).items()}
