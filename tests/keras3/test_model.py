@@ -79,6 +79,10 @@ def test_report_of_a_model_of_any_image_size_asks_for_the_size():
                                 input_shape=(None, None, 3))
   with pytest.raises(ValueError, match=r"unknown size.*input_size="):
     sdn.model_report(model)
+  expected = sdn.model_report(sdn.densenet.DenseNet(depth=10, growth_rate=4))
+  report = sdn.model_report(model, input_size=(32, 32))
+  assert (report.total_macs, report.total_params) == (
+      expected.total_macs, expected.total_params)
 
 
 def test_statistics_move_in_training_only_and_skip_non_finite_batches():

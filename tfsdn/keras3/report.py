@@ -16,12 +16,13 @@ from tfsdn.reporting import connectivity
 from tfsdn.reporting import weight_rows
 
 
-def _weight_rows(compact, stripped_layers):
+def _weight_rows(compact, stripped_layers, input_size):
   return weight_rows(compact, stripped_layers, keras,
-                     lambda layer: (layer.input.shape, layer.output.shape))
+                     lambda layer: (layer.input.shape, layer.output.shape),
+                     input_size)
 
 
-def model_report(model):
+def model_report(model, input_size=None):
   """Per-layer live inputs, parameters and MACs, totals, and connectivity.
 
   Nested models (a backbone under a head) are inlined, as `strip` and the
@@ -31,6 +32,8 @@ def model_report(model):
     model: A `tfsdn.keras3.Stripped` record, or a functional or Sequential
       Keras 3 model (with `PrunableConcatConv`s: reported through one
       `strip`; without: counted layer by layer, form `"compact"`).
+    input_size: `(height, width)` of the images to count MACs for, as in
+      `tfsdn.model_report`; needed for a model of unknown image size.
 
   Returns:
     A `tfsdn.reporting.ModelReport`, the tfmot path's report type.
@@ -38,17 +41,19 @@ def model_report(model):
   Raises:
     TypeError: for a tf_keras or subclassed model, or a Sequential model
       without an input shape.
+    ValueError: for a bad `input_size`, or none for a model whose image
+      size is unknown (`tfsdn.reporting.image_size`).
   """
   if not isinstance(model, Stripped):
     graph.functional(model)  # Checks the model's type.
     if not prunable_layers(model):
       flat = graph.flatten(model)
-      rows = _weight_rows(flat, {})
+      rows = _weight_rows(flat, {}, input_size)
       return ModelReport(model.name, "compact", list(rows.values()),
                          int(flat.count_params()),
                          int(sum(r.macs for r in rows.values())), [])
     model = strip(model)
-  rows = _weight_rows(model.model, model.layers)
+  rows = _weight_rows(model.model, model.layers, input_size)
   return ModelReport(model.source_name, "pruned" if model.pruned else "dense",
                      list(rows.values()), int(model.model.count_params()),
                      int(sum(r.macs for r in rows.values())),
