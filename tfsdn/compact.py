@@ -343,8 +343,13 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
                    if graph.node_output(node).shape.rank else 1)
       for node, layer in nodes}
   if check_function:
+    # A model built under a tf.distribute strategy cannot run tfmot's
+    # wrappers outside a replica context (their mask update fails on
+    # mirrored variables): its tfmot-stripped copy, which holds the same
+    # masked weights, is the reference then.
+    distributed = getattr(original, "_distribution_strategy", None)
     checks.same_function(
-        original, compact, _predict, [t.shape for t in original.inputs],
+        model if distributed is not None else original, compact, _predict, [t.shape for t in original.inputs],
         low_precision=original.compute_dtype != "float32")
   return Stripped(compact, model.name, record, source_channels)
 
