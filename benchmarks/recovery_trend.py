@@ -12,7 +12,7 @@ above -1 point. Writes the figures as JSON.
   python benchmarks/recovery_trend.py \
       --short=docs/evidence/cifar10_d16_recovery/r3 \
       --long=docs/evidence/cifar10_d16_recovery/r12 \
-      --output=docs/evidence/cifar10_d16_recovery/trend.json
+      --trend_json=docs/evidence/cifar10_d16_recovery/trend.json
 """
 
 import json
@@ -32,7 +32,7 @@ flags.DEFINE_string("short", None, "Evidence folder of the short recovery.")
 flags.DEFINE_string("long", None, "Evidence folder of the long recovery.")
 flags.DEFINE_string("arm", "el1_layer@0.45", "The pruned arm.")  # --margin: evidence_table.py
 flags.DEFINE_string("baseline", "dense", "The arm it is compared with.")
-flags.DEFINE_string("output", None, "Where the JSON goes (optional).")
+flags.DEFINE_string("trend_json", None, "Where the JSON goes (optional).")
 flags.mark_flags_as_required(["short", "long"])
 
 
@@ -99,11 +99,11 @@ def main(argv):
         f"| {fmt(report['delta'])} |")
   print(f"gap closes: {report['gap_closes']}; non-inferior at "
         f"-{report['margin_points']:g} point: {report['non_inferior']}")
-  if FLAGS.output:
-    temporary = FLAGS.output + ".tmp"
+  if FLAGS.trend_json:
+    temporary = FLAGS.trend_json + ".tmp"
     with open(temporary, "w") as f:
       json.dump(report, f, indent=2)
-    os.replace(temporary, FLAGS.output)
+    os.replace(temporary, FLAGS.trend_json)
 
 
 if __name__ == "__main__":

@@ -207,3 +207,24 @@ def test_criteria_one_shot_compares_every_criterion(records, tmp_path):
   assert len(draws) == 2
   assert "| bn_gamma |" in result.stdout
   assert (output_dir / "dense.weights.h5").exists()
+
+
+def test_recovery_trend_applies_the_rule_to_the_committed_runs():
+  import recovery_trend  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(os.path.dirname(BENCHMARKS), "docs", "evidence",
+                        "cifar10_d16_recovery")
+  report = recovery_trend.trend(os.path.join(folder, "r3"),
+                                os.path.join(folder, "r12"),
+                                "el1_layer@0.45", "dense", 1.0)
+  assert report["seeds"] == [0, 1, 2]
+  # Per seed, Delta is exactly the difference of the two gaps.
+  for row in report["per_seed"]:
+    assert row["delta"][0] == pytest.approx(
+        row["gap_long"][0] - row["gap_short"][0], abs=0.011)
+  assert report["gap_closes"] == (
+      all(r["delta"][0] > 0 for r in report["per_seed"]) and
+      report["delta"][1] > 0)
+  assert report["non_inferior"] == (report["gap_long"][1] > -1.0)
+  with pytest.raises(ValueError, match="no results for arm 'kd_dense'"):
+    recovery_trend.trend(os.path.join(folder, "r3"),
+                         os.path.join(folder, "r12"), "kd_dense", "dense", 1.0)
