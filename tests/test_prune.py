@@ -308,3 +308,17 @@ def test_prune_at_random_prunes_the_requested_fraction():
     testing.prune_at_random(model, 1.5)
   with pytest.raises(ValueError, match="sparsity='0.5'"):
     testing.prune_at_random(model, "0.5")
+
+
+def test_hdf5_save_of_a_wrapped_model_points_to_keras(tmp_path):
+  pruned = tfsdn.prune_dense_connections(
+      helpers.tiny_densenet(), tfsdn.StagedSparsity([(2, 0.5)]))
+  for path, kwargs in ((tmp_path / "pruned.h5", {}),
+                       (tmp_path / "pruned", {"save_format": "h5"})):
+    with pytest.raises(ValueError, match=r"HDF5.*pruned\.keras"):
+      pruned.save(path, **kwargs)
+    assert not path.exists()
+  pruned.save(tmp_path / "pruned.keras")  # The format it points to works.
+  with tfmot.sparsity.keras.prune_scope():
+    assert tfsdn.compat.keras.models.load_model(tmp_path / "pruned.keras")
+  tfsdn.strip(pruned).model.save(tmp_path / "compact.h5")  # Stock layers.

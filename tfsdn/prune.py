@@ -1,6 +1,7 @@
 """`prune_dense_connections`: wrap every PrunableConcatConv for tfmot."""
 
 import fnmatch
+import os
 
 import tensorflow_model_optimization as tfmot
 
@@ -80,6 +81,31 @@ class PruningModel(keras.Model):
   def fit(self, *args, callbacks=None, **kwargs):  # pylint: disable=arguments-differ
     return super().fit(*args, callbacks=_with_update_scores(self, callbacks),
                        **kwargs)
+
+  def save(self, filepath, *args, **kwargs):  # pylint: disable=arguments-differ
+    """`keras.Model.save`, refusing HDF5 while the model holds wrappers.
+
+    Raises:
+      ValueError: for an HDF5 path (`.h5`, `.hdf5`) or `save_format="h5"`
+        while pruning wrappers are in the model: HDF5 cannot hold two
+        weights of one name, and tfmot's wrappers repeat the wrapped
+        layer's names (h5py's "name already exists", after a half-written
+        file). Save as `.keras` (load under
+        `tfmot.sparsity.keras.prune_scope()`), or strip first.
+    """
+    from tfsdn.callbacks import pruning_wrappers  # pylint: disable=g-import-not-at-top
+    save_format = kwargs.get("save_format", args[1] if len(args) > 1 else None)
+    path = str(filepath) if isinstance(filepath, (str, os.PathLike)) else ""
+    hdf5 = (str(save_format).lower() in ("h5", "hdf5") or
+            path.lower().endswith((".h5", ".hdf5")))
+    if hdf5 and pruning_wrappers(self):
+      raise ValueError(
+          f"Cannot save {self.name!r} to HDF5 ({filepath!r}) while it holds "
+          "pruning wrappers: HDF5 cannot hold their repeated weight names. "
+          "Save it as model.save('pruned.keras') and load it under "
+          "tfmot.sparsity.keras.prune_scope(), or save tfsdn.strip(model)"
+          ".model, which has stock layers.")
+    return super().save(filepath, *args, **kwargs)
 
 
 def _with_update_scores(model, callbacks):
