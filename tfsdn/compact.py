@@ -347,9 +347,10 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     # wrappers outside a replica context (their mask update fails on
     # mirrored variables): its tfmot-stripped copy, which holds the same
     # masked weights, is the reference then.
-    distributed = getattr(original, "_distribution_strategy", None)
+    reference = (model if getattr(original, "_distribution_strategy", None)
+                 is not None else original)
     checks.same_function(
-        model if distributed is not None else original, compact, _predict, [t.shape for t in original.inputs],
+        reference, compact, _predict, [t.shape for t in original.inputs],
         low_precision=original.compute_dtype != "float32")
   return Stripped(compact, model.name, record, source_channels)
 
