@@ -299,3 +299,19 @@ def test_compact_macs_counts_what_strip_builds(seed, sparsity, bottleneck):
   helpers.prune_randomly(model, sparsity, seed)
   assert tfsdn.costs.compact_macs(model) == tfsdn.model_report(
       tfsdn.strip(model)).total_macs
+
+
+def test_a_channel_budget_works_on_a_variable_size_model():
+  # The channel graph multiplied by an unknown height (a TypeError) even
+  # where MACs are not needed; a MAC count for such a model is refused.
+  model = tfsdn.densenet.DenseNet(depth=7, growth_rate=4,
+                                  input_shape=(None, None, 3))
+  plan = GlobalAllocation([(2, 0.6)], budget="channels")
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(model, plan))
+  helpers.fit_steps(pruned, 3)
+  layers = tfsdn.prunable_layers(pruned)
+  kept = sum(int(layer.live_mask().sum()) for layer in layers)
+  assert kept <= 0.6 * sum(layer.input_channels for layer in layers)
+  assert tfsdn.strip(pruned).pruned
+  with pytest.raises(ValueError, match="unknown output size.*input_size"):
+    tfsdn.costs.compact_macs(pruned)

@@ -112,7 +112,8 @@ def channel_graph(model):
       pair, macs = 0, 0
       if isinstance(layer, PrunableConcatConv):
         kind = liveness.PRUNABLE
-        pair = layer_costs([layer], "macs")[0] // layer.filters
+        pair = liveness.pair_macs(layer.kernel_size,
+                                  *layer.conv_output_shape[1:3])
       elif rank == 4 and graph.is_channel_concat(layer):
         kind = liveness.CONCAT
       elif rank == 4 and graph.passes_channels(layer, node):
@@ -120,8 +121,7 @@ def channel_graph(model):
       elif (type(layer) is keras.layers.Conv2D and layer.groups == 1 and  # pylint: disable=unidiomatic-typecheck
             layer.data_format == "channels_last"):
         kind = liveness.CONV
-        kh, kw = layer.kernel_size
-        pair = kh * kw * int(output.shape[1]) * int(output.shape[2])
+        pair = liveness.pair_macs(layer.kernel_size, *output.shape[1:3])
       else:
         kind = liveness.READS_ALL
         macs = _layer_macs(layer)
@@ -135,12 +135,14 @@ def channel_graph(model):
 
 
 def _layer_macs(layer):
-  """MACs of a Conv2D or Dense as `dense_macs` counts them, else 0."""
+  """MACs of a Conv2D or Dense as `dense_macs` counts them, else 0; None
+  for a Conv2D whose output size is unknown."""
   if isinstance(layer, keras.layers.Conv2D):
-    kh, kw = layer.kernel_size
-    height, width = layer.output_shape[1:3]
-    return (kh * kw * int(layer.input_shape[-1]) // layer.groups *
-            layer.filters * height * width)
+    pair = liveness.pair_macs(layer.kernel_size, *layer.output_shape[1:3])
+    if pair is None:
+      return None
+    return (pair * int(layer.input_shape[-1]) // layer.groups *
+            layer.filters)
   if isinstance(layer, keras.layers.Dense):
     return int(layer.input_shape[-1]) * layer.units
   return 0

@@ -12,6 +12,7 @@ graphs with `Node`s: `tfsdn.costs.channel_graph` (tf_keras) and
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -36,8 +37,10 @@ class Node:
     output: Key of the tensor it writes.
     output_channels: Channels of that tensor (1 for a rank-less output).
     macs_per_channel_pair: For `PRUNABLE` and `CONV`, the MACs of one input
-      channel times one filter (`kh * kw * out_h * out_w`).
-    macs: For other kinds, the MACs the layer costs if it is built at all.
+      channel times one filter (`kh * kw * out_h * out_w`, `pair_macs`);
+      None where the image size is unknown.
+    macs: For other kinds, the MACs the layer costs if it is built at all;
+      None where they depend on an unknown image size.
   """
   kind: str
   name: str
@@ -45,8 +48,27 @@ class Node:
   input_channels: list
   output: object
   output_channels: int
-  macs_per_channel_pair: int = 0
-  macs: int = 0
+  macs_per_channel_pair: Optional[int] = 0
+  macs: Optional[int] = 0
+
+
+def pair_macs(kernel_size, height, width):
+  """MACs of one input channel times one filter of a conv, or None.
+
+  Args:
+    kernel_size: `(kh, kw)`.
+    height: The conv's output height, None if unknown.
+    width: Its output width, None if unknown.
+
+  Returns:
+    `kh * kw * height * width`, or None for an unknown height or width (a
+    model built for variable image sizes): its channel structure is known,
+    its MACs are not.
+  """
+  if height is None or width is None:
+    return None
+  kh, kw = kernel_size
+  return int(kh) * int(kw) * int(height) * int(width)
 
 
 def needed_channels(nodes, outputs, live_masks):
@@ -105,6 +127,10 @@ def compact_macs(nodes, outputs, live_masks, fixed_macs=0):
 
   Returns:
     The MACs, an int.
+
+  Raises:
+    ValueError: if a surviving layer's MACs depend on an unknown image size
+      (a cost of None), naming the layer.
   """
   needed = needed_channels(nodes, outputs, live_masks)
   total = int(fixed_macs)
@@ -112,6 +138,12 @@ def compact_macs(nodes, outputs, live_masks, fixed_macs=0):
     out_need = needed.get(node.output)
     if out_need is None or not out_need.any():
       continue
+    if node.macs_per_channel_pair is None or node.macs is None:
+      raise ValueError(
+          f"Layer {node.name!r} has an unknown output size, so its MACs "
+          "depend on the image size: count them on a model built for a "
+          "fixed input size (e.g. tfsdn.export.with_image_size, or "
+          "model_report(model, input_size=...)).")
     filters = int(out_need.sum())
     if node.kind == PRUNABLE:
       reads = int(np.sum(live_masks[node.name]))

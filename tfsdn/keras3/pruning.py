@@ -98,7 +98,7 @@ def channel_graph(model):
       pair, macs = 0, 0
       if isinstance(layer, PrunableConcatConv):
         kind = liveness.PRUNABLE
-        pair = layer_costs([layer], "macs")[0] // layer.filters
+        pair = liveness.pair_macs(layer.kernel_size, *output.shape[1:3])
       elif rank == 4 and graph.is_channel_concat(layer):
         kind = liveness.CONCAT
       elif rank == 4 and graph.passes_channels(layer, node):
@@ -106,14 +106,14 @@ def channel_graph(model):
       elif (type(layer) is keras.layers.Conv2D and layer.groups == 1 and  # pylint: disable=unidiomatic-typecheck
             layer.data_format == "channels_last"):
         kind = liveness.CONV
-        kh, kw = layer.kernel_size
-        pair = kh * kw * int(output.shape[1]) * int(output.shape[2])
+        pair = liveness.pair_macs(layer.kernel_size, *output.shape[1:3])
       else:
         kind = liveness.READS_ALL
         if isinstance(layer, keras.layers.Conv2D):
-          kh, kw = layer.kernel_size
-          macs = (kh * kw * int(inputs[0].shape[-1]) // layer.groups *
-                  layer.filters * int(output.shape[1]) * int(output.shape[2]))
+          pair_cost = liveness.pair_macs(layer.kernel_size, *output.shape[1:3])
+          macs = None if pair_cost is None else (
+              pair_cost * int(inputs[0].shape[-1]) // layer.groups *
+              layer.filters)
         elif isinstance(layer, keras.layers.Dense):
           macs = int(inputs[0].shape[-1]) * layer.units
       nodes.append(liveness.Node(
