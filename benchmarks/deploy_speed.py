@@ -103,6 +103,13 @@ flags.DEFINE_bool("reuse_concats", False,
                   "tfsdn.strip's reuse_concats=True (a layer's "
                   "concatenation starts from an earlier layer's, as a "
                   "DenseNet's running concatenation does; suffix _r).")
+flags.DEFINE_list("targets", [],
+                  "tfsdn.Target(runtime, batch_size)s, as runtime@batch "
+                  "(e.g. tf@1,onnx@32): one compact model each, stripped "
+                  "with strip(pruned, target=...) (named target_RUNTIME_bB), "
+                  "beside the default strip(pruned) (named default) and the "
+                  "dense model stripped with the default options too "
+                  "(dense_default).")
 flags.DEFINE_bool("unfused_batch_norm", False,
                   "Also time every model, dense included, stripped with "
                   "tfsdn.strip's fused_batch_norm=False (BatchNormalization "
@@ -231,6 +238,20 @@ def _concat_limits(values):
   return [v or None for v in sorted(limits)]
 
 
+def _targets(values):
+  """--targets as `tfsdn.Target`s."""
+  targets = []
+  for value in values:
+    runtime, _, batch = value.partition("@")
+    try:
+      targets.append(tfsdn.Target(runtime, int(batch)))
+    except ValueError as e:
+      raise app.UsageError(
+          f"--targets takes runtime@batch, runtime one of "
+          f"{tfsdn.deploy_target.RUNTIMES}. Received: {value!r}") from e
+  return targets
+
+
 def _concat_suffix(limit):
   """`_c5` for max_concat_inputs 5, nothing for no bound."""
   return f"_c{limit}" if limit else ""
@@ -300,8 +321,9 @@ def main(argv):
         f"{tfsdn.compact.CHANNEL_READS}. Received: {','.join(reads)}")
   limits = _concat_limits(FLAGS.max_concat_inputs)
   stripped, model_costs = {}, {}
-  # (suffix, strip arguments) of each graph option timed.
-  options = [("", {})]
+  # (suffix, strip arguments) of each graph option timed; the base one is
+  # the exact strip as it was before targets (explicit options).
+  options = [("", dict(reuse_concats=False, fused_batch_norm=True))]
   if FLAGS.pool_first:
     options += [(suffix + "_pf", dict(kwargs, pool_first=True))
                 for suffix, kwargs in options]
@@ -326,6 +348,14 @@ def main(argv):
                                        channel_reads=read,
                                        max_concat_inputs=limit, **kwargs)
           model_costs[name] = cost
+  targets = _targets(FLAGS.targets)
+  if targets:
+    stripped["dense_default"] = tfsdn.strip(dense_source)
+    denses = list(denses) + ["dense_default"]
+    stripped["default"] = tfsdn.strip(pruned)
+    for target in targets:
+      stripped[f"target_{target.runtime}_b{target.batch_size}"] = (
+          tfsdn.strip(pruned, target=target))
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
   compacts = [name for name in stripped if name not in denses]
   if FLAGS.dataset:

@@ -194,8 +194,13 @@ def main(argv):
     files.cleanup()
     logging.info("Not the chief: wrote nothing into %s.", FLAGS.model_dir)
     return
+  # The pruned model (tfmot's wrappers removed, PrunableConcatConv kept),
+  # so another strip (a deployment target) needs no retraining.
+  with atomic_path(files.path("final_model.keras"), suffix=".keras") as tmp:
+    stripped.save(tmp)
   results = {
       "model": FLAGS.model, "weights": FLAGS.weights,
+      "pruned_model": files.path("final_model.keras"),
       "prunable_layers": len(tfsdn.prunable_layers(stripped)),
       "test_accuracy": float(accuracy),
       "export_test_accuracy": recipe.saved_model_accuracy(export_path, test),

@@ -47,6 +47,7 @@ if not _MISSING:
   from tfsdn.allocation import GlobalAllocation
   from tfsdn.callbacks import StageShortfallError
   from tfsdn.callbacks import UpdateScores
+  from tfsdn.calibration import calibrate
   from tfsdn.compact import Stripped
   from tfsdn.compact import strip
   from tfsdn.compact import strip_to_compact
@@ -65,17 +66,24 @@ if not _MISSING:
   from tfsdn.report import model_report
   from tfsdn.schedule import StagedSparsity
 
+# Backend-free: where a compact model runs (both paths' `strip` take it).
+from tfsdn.deploy_target import RuntimeCosts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tfsdn.deploy_target import Target  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 __version__ = "0.1.0"
 
 __all__ = [
     "GlobalAllocation",
     "ModelReport",
     "PrunableConcatConv",
+    "RuntimeCosts",
     "StageShortfallError",
     "StagedSparsity",
     "Stripped",
+    "Target",
     "UpdateScores",
     "allocation",
+    "calibrate",
     "comparison_markdown",
     "conversion_plan",
     "criteria",

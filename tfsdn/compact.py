@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfsdn import channel_order
 from tfsdn import checks
+from tfsdn import deploy_target
 from tfsdn import graph
 from tfsdn import layout
 from tfsdn.compat import keras
@@ -126,10 +127,10 @@ def _split(mask, tensors):
   return [mask[bounds[i]:bounds[i + 1]] for i in range(len(tensors))]
 
 
-def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
-                     max_concat_inputs=None, pool_first=False,
-                     reuse_concats=False, fused_batch_norm=True,
-                     check_function=True):
+def strip_to_compact(model, slice_cost_macs=None, channel_reads=None,
+                     max_concat_inputs=None, pool_first=None,
+                     reuse_concats=None, fused_batch_norm=None,
+                     check_function=True, target=None):
   """Returns a compact stock-Keras model without the pruned channels.
 
   Same as `strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
@@ -151,21 +152,22 @@ def strip_to_compact(model, slice_cost_macs=0, channel_reads="slice",
     reuse_concats: See `strip`.
     fused_batch_norm: See `strip`.
     check_function: See `strip`.
+    target: See `strip`.
 
   Returns:
     A new, flat functional tf_keras model.
   """
   return strip(model, slice_cost_macs, channel_reads, max_concat_inputs,
                pool_first, reuse_concats, fused_batch_norm,
-               check_function).model
+               check_function=check_function, target=target).model
 
 
 CHANNEL_READS = ("slice", "split", "gather")
 
 
-def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None, pool_first=False, reuse_concats=False,
-          fused_batch_norm=True, check_function=True):
+def strip(model, slice_cost_macs=None, channel_reads=None,
+          max_concat_inputs=None, pool_first=None, reuse_concats=None,
+          fused_batch_norm=None, check_function=True, target=None):
   """Rebuilds a pruned model from stock layers and records what it kept.
 
   Every `PrunableConcatConv` becomes [channel slices ->] [Concatenate ->]
@@ -253,10 +255,22 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   and an add); XLA fuses both alike. Keras 3 on TensorFlow computes
   BatchNormalization unfused already.
 
+  **Choosing these options: `target`.** Each of the options above left at
+  None is chosen for `target`, a `tfsdn.Target` (the runtime and batch size
+  the model will be served at) by `tfsdn.deploy_target`'s cost model:
+  `slice_cost_macs` from what one op and one MAC cost there (the built-in
+  costs, or `tfsdn.calibrate(runtime, batch_size)` measured on the machine),
+  `pool_first=True`, `reuse_concats=True`, unfused BatchNormalization, and
+  `max_concat_inputs=5` for LiteRT. Without a target, the options that help
+  in every runtime measured and keep the exact read's MACs (so a MAC budget
+  holds): `reuse_concats=True, fused_batch_norm=False`, exact slices. An
+  option given explicitly wins over the target's choice.
+
   Example:
 
   ```python
   stripped = tfsdn.strip(pruned_model)
+  served = tfsdn.strip(pruned_model, target=tfsdn.Target("onnx", 1))
   stripped.model.save("compact.keras")
   print(tfsdn.model_report(stripped))   # reads the record, builds nothing
   ```
@@ -267,26 +281,28 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       are inlined (`graph.flatten`).
 
     slice_cost_macs: The MACs one more slice costs in the target runtime,
-      a number >= 0. 0 (the default) reads exactly the live channels: the
-      fewest MACs, best at large batch sizes. Above 0 the model needs a
-      known input height and width.
-    channel_reads: `"slice"` (the default), `"split"` or `"gather"`, how
-      ranges of channels are read (see above).
-    max_concat_inputs: None (the default) for one concatenation per layer
-      however many inputs it has, or the most inputs of one concatenation,
-      an integer >= 2 (see above).
+      a number >= 0. 0 reads exactly the live channels: the fewest MACs.
+      Above 0 the model needs a known input height and width. None: chosen
+      for `target` (0 without one).
+    channel_reads: `"slice"`, `"split"` or `"gather"`, how ranges of
+      channels are read (see above). None: `"slice"`.
+    max_concat_inputs: None for one concatenation per layer however many
+      inputs it has (or 5 for a LiteRT target), or the most inputs of one
+      concatenation, an integer >= 2 (see above).
     pool_first: If True, transitions pool before their 1x1 convolution
-      (see above). A bool.
+      (see above). A bool; None: True for a target, False without one.
     reuse_concats: If True, concatenations start from earlier ones (see
-      above). A bool.
+      above). A bool; None: True.
     fused_batch_norm: If False, every BatchNormalization is built with
-      `fused=False` (see above); if True (the default), the ones strip
-      builds use Keras' default (fused) and copied ones keep the `fused`
-      of the layer they copy. A bool.
+      `fused=False` (see above); if True, the ones strip builds use Keras'
+      default (fused) and copied ones keep the `fused` of the layer they
+      copy. A bool; None: False.
     check_function: If True (the default), the compact model and `model`
       are run in inference mode on one batch of random pixels and must
       agree (`tfsdn.checks.same_function`: 1e-4 in float32); False skips
       that check, for speed. A bool.
+    target: A `tfsdn.Target` the options left at None are chosen for, or
+      None (see above).
 
   Returns:
     A `Stripped`: the compact model and, per `PrunableConcatConv`, what it
@@ -300,13 +316,17 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       input height or width), an unknown `channel_reads` or a
       `max_concat_inputs` that is not None or an integer >= 2.
     TypeError: if `pool_first`, `reuse_concats`, `fused_batch_norm` or
-      `check_function` is not a bool.
+      `check_function` is not a bool, or `target` not a `tfsdn.Target`.
     RuntimeError: if `check_function` finds the compact model computing
       another function.
   """
   require_functional(model)
   check_function = checks.boolean("check_function", check_function)
   original = model
+  (slice_cost_macs, channel_reads, max_concat_inputs, pool_first,
+   reuse_concats, fused_batch_norm) = _layout_options(
+       model, target, slice_cost_macs, channel_reads, max_concat_inputs,
+       pool_first, reuse_concats, fused_batch_norm)
   pool_first = checks.boolean("pool_first", pool_first)
   reuse_concats = checks.boolean("reuse_concats", reuse_concats)
   fused_batch_norm = checks.boolean("fused_batch_norm", fused_batch_norm)
@@ -353,6 +373,27 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
         reference, compact, _predict, [t.shape for t in original.inputs],
         low_precision=original.compute_dtype != "float32")
   return Stripped(compact, model.name, record, source_channels)
+
+
+def _layout_options(model, target, slice_cost_macs, channel_reads,
+                    max_concat_inputs, pool_first, reuse_concats,
+                    fused_batch_norm):
+  """The layout options: those given, the rest chosen for `target`."""
+  if target is not None and not isinstance(target, deploy_target.Target):
+    raise TypeError(f"target must be a tfsdn.Target or None. Received: "
+                    f"target={target!r}")
+  known = all(t.shape.rank == 4 and None not in tuple(t.shape[1:3])
+              for t in model.inputs)
+  given = dict(slice_cost_macs=slice_cost_macs, channel_reads=channel_reads,
+               pool_first=pool_first, reuse_concats=reuse_concats,
+               fused_batch_norm=fused_batch_norm)
+  options = deploy_target.resolve_options(target, given, known)
+  if max_concat_inputs is None and target is not None:
+    max_concat_inputs = deploy_target.strip_options(
+        target, known)["max_concat_inputs"]
+  return (options["slice_cost_macs"], options["channel_reads"],
+          max_concat_inputs, options["pool_first"], options["reuse_concats"],
+          options["fused_batch_norm"])
 
 
 def _predict(model, images):

@@ -50,6 +50,8 @@ if not _keras.__version__.split(".")[0].isdigit() or int(
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfsdn import stages
+from tfsdn.deploy_target import RuntimeCosts
+from tfsdn.deploy_target import Target
 from tfsdn.global_allocation import GlobalAllocation
 from tfsdn.keras3 import data
 from tfsdn.keras3 import densenet
@@ -69,6 +71,8 @@ from tfsdn.reporting import comparison_markdown
 from tfsdn.stages import StageShortfallError
 
 __all__ = [
+    "RuntimeCosts",
+    "Target",
     "GlobalAllocation",
     "Pruning",
     "PrunableConcatConv",

@@ -21,6 +21,7 @@ import numpy as np
 
 from tfsdn import channel_order
 from tfsdn import checks
+from tfsdn import deploy_target
 from tfsdn.keras3 import graph
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -147,8 +148,9 @@ def _reads(model):
 CHANNEL_READS = ("slice", "gather")
 
 
-def strip(model, slice_cost_macs=0, channel_reads="slice",
-          max_concat_inputs=None, reuse_concats=False, check_function=True):
+def strip(model, slice_cost_macs=None, channel_reads=None,
+          max_concat_inputs=None, reuse_concats=None, check_function=True,
+          target=None):
   """Rebuilds `model` without its pruned input channels and dead filters.
 
   `slice_cost_macs` means what it means in `tfsdn.strip`: a layer also
@@ -165,6 +167,11 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   maps this layer also reads (a DenseNet's running concatenation; slices
   are not shared between layers here, so only whole maps count).
 
+  `target`, a `tfsdn.Target`, chooses the options left at None for the
+  runtime and batch size the model will be served at, as in `tfsdn.strip`
+  (the same backend-free planner, `tfsdn.deploy_target`); without one,
+  exact slices and running concatenations (`reuse_concats=True`).
+
   The model's outputs keep their channels in their order (a feature
   extractor's features, such as a DenseNet's `avg_pool`): only filters
   that no model output shows are reordered. Nested functional and
@@ -177,14 +184,17 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
     model: A functional or Sequential Keras 3 model with
       `tfsdn.keras3.PrunableConcatConv` layers, in nested models or not.
     slice_cost_macs: The MACs one more slice costs in the target runtime,
-      a number >= 0; 0 (the default) reads exactly the live channels.
-    channel_reads: `"slice"` (the default) or `"gather"`.
-    max_concat_inputs: None (the default) or an integer >= 2.
-    reuse_concats: A bool (see above); False by default.
+      a number >= 0; 0 reads exactly the live channels. None: chosen for
+      `target` (0 without one).
+    channel_reads: `"slice"` or `"gather"`; None: `"slice"`.
+    max_concat_inputs: None (no bound, or 5 for a LiteRT target) or an
+      integer >= 2.
+    reuse_concats: A bool (see above); None: True.
     check_function: If True (the default), the compact model and `model`
       run in inference mode on one batch of random pixels and must agree
       (`tfsdn.checks.same_function`: 1e-4 in float32), as in `tfsdn.strip`;
       False skips that check, for speed.
+    target: A `tfsdn.Target`, or None (see above).
 
   Returns:
     A `Stripped`: `model` is the compact model (stock Keras 3 layers and
@@ -197,7 +207,8 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
       same name in nested models, a negative or non-finite `slice_cost_macs`, an
       unknown `channel_reads`, or a `max_concat_inputs` that is not None or
       an integer >= 2.
-    TypeError: if `reuse_concats` or `check_function` is not a bool.
+    TypeError: if `reuse_concats` or `check_function` is not a bool, or
+      `target` is not a `tfsdn.Target`.
     RuntimeError: if `check_function` finds the compact model computing
       another function.
   """
@@ -205,6 +216,21 @@ def strip(model, slice_cost_macs=0, channel_reads="slice",
   original = model
   check_function = checks.boolean("check_function", check_function)
   source_name, model = model.name, flat
+  if target is not None and not isinstance(target, deploy_target.Target):
+    raise TypeError(f"target must be a tfsdn.Target or None. Received: "
+                    f"target={target!r}")
+  known = all(len(t.shape) == 4 and None not in tuple(t.shape[1:3])
+              for t in model.inputs)
+  options = deploy_target.resolve_options(
+      target, dict(slice_cost_macs=slice_cost_macs,
+                   channel_reads=channel_reads, reuse_concats=reuse_concats),
+      known)
+  slice_cost_macs, channel_reads, reuse_concats = (
+      options["slice_cost_macs"], options["channel_reads"],
+      options["reuse_concats"])
+  if max_concat_inputs is None and target is not None:
+    max_concat_inputs = deploy_target.strip_options(
+        target, known)["max_concat_inputs"]
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
