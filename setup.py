@@ -33,6 +33,8 @@ setuptools.setup(
         # The Keras 3 path's second backend (tests run it in its own
         # process) and its TensorFlow-free CIFAR reader.
         "keras3": ["keras>=3.6", "jax[cpu]>=0.4.34", "pillow"],
+        # The guides under docs/ (mkdocs build --strict).
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5"],
         "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
                  "matplotlib>=3.5", "pillow"],
     },

@@ -46,3 +46,13 @@ def test_readme_test_command_is_the_ci_command():
     ci = re.findall(r"^python -m pytest .*$", f.read(), re.MULTILINE)
   assert readme == ci and len(ci) == 1
   assert " -q " not in ci[0]  # progress per test, not minutes of silence
+
+
+def test_make_prunable_snippet_runs_as_printed(capsys):
+  section = _readme().split("\n## Bring your own model\n", 1)[1]
+  snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+  namespace = {}
+  exec(compile(snippet, "README.md (make_prunable)", "exec"), namespace)  # pylint: disable=exec-used
+  assert "conv2_block1_1_conv" in capsys.readouterr().out  # The plan.
+  pruned = namespace["pruned"]
+  assert len(namespace["tfsdn"].prunable_layers(pruned)) == 119
