@@ -285,18 +285,18 @@ def _accuracy(serve, data):
   return correct / total
 
 
-def _time(served, batch_sizes):
+def _time(served, batch_sizes, image_shape):
   """`{(runtime key, batch size): images/s}` of every exported model."""
   if not FLAGS.isolate:
     return time_rounds({k: v[0] for k, v in served.items()}, batch_sizes,
-                       FLAGS.rounds, FLAGS.seconds)
+                       FLAGS.rounds, FLAGS.seconds, image_shape)
   throughput = {}
   for runtime in FLAGS.runtimes:
     models = {key: path for key, (_, path, _) in served.items()
               if key.endswith(f"/{runtime}")}
     timed, imported_tf = runtime_timing.time_in_child(
         runtime, models, batch_sizes, FLAGS.rounds, FLAGS.seconds,
-        FLAGS.threads)
+        FLAGS.threads, image_shape)
     if imported_tf and runtime not in TF_RUNTIMES:
       raise AssertionError(f"The {runtime} timing process imported TF.")
     logging.info("timed %s in its own process", runtime)
@@ -313,6 +313,7 @@ def main(argv):
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   costs = _slice_costs(FLAGS.slice_cost_macs)
   pruned, dense_source, patterns = pruned_models.from_flags()
+  image_shape = tuple(int(d) for d in pruned.inputs[0].shape[1:])
   reads = FLAGS.channel_reads
   if not reads or set(reads) - set(tfsdn.compact.CHANNEL_READS) or len(
       set(reads)) != len(reads):
@@ -363,20 +364,21 @@ def main(argv):
         FLAGS.dataset, FLAGS.calibration_images)
   else:
     calibration = [np.random.default_rng(FLAGS.seed).uniform(
-        0, 255, (FLAGS.calibration_images, 32, 32, 3)).astype("float32")]
+        0, 255, (FLAGS.calibration_images,) + image_shape).astype(
+            "float32")]
   workdir = tempfile.mkdtemp(prefix="tfsdn-deploy-")
   atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # Exports.
   served = {}
   for name, record in stripped.items():
     served.update(export_all(name, record.model, workdir, calibration))
-  images = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype(
-      "float32")
+  images = np.random.default_rng(1).uniform(
+      0, 255, (8,) + image_shape).astype("float32")
   reference = stripped[compacts[0]].model(images, training=False).numpy()
   max_diff = {key: float(np.abs(serve(images=images)["logits"].numpy() -
                                 reference).max())
               for key, (serve, _, _) in served.items()
               if key.startswith("compact") and serve is not None}
-  throughput = _time(served, batch_sizes)
+  throughput = _time(served, batch_sizes, image_shape)
   ideal = min(reports[name].total_macs for name in denses) / min(
       reports[name].total_macs for name in compacts)
   results = {

@@ -138,7 +138,8 @@ def random_images(batch_sizes, image_shape=(32, 32, 3)):
           for b in batch_sizes}
 
 
-def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads):
+def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads,
+                  image_shape=(32, 32, 3)):
   """Times `models` of one runtime in a fresh process that loads only it.
 
   Args:
@@ -148,6 +149,7 @@ def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads):
     rounds: Interleaved rounds.
     seconds: Seconds per model, batch size and round.
     threads: Threads of LiteRT and ONNX Runtime.
+    image_shape: Shape of one input image.
 
   The child inherits this process's environment; for `tf_fusible`,
   `FUSIBLE_XLA_FLAGS` are added to any TF_XLA_FLAGS there.
@@ -165,7 +167,8 @@ def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads):
                      f"runtime={runtime!r}")
   spec = {"runtime": runtime, "models": dict(models),
           "batch_sizes": [int(b) for b in batch_sizes], "rounds": int(rounds),
-          "seconds": float(seconds), "threads": int(threads)}
+          "seconds": float(seconds), "threads": int(threads),
+          "image_shape": [int(d) for d in image_shape]}
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   for name, flags in _ENVIRONMENT.get(runtime, {}).items():
     env[name] = " ".join(filter(None, [env.get(name), flags]))  # Yours too.
@@ -188,7 +191,9 @@ def _main(spec):
   functions = {name: _SERVERS[spec["runtime"]](path, spec["threads"])
                for name, path in spec["models"].items()}
   throughput = interleaved_rounds(
-      functions, random_images(spec["batch_sizes"]), spec["rounds"],
+      functions, random_images(spec["batch_sizes"],
+                               spec.get("image_shape", (32, 32, 3))),
+      spec["rounds"],
       spec["seconds"],
       log=lambda r, n: print(f"{spec['runtime']}: round {r}/{n} done",
                              file=sys.stderr, flush=True))

@@ -41,37 +41,44 @@ flags.DEFINE_string("dataset", "tfrecord:../shared/data/cifar10",
                     "Where to take the verification images from.")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
 flags.DEFINE_integer("verify_images", 64, "Real images to verify with (>= 1).")
+flags.DEFINE_string(
+    "target", None,
+    "Where the model will be served, RUNTIME@BATCH (tf, tf_xla, litert, "
+    "litert_int8 or onnx; e.g. tf@1, litert@1, onnx@32): tfsdn.strip "
+    "chooses the layout options below that are not given for it "
+    "(tfsdn.Target). Default: strip's own defaults.")
 flags.DEFINE_float(
-    "slice_cost_macs", 0.0,
-    "tfsdn.strip's slice_cost_macs: 0 reads exactly the live channels (best "
-    "at large batches); about 500000 cut ops for LiteRT at batch 1 here "
-    "(benchmarks/deploy_speed.py measures it on your machine).")
+    "slice_cost_macs", None,
+    "tfsdn.strip's slice_cost_macs: 0 reads exactly the live channels; more "
+    "reads gaps that cost at most that many MACs to save a slice. Default: "
+    "chosen for --target (0 without one).")
 flags.DEFINE_enum(
-    "channel_reads", "slice", ["slice", "split", "gather"],
+    "channel_reads", None, ["slice", "split", "gather"],
     "tfsdn.strip's channel_reads: a slice per channel range, one split per "
     "feature map, or one gather per layer (fastest in ONNX Runtime here; "
     "slow in plain TensorFlow and LiteRT).")
 flags.DEFINE_integer(
-    "max_concat_inputs", 0,
+    "max_concat_inputs", None,
     "tfsdn.strip's max_concat_inputs: 0 for one concatenation per layer; 5 "
     "builds larger ones from concatenations of at most 5 inputs, which "
     "LiteRT's XNNPACK delegate runs (it leaves larger ones out).")
 flags.DEFINE_bool(
-    "pool_first", False,
+    "pool_first", None,
     "tfsdn.strip's pool_first: transitions pool before their 1x1 "
     "convolution, which then runs on a quarter of the pixels (the same "
     "function).")
 flags.DEFINE_bool(
-    "reuse_concats", False,
+    "reuse_concats", None,
     "tfsdn.strip's reuse_concats: a layer's concatenation starts from an "
     "earlier layer's, as a DenseNet's running concatenation does (fewer "
-    "concatenation inputs, the same function).")
+    "concatenation inputs, the same function). Default: on.")
 flags.DEFINE_bool(
-    "fused_batch_norm", True,
+    "fused_batch_norm", None,
     "tfsdn.strip's fused_batch_norm: --nofused_batch_norm computes every "
     "BatchNormalization as a multiply and an add, faster in plain "
     "TensorFlow (oneDNN) for channel counts that are not multiples of 4 "
-    "(the same function; TFLite gets the same graph either way).")
+    "(the same function; TFLite gets the same graph either way). "
+    "Default: unfused.")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 
@@ -96,14 +103,17 @@ def check_flags():
     raise app.UsageError(
         f"--version must be >= 1 (TF Serving serves versions 1, 2, ...). "
         f"Received: {FLAGS.version}")
-  if not 0 <= FLAGS.slice_cost_macs < float("inf"):
+  if FLAGS.slice_cost_macs is not None and not (
+      0 <= FLAGS.slice_cost_macs < float("inf")):
     raise app.UsageError(
         f"--slice_cost_macs must be a finite number >= 0. Received: "
         f"{FLAGS.slice_cost_macs}")
-  if FLAGS.max_concat_inputs < 0 or FLAGS.max_concat_inputs == 1:
+  if FLAGS.max_concat_inputs is not None and (
+      FLAGS.max_concat_inputs < 0 or FLAGS.max_concat_inputs == 1):
     raise app.UsageError(
         f"--max_concat_inputs must be 0 (no bound) or >= 2. Received: "
         f"{FLAGS.max_concat_inputs}")
+  target(FLAGS.target)  # Checked before anything is loaded.
   if FLAGS.verify_images < 1:
     raise app.UsageError(
         f"--verify_images must be >= 1. Received: {FLAGS.verify_images}")
@@ -132,6 +142,20 @@ def check_flags():
     raise app.UsageError(f"--dataset: {e}") from e
   return path
 
+def target(value):
+  """--target as a `tfsdn.Target`, or None."""
+  if value is None:
+    return None
+  runtime, _, batch = value.partition("@")
+  try:
+    return tfsdn.Target(runtime, int(batch or 1))
+  except ValueError as e:
+    raise app.UsageError(
+        f"--target takes RUNTIME@BATCH, RUNTIME one of "
+        f"{tfsdn.deploy_target.RUNTIMES} (e.g. tf@1). Received: "
+        f"{value!r}") from e
+
+
 def main(argv):
   del argv
   # Only the weights: the optimizer state of training is not exported.
@@ -139,10 +163,12 @@ def main(argv):
   has_prunable = bool(tfsdn.prunable_layers(model))
   stripped = (tfsdn.strip(model, slice_cost_macs=FLAGS.slice_cost_macs,
                           channel_reads=FLAGS.channel_reads,
-                          max_concat_inputs=FLAGS.max_concat_inputs or None,
+                          max_concat_inputs=(
+                              FLAGS.max_concat_inputs or None),
                           pool_first=FLAGS.pool_first,
                           reuse_concats=FLAGS.reuse_concats,
-                          fused_batch_norm=FLAGS.fused_batch_norm)
+                          fused_batch_norm=FLAGS.fused_batch_norm,
+                          target=target(FLAGS.target))
                if has_prunable else None)
   compact = stripped.model if has_prunable else model
   images, _ = next(iter(sdn_data.make_dataset(

@@ -37,6 +37,10 @@ def paths(tmp_path):
      ">= 0. Received: -5.0"),
     (dict(max_concat_inputs=1), "--max_concat_inputs must be 0 (no bound) "
      "or >= 2. Received: 1"),
+    (dict(target="tensorrt@1"), "--target takes RUNTIME@BATCH, RUNTIME one "
+     "of ('tf', 'tf_xla', 'litert', 'litert_int8', 'onnx') (e.g. tf@1). "
+     "Received: 'tensorrt@1'"),
+    (dict(target="tf@0"), "Received: 'tf@0'"),
     (dict(model=None), "flag --model=None: Flag --model must have a value "
      "other than None."),
 ])
