@@ -1,6 +1,6 @@
 """The pruned and dense DenseNets the speed benchmarks compare.
 
-Shared by `deploy_speed.py`, `inference_speed.py` and `tf_op_profile.py`:
+Shared by `deploy_speed.py` and `inference_speed.py`:
 a trained pruned model (`final_model.keras` of examples/train_cifar.py) or
 a DenseNet pruned to a synthetic pattern, the same network with every
 input channel live, and the flags that choose them and how both are

@@ -250,7 +250,7 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   BatchNormalization -> ReLU -> Conv2D layers took 8.3 to 9.1 ms at batch 1
   with no input channel count a multiple of 4, 5.4 to 6.4 ms with all of
   them multiples of 4, and 4.7 to 5.8 ms unfused either way
-  (`benchmarks/batch_norm_channels.py`). The same function (up to float
+  (a benchmark since removed, in git history). The same function (up to float
   rounding); a TFLite conversion is the same graph either way (a multiply
   and an add); XLA fuses both alike. Keras 3 on TensorFlow computes
   BatchNormalization unfused already.
