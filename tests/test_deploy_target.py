@@ -83,14 +83,19 @@ def _concat_inputs(model):
           if isinstance(layer, keras.layers.Concatenate)]
 
 
-def test_the_default_strip_keeps_the_exact_macs_and_is_tuned_for_speed():
+def test_the_default_strip_is_for_tensorflow_at_batch_1_or_exact_if_asked():
   model = _pruned()
   stripped = tfsdn.strip(model)
-  assert tfsdn.model_report(stripped).total_macs == (
-      tfsdn.costs.compact_macs(model))
+  targeted = tfsdn.strip(model, target=deploy_target.DEFAULT_TARGET)
+  assert tfsdn.model_report(stripped).total_macs == tfsdn.model_report(
+      targeted).total_macs
+  assert len(stripped.model.layers) == len(targeted.model.layers)
   batch_norms = [layer for layer in stripped.model.layers
                  if isinstance(layer, keras.layers.BatchNormalization)]
   assert batch_norms and not any(bn.fused for bn in batch_norms)
+  exact = tfsdn.strip(model, slice_cost_macs=0, pool_first=False)
+  assert tfsdn.model_report(exact).total_macs == (
+      tfsdn.costs.compact_macs(model))
   # Running concatenations: an all-live model joins 2 inputs per layer.
   dense = tfsdn.densenet.DenseNet(depth=10, growth_rate=4)
   assert max(_concat_inputs(tfsdn.strip(dense).model)) == 2
@@ -100,7 +105,7 @@ def test_the_default_strip_keeps_the_exact_macs_and_is_tuned_for_speed():
 
 def test_a_target_trades_macs_for_ops_and_explicit_options_win():
   model = _pruned(1)
-  exact = tfsdn.strip(model)
+  exact = tfsdn.strip(model, slice_cost_macs=0)
   targeted = tfsdn.strip(model, target=Target("tf", 1))
   # Wider reads (more MACs, fewer layers), the same function (checked by
   # strip), the same record.
@@ -130,7 +135,7 @@ def test_the_keras3_path_takes_the_same_target():
   sdn = pytest.importorskip("tfsdn.keras3")
   from tfsdn.keras3.migrate import from_tf_keras  # pylint: disable=g-import-not-at-top
   ours = from_tf_keras(_pruned(2))
-  exact = sdn.strip(ours)
+  exact = sdn.strip(ours, slice_cost_macs=0)
   litert = sdn.strip(ours, target=sdn.Target("litert", 1))
   assert sdn.model_report(litert).total_macs > sdn.model_report(
       exact).total_macs

@@ -261,10 +261,11 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   `slice_cost_macs` from what one op and one MAC cost there (the built-in
   costs, or `tfsdn.calibrate(runtime, batch_size)` measured on the machine),
   `pool_first=True`, `reuse_concats=True`, unfused BatchNormalization, and
-  `max_concat_inputs=5` for LiteRT. Without a target, the options that help
-  in every runtime measured and keep the exact read's MACs (so a MAC budget
-  holds): `reuse_concats=True, fused_batch_norm=False`, exact slices. An
-  option given explicitly wins over the target's choice.
+  `max_concat_inputs=5` for LiteRT. Without a target, the layout is chosen
+  for `tfsdn.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
+  option given explicitly wins over the target's choice: for the exact
+  reads (the MACs a `GlobalAllocation` budget planned) pass
+  `slice_cost_macs=0, pool_first=False`.
 
   Example:
 
@@ -283,14 +284,14 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0. 0 reads exactly the live channels: the fewest MACs.
       Above 0 the model needs a known input height and width. None: chosen
-      for `target` (0 without one).
+      for `target` (0 for a model of unknown image size).
     channel_reads: `"slice"`, `"split"` or `"gather"`, how ranges of
       channels are read (see above). None: `"slice"`.
     max_concat_inputs: None for one concatenation per layer however many
       inputs it has (or 5 for a LiteRT target), or the most inputs of one
       concatenation, an integer >= 2 (see above).
     pool_first: If True, transitions pool before their 1x1 convolution
-      (see above). A bool; None: True for a target, False without one.
+      (see above). A bool; None: True (False for an ONNX target).
     reuse_concats: If True, concatenations start from earlier ones (see
       above). A bool; None: True.
     fused_batch_norm: If False, every BatchNormalization is built with
@@ -388,9 +389,9 @@ def _layout_options(model, target, slice_cost_macs, channel_reads,
                pool_first=pool_first, reuse_concats=reuse_concats,
                fused_batch_norm=fused_batch_norm)
   options = deploy_target.resolve_options(target, given, known)
-  if max_concat_inputs is None and target is not None:
+  if max_concat_inputs is None:
     max_concat_inputs = deploy_target.strip_options(
-        target, known)["max_concat_inputs"]
+        target or deploy_target.DEFAULT_TARGET, known)["max_concat_inputs"]
   return (options["slice_cost_macs"], options["channel_reads"],
           max_concat_inputs, options["pool_first"], options["reuse_concats"],
           options["fused_batch_norm"])

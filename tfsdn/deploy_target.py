@@ -117,13 +117,11 @@ class Target:
     return self.costs or DEFAULT_COSTS[self.runtime]
 
 
-# `strip(model)` without a target: the layout choices that help in every
-# runtime measured and keep the MACs of an exact read (so that a MAC budget
-# and `compact_macs` hold): running concatenations, unfused
-# BatchNormalization. A target adds what pays off where it runs.
-DEFAULT_OPTIONS = dict(slice_cost_macs=0, channel_reads="slice",
-                       max_concat_inputs=None, pool_first=False,
-                       reuse_concats=True, fused_batch_norm=False)
+# What `strip(model)` is built for when no target is given: TensorFlow
+# (SavedModel, TF Serving) at batch 1, where per-op costs weigh most. On a
+# trained DenseNet-121 (64x64) it ran 1.44x / 1.39x dense at batch 1 / 32,
+# where exact reads ran 0.69x / 0.84x (docs/deploy_speed_targets_d121.json).
+DEFAULT_TARGET = Target("tf", batch_size=1)
 
 
 def slice_cost_macs(target):
@@ -174,14 +172,13 @@ def resolve_options(target, given, image_size_known=True):
   """`strip`'s layout options: `given` ones, the rest from `target`.
 
   Args:
-    target: A `Target`, or None for `DEFAULT_OPTIONS`.
+    target: A `Target`, or None for `DEFAULT_TARGET`.
     given: Dict of the options the caller passed (None: not passed).
     image_size_known: See `strip_options`.
 
   Returns:
-    A dict with every key of `DEFAULT_OPTIONS` that `given` has.
+    A dict with every key of `strip_options`' result that `given` has.
   """
-  chosen = (dict(DEFAULT_OPTIONS) if target is None else
-            strip_options(target, image_size_known))
+  chosen = strip_options(target or DEFAULT_TARGET, image_size_known)
   return {name: chosen[name] if value is None else value
           for name, value in given.items()}

@@ -170,7 +170,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   `target`, a `tfsdn.Target`, chooses the options left at None for the
   runtime and batch size the model will be served at, as in `tfsdn.strip`
   (the same backend-free planner, `tfsdn.deploy_target`); without one,
-  exact slices and running concatenations (`reuse_concats=True`).
+  for `tfsdn.deploy_target.DEFAULT_TARGET` (TensorFlow at batch 1). For
+  exact reads pass `slice_cost_macs=0`.
 
   The model's outputs keep their channels in their order (a feature
   extractor's features, such as a DenseNet's `avg_pool`): only filters
@@ -185,7 +186,7 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
       `tfsdn.keras3.PrunableConcatConv` layers, in nested models or not.
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0; 0 reads exactly the live channels. None: chosen for
-      `target` (0 without one).
+      `target` (0 for a model of unknown image size).
     channel_reads: `"slice"` or `"gather"`; None: `"slice"`.
     max_concat_inputs: None (no bound, or 5 for a LiteRT target) or an
       integer >= 2.
@@ -228,9 +229,9 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   slice_cost_macs, channel_reads, reuse_concats = (
       options["slice_cost_macs"], options["channel_reads"],
       options["reuse_concats"])
-  if max_concat_inputs is None and target is not None:
+  if max_concat_inputs is None:
     max_concat_inputs = deploy_target.strip_options(
-        target, known)["max_concat_inputs"]
+        target or deploy_target.DEFAULT_TARGET, known)["max_concat_inputs"]
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
