@@ -103,7 +103,7 @@ def unstructured(model, sparsity, config, steps_per_epoch):
   `sparsity` over the branch's stage epochs (reached exactly).
   """
   names = {layer.name for layer in tfsdn.prunable_layers(model)}
-  plain = tfsdn.strip_to_compact(model)
+  plain = tfsdn.strip_to_compact(model, slice_cost_macs=0, pool_first=False)
   begin_epoch, end_epoch = stage_epochs(config)
   begin = schedule_lib.epoch_step(begin_epoch, steps_per_epoch)
   frequency = max(1, steps_per_epoch // 4)

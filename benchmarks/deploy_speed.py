@@ -324,7 +324,8 @@ def main(argv):
   stripped, model_costs = {}, {}
   # (suffix, strip arguments) of each graph option timed; the base one is
   # the exact strip as it was before targets (explicit options).
-  options = [("", dict(reuse_concats=False, fused_batch_norm=True))]
+  options = [("", dict(pool_first=False, reuse_concats=False,
+                      fused_batch_norm=True))]
   if FLAGS.pool_first:
     options += [(suffix + "_pf", dict(kwargs, pool_first=True))
                 for suffix, kwargs in options]

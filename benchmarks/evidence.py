@@ -246,7 +246,8 @@ class Runner:
       result["layer_sparsity"] = {
           layer.name: layer.sparsity()
           for layer in tfsdn.prunable_layers(model)}
-      compact = tfsdn.strip(model).model
+      # Exact reads: the MACs the arms' budgets are about.
+      compact = tfsdn.strip(model, slice_cost_macs=0, pool_first=False).model
     else:
       compact = model
     report = tfsdn.model_report(compact)

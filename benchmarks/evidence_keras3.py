@@ -290,7 +290,7 @@ class Runner:
     if sdn.prunable_layers(model):
       result["layer_sparsity"] = {l.name: l.sparsity()
                                   for l in sdn.prunable_layers(model)}
-      compact = sdn.strip(model).model
+      compact = sdn.strip(model, slice_cost_macs=0).model  # Exact reads.
     else:
       compact = model
     macs = sdn.dense_macs(compact)

@@ -120,7 +120,8 @@ def _child_tfmot(train, test):
                  tfsdn.UpdateScores(),
                  keras.callbacks.LearningRateScheduler(_lr),
                  _epoch_timer(keras, times)])
-  compact = tfsdn.strip_to_compact(tfmot.sparsity.keras.strip_pruning(pruned))
+  compact = tfsdn.strip_to_compact(tfmot.sparsity.keras.strip_pruning(pruned),
+                                   slice_cost_macs=0, pool_first=False)
   predicted = np.argmax(compact.predict(test[0], verbose=0), -1)
   return times, history.history["loss"], float(np.mean(
       predicted == test[1])), (
@@ -148,7 +149,7 @@ def _child_keras3(train, test):
                 sdn.Pruning(_stages(steps)),
                 keras.callbacks.LearningRateScheduler(_lr),
                 _epoch_timer(keras, times)])
-  compact = sdn.strip(model).model
+  compact = sdn.strip(model, slice_cost_macs=0).model
   predicted = np.argmax(np.asarray(compact.predict(test[0], verbose=0)), -1)
   return times, history.history["loss"], float(np.mean(
       predicted == test[1])), (

@@ -46,7 +46,7 @@ BUILDERS = {
 
 def count(name):
   """Dense, connections-pruned and all-pruned reports of one model."""
-  dense = tfsdn.strip(BUILDERS[name]())
+  dense = tfsdn.strip(BUILDERS[name](), slice_cost_macs=0, pool_first=False)
   roles = {n: layer.prunes for n, layer in dense.layers.items()}
   before = tfsdn.model_report(dense)
   result = {"dense": {"params": before.total_params,
@@ -61,7 +61,7 @@ def count(name):
       ("connections_and_widths", list(roles))):
     model = BUILDERS[name]()
     testing.prune_at_random(model, FLAGS.sparsity, seed=0, layers=chosen)
-    stripped = tfsdn.strip(model)
+    stripped = tfsdn.strip(model, slice_cost_macs=0, pool_first=False)
     report = tfsdn.model_report(stripped)
     result[label] = {"params": report.total_params, "macs": report.total_macs,
                      "macs_vs_dense": report.total_macs / before.total_macs}

@@ -277,7 +277,12 @@ def main(argv):
   logging.info("Live input channels digest: %s",
                _live_digest(layers))  # Equal on every worker and replica.
   _save_model(model, files.path("final_model.keras"))
-  stripped = tfsdn.strip(model)  # The only strip: report and plot read it.
+  # The only strip: report and plot read it. For TensorFlow at batch 1
+  # (strip's default), or with exact reads under a MAC budget, so that the
+  # compact model's MACs are the budget's.
+  exact = (dict(slice_cost_macs=0, pool_first=False)
+           if values["mac_budget"] is not None else {})
+  stripped = tfsdn.strip(model, **exact)
   compact = stripped.model
   _save_model(compact, files.path("compact_model.keras"))
   after = tfsdn.model_report(stripped)

@@ -210,7 +210,9 @@ def main(argv):
   model.fit(train, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2,
             validation_data=((validation[0].astype("float32"), validation[1])
                              if len(validation[0]) else None))
-  stripped = sdn.strip(model)
+  # Exact reads under a MAC budget (its MACs), else strip's default layout.
+  stripped = sdn.strip(model, **(
+      {"slice_cost_macs": 0} if FLAGS.mac_budget is not None else {}))
   compact = stripped.model
   compact.compile(metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(

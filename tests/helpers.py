@@ -124,3 +124,9 @@ def script_env(**overrides):
     else:
       env[name] = value
   return env
+
+
+# strip's exact reads (no widened reads, no pooling first): the compact
+# model the MAC planner counts, and the layout the layout tests examine.
+# `strip(model)` itself chooses a layout for `tfsdn.Target("tf", 1)`.
+EXACT = dict(slice_cost_macs=0, pool_first=False)

@@ -52,7 +52,8 @@ def test_each_stage_prunes_exactly_the_allocation_within_the_budget(budget):
     assert len(layer.live_channels()) >= max(1, np.ceil(0.1 *
                                                         layer.input_channels))
   if budget == "macs":  # What the planner counted is what strip builds.
-    assert tfsdn.model_report(tfsdn.strip(pruned)).total_macs == (
+    assert tfsdn.model_report(tfsdn.strip(
+        pruned, **helpers.EXACT)).total_macs == (
         tfsdn.costs.compact_macs(pruned))
   # Not one fraction for all layers: the ranking spreads them.
   assert len({round(l.sparsity(), 2) for l in layers}) > 2
@@ -279,7 +280,7 @@ def test_a_mac_budget_is_met_by_the_compact_model_and_ignored_layers_stay(
   plan = GlobalAllocation([(3, 0.6)], ignored_layers=["block1_*"])
   pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(model, plan))
   helpers.fit_steps(pruned, 4, seed=seed)
-  stripped = tfsdn.strip(pruned)
+  stripped = tfsdn.strip(pruned, **helpers.EXACT)
   ratio = (tfsdn.model_report(stripped).total_macs /
            allocation.dense_macs(model))
   assert 0.95 * 0.6 <= ratio <= 0.6
@@ -298,7 +299,7 @@ def test_compact_macs_counts_what_strip_builds(seed, sparsity, bottleneck):
       compression=0.5 if bottleneck else 1.0)
   helpers.prune_randomly(model, sparsity, seed)
   assert tfsdn.costs.compact_macs(model) == tfsdn.model_report(
-      tfsdn.strip(model)).total_macs
+      tfsdn.strip(model, **helpers.EXACT)).total_macs
 
 
 def test_a_channel_budget_works_on_a_variable_size_model():

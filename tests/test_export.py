@@ -245,7 +245,7 @@ def test_unfused_batch_norm_is_exported_unfused(tmp_path, images):
     keras.mixed_precision.set_global_policy("float32")
   helpers.randomize_batch_norm(model)
   helpers.prune_randomly(model, 0.5, 0)
-  fused = tfsdn.strip_to_compact(model)
+  fused = tfsdn.strip_to_compact(model, fused_batch_norm=True)
   unfused = tfsdn.strip_to_compact(model, fused_batch_norm=False)
   paths = {name: tfsdn.export_saved_model(m, tmp_path / name)
            for name, m in (("fused", fused), ("unfused", unfused))}
@@ -281,7 +281,8 @@ def test_onnx_gathers_channels_first_without_transposes(pruned, tmp_path,
   onnxruntime = pytest.importorskip("onnxruntime")
   onnx = pytest.importorskip("onnx")
   pytest.importorskip("tf2onnx")
-  gathered = tfsdn.strip_to_compact(pruned, channel_reads="gather")
+  gathered = tfsdn.strip_to_compact(pruned, channel_reads="gather",
+                                    **helpers.EXACT)
   gathers = sum(layer.name.startswith("tf.compat.v1.gather")
                 for layer in gathered.layers)
   path = tfsdn.export_onnx(gathered, tmp_path / "gathered.onnx")

@@ -62,7 +62,7 @@ def test_random_patterns_strip_equivalent_with_slices_not_gathers(
   model = helpers.tiny_densenet()
   helpers.randomize_batch_norm(model, seed)
   helpers.prune_randomly(model, 0.5, seed)
-  compact = tfsdn.strip_to_compact(model)
+  compact = tfsdn.strip_to_compact(model, **helpers.EXACT)
   np.testing.assert_allclose(model(images, training=False).numpy(),
                              compact(images, training=False).numpy(),
                              atol=1e-4)
@@ -92,7 +92,7 @@ def test_nested_patterns_need_one_slice_per_producer_and_width(images,
       scores[i] = 1.0 if rank < keep else 0.0
       widths.add((source, min(keep, count)))
     layer.contribution_score.assign(scores)
-  compact = tfsdn.strip_to_compact(model)
+  compact = tfsdn.strip_to_compact(model, **helpers.EXACT)
   np.testing.assert_allclose(model(images, training=False).numpy(),
                              compact(images, training=False).numpy(),
                              atol=1e-4)
@@ -100,12 +100,13 @@ def test_nested_patterns_need_one_slice_per_producer_and_width(images,
   assert 0 < slices <= len(widths)
   # With a slice cost, a reader of a shorter prefix reads a longer one that
   # an earlier reader sliced (zero kernel rows), in every layout.
-  shared = tfsdn.strip(model, slice_cost_macs=2e5)
+  shared = tfsdn.strip(model, slice_cost_macs=2e5, pool_first=False)
   np.testing.assert_allclose(model(images, training=False).numpy(),
                              shared.model(images, training=False).numpy(),
                              atol=1e-4)
   assert _compact_ops(shared.model, tmp_path).count("STRIDED_SLICE") <= slices
-  gathered = tfsdn.strip(model, slice_cost_macs=2e5, channel_reads="gather")
+  gathered = tfsdn.strip(model, slice_cost_macs=2e5, channel_reads="gather",
+                         pool_first=False)
   assert (tfsdn.model_report(gathered.model).total_macs ==
           tfsdn.model_report(shared.model).total_macs)
 
@@ -118,7 +119,7 @@ def test_prefix_patterns_read_every_producer_as_one_prefix(images, tmp_path):
   model = helpers.tiny_densenet()
   helpers.randomize_batch_norm(model)
   testing.prune_to_prefixes(model, 0.5)
-  stripped = tfsdn.strip(model)
+  stripped = tfsdn.strip(model, **helpers.EXACT)
   partly_read = set()
   for record in stripped.layers.values():
     assert record.filters_computed == record.filters
@@ -180,10 +181,10 @@ def test_slice_cost_trades_macs_for_slices_with_the_same_function(
   helpers.randomize_batch_norm(model, 3)
   helpers.prune_randomly(model, 0.5, 3)
   reference = model(images, training=False).numpy()
-  exact = tfsdn.strip(model)
+  exact = tfsdn.strip(model, **helpers.EXACT)
   figures = [_slices_and_macs(exact.model, tmp_path, "exact")]
   for cost in (20_000, 200_000, 1e12):
-    stripped = tfsdn.strip(model, slice_cost_macs=cost)
+    stripped = tfsdn.strip(model, slice_cost_macs=cost, pool_first=False)
     np.testing.assert_allclose(
         stripped.model(images, training=False).numpy(), reference, atol=1e-4)
     figures.append(_slices_and_macs(stripped.model, tmp_path, f"c{cost:g}"))

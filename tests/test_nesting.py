@@ -101,7 +101,8 @@ def test_nested_training_keeps_counts_and_needs_fewer_slices(images,
     for entry in check.history:
       for pruned_count, scheduled, _ in entry["layers"].values():
         assert pruned_count == scheduled
-    return tfsdn.strip(tfsdn.prune.strip_wrappers(pruned)), pruned
+    return (tfsdn.strip(tfsdn.prune.strip_wrappers(pruned), **helpers.EXACT),
+            pruned)
 
   stripped, pruned = train(nested=True)
   readers = [(record.offered, record.live)
@@ -136,7 +137,7 @@ def test_nested_selections_in_a_converted_applications_densenet():
   pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
       model, tfsdn.StagedSparsity([(2, 0.5)])))
   helpers.fit_steps(pruned, 3, callbacks=[tfsdn.UpdateScores(nested=True)])
-  stripped = tfsdn.strip(tfsdn.prune.strip_wrappers(pruned))
+  stripped = tfsdn.strip(tfsdn.prune.strip_wrappers(pruned), **helpers.EXACT)
   readers = [(record.offered, np.asarray(record.live, np.float32))
              for record in stripped.layers.values()]
   _assert_nested(_kept_sets([(s, None) for s, _ in readers],

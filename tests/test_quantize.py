@@ -29,7 +29,7 @@ def _compact(sparsity=0.5, seed=0, **strip_options):
   if sparsity:
     helpers.prune_randomly(model, sparsity, seed)
   helpers.randomize_batch_norm(model, seed)
-  return tfsdn.strip(model, **strip_options).model
+  return tfsdn.strip(model, **{**helpers.EXACT, **strip_options}).model
 
 
 def test_fold_batch_norms_keeps_the_function(images):

@@ -51,7 +51,8 @@ def model_report(model, input_size=None):
   Args:
     model: A `Stripped` record (`tfsdn.strip`), or a functional tf_keras
       model: dense or pruned (wrapped or stripped), reported through one
-      `strip`, or without `PrunableConcatConv` (form `"compact"`: counted
+      `strip` with exact reads (`slice_cost_macs=0, pool_first=False`:
+      the MACs the pruning planned), or without `PrunableConcatConv` (form `"compact"`: counted
       layer by layer, no prunable rows, no connectivity).
     input_size: `(height, width)` of the images to count MACs for (an int
       for a square); needed when the model takes images of any size
@@ -75,7 +76,9 @@ def model_report(model, input_size=None):
       return ModelReport(model.name, "compact", list(rows.values()),
                          int(model.count_params()),
                          int(sum(r.macs for r in rows.values())), [])
-    model = strip(model)
+    # Counted as pruned: the exact reads, the MACs the pruning planned
+    # (a `Stripped` record is counted as it was built).
+    model = strip(model, slice_cost_macs=0, pool_first=False)
   rows = _weight_rows(model.model, model.layers, input_size)
   return ModelReport(model.source_name, "pruned" if model.pruned else "dense",
                      list(rows.values()), int(model.model.count_params()),

@@ -52,7 +52,9 @@ def model_report(model, input_size=None):
       return ModelReport(model.name, "compact", list(rows.values()),
                          int(flat.count_params()),
                          int(sum(r.macs for r in rows.values())), [])
-    model = strip(model)
+    # Counted as pruned: the exact reads (a `Stripped` record is counted
+    # as it was built).
+    model = strip(model, slice_cost_macs=0)
   rows = _weight_rows(model.model, model.layers, input_size)
   return ModelReport(model.source_name, "pruned" if model.pruned else "dense",
                      list(rows.values()), int(model.model.count_params()),
