@@ -12,7 +12,10 @@ timed in the target runtime, interleaved, median of rounds:
 - `half`: the same reading a 48-channel slice (half the MACs).
 
 `op_seconds` is (sliced - two) / 6 and `macs_per_second` is the MACs
-`half` saves over the time it saves. Results are cached in a JSON file
+`half` saves over the time it saves. A caveat for ONNX Runtime: there a
+slice timed alone costs about 2 us, yet on a whole DenseNet-40 exact reads
+ran faster than reads widened for that cost, so its built-in costs (exact
+reads) are the better default. Results are cached in a JSON file
 (`$TFSDN_CACHE_DIR`, else `~/.cache/tfsdn`) keyed by runtime, batch size
 and the versions of TensorFlow and the runtime, written atomically.
 """
