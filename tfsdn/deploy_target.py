@@ -22,6 +22,7 @@ measures them on the machine at hand (opt-in, cached on disk).
 import dataclasses
 import math
 import numbers
+from typing import Optional
 
 RUNTIMES = ("tf", "tf_xla", "litert", "litert_int8", "onnx")
 
@@ -96,7 +97,7 @@ class Target:
   """
   runtime: str = "tf"
   batch_size: int = 1
-  costs: RuntimeCosts = None
+  costs: Optional[RuntimeCosts] = None
 
   def __post_init__(self):
     if self.runtime not in RUNTIMES:
@@ -120,7 +121,8 @@ class Target:
 # What `strip(model)` is built for when no target is given: TensorFlow
 # (SavedModel, TF Serving) at batch 1, where per-op costs weigh most. On a
 # trained DenseNet-121 (64x64) it ran 1.44x / 1.39x dense at batch 1 / 32,
-# where exact reads ran 0.69x / 0.84x (docs/deploy_speed_targets_d121.json).
+# where exact reads ran 0.49x / 0.88x (0.69x / 0.84x with running
+# concatenations and unfused batch norm; docs/deploy_speed_targets_d121.json).
 DEFAULT_TARGET = Target("tf", batch_size=1)
 
 
