@@ -59,6 +59,9 @@ flags.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.")
 flags.DEFINE_float("weight_decay", 1e-4, "SGD weight decay.")
 flags.DEFINE_integer("train_size", None, "Use only this many train images.")
 flags.DEFINE_integer("eval_size", None, "Use only this many test images.")
+# The Keras 3 script's name for it (an alias: flags.json keeps eval_size).
+flags.DEFINE_alias("test_size", "eval_size")
+ALIASES = ("test_size",)
 flags.DEFINE_float("final_sparsity", 0.5,
                    "Input-channel sparsity of every prunable layer; 0 = dense.")
 flags.DEFINE_float("mac_budget", None,
@@ -109,7 +112,8 @@ def _save_model(model, path):
 
 def resolved_flags():
   module = FLAGS.find_module_defining_flag("model_dir")
-  names = [f.name for f in FLAGS.flags_by_module_dict()[module]]
+  names = [f.name for f in FLAGS.flags_by_module_dict()[module]
+           if f.name not in ALIASES]  # An alias holds its flag's value.
   return {name: FLAGS[name].value for name in names}
 
 

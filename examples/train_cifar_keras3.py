@@ -77,6 +77,8 @@ flags.DEFINE_integer("train_size", None,
 flags.DEFINE_integer("validation_size", 0,
                      "Training records held out for validation, read first.")
 flags.DEFINE_integer("test_size", None, "Test images; all by default.")
+# The tfmot script's name for it.
+flags.DEFINE_alias("eval_size", "test_size")
 flags.DEFINE_float("final_sparsity", 0.5,
                    "Input-channel sparsity of every prunable layer; 0 = dense.")
 flags.DEFINE_float("mac_budget", None,
