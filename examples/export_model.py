@@ -10,6 +10,7 @@ real test images before success is declared. Flags are checked before
 anything is loaded: an existing `--version` is refused unless `--overwrite`.
 """
 
+import json
 import os
 
 # Before TensorFlow loads: hide its C++ log lines unless the user chose a
@@ -38,7 +39,9 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing --version.")
 flags.DEFINE_bool("xla", False, "Compile the served function with XLA.")
 flags.DEFINE_string("tflite_path", None, "Also write a TFLite model here.")
 flags.DEFINE_string("dataset", "tfrecord:../shared/data/cifar10",
-                    "Where to take the verification images from.")
+                    "Where to take the verification images from. Default: "
+                    "for a run directory, the data set it was trained on "
+                    "(its flags.json); else tfrecord:../shared/data/cifar10.")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory.")
 flags.DEFINE_integer("verify_images", 64, "Real images to verify with (>= 1).")
 flags.DEFINE_string(
@@ -93,6 +96,23 @@ def keras_model_path(model):
   return path
 
 
+def _run_dataset(model):
+  """Takes --dataset (and --data_dir) from a run directory's flags.json
+  when they were not given."""
+  if FLAGS["dataset"].present or not os.path.isdir(model):
+    return
+  try:
+    with open(os.path.join(model, "flags.json")) as f:
+      trained = json.load(f)
+  except (OSError, ValueError):
+    return
+  if trained.get("dataset"):
+    FLAGS.dataset = trained["dataset"]
+    if not FLAGS["data_dir"].present and trained.get("data_dir"):
+      FLAGS.data_dir = trained["data_dir"]
+    logging.info("Verifying on the run's data set, %s", FLAGS.dataset)
+
+
 def check_flags():
   """Fails on a flag value that cannot work, before anything is loaded.
 
@@ -134,6 +154,7 @@ def check_flags():
           f"--tflite_path={FLAGS.tflite_path!r}: directory {parent!r} does "
           "not exist.")
   path = keras_model_path(FLAGS.model)
+  _run_dataset(FLAGS.model)
   try:
     kind, name = sdn_data.parse_dataset_name(FLAGS.dataset)
     if kind == "tfrecord":

@@ -16,7 +16,10 @@ KERAS3_HELP = (
     "with `import tf_keras as keras`, or set the environment variable "
     "TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported so that "
     "`tf.keras` is tf_keras (pip install tf-keras). For a Keras 3 model "
-    "use the Keras 3 path, tfsdn.keras3 (same method, any backend)."
+    "use the Keras 3 path, tfsdn.keras3 (same method, any backend; it "
+    "builds its own DenseNets, tfsdn.keras3.densenet, and cannot convert "
+    "keras.applications models yet: for those use tf_keras.applications "
+    "with tfsdn.make_prunable)."
 )
 
 
