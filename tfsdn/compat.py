@@ -18,8 +18,9 @@ KERAS3_HELP = (
     "`tf.keras` is tf_keras (pip install tf-keras). For a Keras 3 model "
     "use the Keras 3 path, tfsdn.keras3 (same method, any backend; it "
     "builds its own DenseNets, tfsdn.keras3.densenet, and cannot convert "
-    "keras.applications models yet: for those use tf_keras.applications "
-    "with tfsdn.make_prunable)."
+    "keras.applications models yet: convert the tf_keras.applications one "
+    "with tfsdn.make_prunable and move it with "
+    "tfsdn.keras3.from_tf_keras)."
 )
 
 

@@ -1,5 +1,6 @@
 """Moving trained tfsdn models between tf_keras (tfmot) and Keras 3."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -71,3 +72,17 @@ def test_the_keras3_report_and_heatmap_match_the_tfmot_path(kwargs, tmp_path):
     np.testing.assert_allclose(mine.matrix, other.matrix, equal_nan=True)
   sdn.plot_connectivity(ours, tmp_path / "c.png")
   assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_an_applications_style_model_moves_with_slashes_in_names(pixels):
+  # tf_keras.applications names layers "conv1/conv"; Keras 3 refuses '/'
+  # (its own applications say "conv1_conv").
+  if keras.backend.backend() != "tensorflow":
+    pytest.skip("the tf_keras model runs on TensorFlow")
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  model = tfsdn.make_prunable(helpers.applications_style_densenet())
+  ours = sdn.from_tf_keras(model)
+  assert "conv1_conv" in [layer.name for layer in ours.layers]
+  assert len(sdn.prunable_layers(ours)) == len(tfsdn.prunable_layers(model))
+  np.testing.assert_allclose(np.asarray(ours(pixels)),
+                             model(pixels).numpy(), atol=1e-5)

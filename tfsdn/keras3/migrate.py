@@ -139,6 +139,9 @@ def from_tf_keras(model):
 
   def convert(layer):
     config = _plain(layer.get_config())
+    # Keras 3 refuses '/' in names: tf_keras.applications' "conv1/conv"
+    # becomes keras.applications' own "conv1_conv".
+    config["name"] = config["name"].replace("/", "_")
     if _is_concat_conv(layer):
       config.pop("bn_synchronized", None)
       return PrunableConcatConv.from_config(config)
