@@ -380,21 +380,15 @@ def _layout_options(model, target, slice_cost_macs, channel_reads,
                     max_concat_inputs, pool_first, reuse_concats,
                     fused_batch_norm):
   """The layout options: those given, the rest chosen for `target`."""
-  if target is not None and not isinstance(target, deploy_target.Target):
-    raise TypeError(f"target must be a tfsdn.Target or None. Received: "
-                    f"target={target!r}")
   known = all(t.shape.rank == 4 and None not in tuple(t.shape[1:3])
               for t in model.inputs)
-  given = dict(slice_cost_macs=slice_cost_macs, channel_reads=channel_reads,
-               pool_first=pool_first, reuse_concats=reuse_concats,
-               fused_batch_norm=fused_batch_norm)
-  options = deploy_target.resolve_options(target, given, known)
-  if max_concat_inputs is None:
-    max_concat_inputs = deploy_target.strip_options(
-        target or deploy_target.DEFAULT_TARGET, known)["max_concat_inputs"]
+  options = deploy_target.resolve_options(target, dict(
+      slice_cost_macs=slice_cost_macs, channel_reads=channel_reads,
+      max_concat_inputs=max_concat_inputs, pool_first=pool_first,
+      reuse_concats=reuse_concats, fused_batch_norm=fused_batch_norm), known)
   return (options["slice_cost_macs"], options["channel_reads"],
-          max_concat_inputs, options["pool_first"], options["reuse_concats"],
-          options["fused_batch_norm"])
+          options["max_concat_inputs"], options["pool_first"],
+          options["reuse_concats"], options["fused_batch_norm"])
 
 
 def _predict(model, images):

@@ -175,12 +175,19 @@ def resolve_options(target, given, image_size_known=True):
 
   Args:
     target: A `Target`, or None for `DEFAULT_TARGET`.
-    given: Dict of the options the caller passed (None: not passed).
+    given: Dict of the options the caller passed (None: not passed), keys
+      of `strip_options`' result.
     image_size_known: See `strip_options`.
 
   Returns:
-    A dict with every key of `strip_options`' result that `given` has.
+    A dict with every key that `given` has.
+
+  Raises:
+    TypeError: if `target` is neither a `Target` nor None.
   """
+  if target is not None and not isinstance(target, Target):
+    raise TypeError(f"target must be a tfsdn.Target or None. Received: "
+                    f"target={target!r}")
   chosen = strip_options(target or DEFAULT_TARGET, image_size_known)
   return {name: chosen[name] if value is None else value
           for name, value in given.items()}

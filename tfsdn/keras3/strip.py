@@ -217,21 +217,16 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   original = model
   check_function = checks.boolean("check_function", check_function)
   source_name, model = model.name, flat
-  if target is not None and not isinstance(target, deploy_target.Target):
-    raise TypeError(f"target must be a tfsdn.Target or None. Received: "
-                    f"target={target!r}")
   known = all(len(t.shape) == 4 and None not in tuple(t.shape[1:3])
               for t in model.inputs)
-  options = deploy_target.resolve_options(
-      target, dict(slice_cost_macs=slice_cost_macs,
-                   channel_reads=channel_reads, reuse_concats=reuse_concats),
+  options = deploy_target.resolve_options(target, dict(
+      slice_cost_macs=slice_cost_macs, channel_reads=channel_reads,
+      max_concat_inputs=max_concat_inputs, reuse_concats=reuse_concats),
       known)
-  slice_cost_macs, channel_reads, reuse_concats = (
-      options["slice_cost_macs"], options["channel_reads"],
-      options["reuse_concats"])
-  if max_concat_inputs is None:
-    max_concat_inputs = deploy_target.strip_options(
-        target or deploy_target.DEFAULT_TARGET, known)["max_concat_inputs"]
+  slice_cost_macs, channel_reads = (options["slice_cost_macs"],
+                                    options["channel_reads"])
+  max_concat_inputs, reuse_concats = (options["max_concat_inputs"],
+                                      options["reuse_concats"])
   slice_cost_macs = checks.real("slice_cost_macs", slice_cost_macs, low=0)
   if channel_reads not in CHANNEL_READS:
     raise ValueError(f"channel_reads must be one of {CHANNEL_READS}. "
