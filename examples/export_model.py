@@ -54,7 +54,8 @@ flags.DEFINE_float(
     "slice_cost_macs", None,
     "tfsdn.strip's slice_cost_macs: 0 reads exactly the live channels; more "
     "reads gaps that cost at most that many MACs to save a slice. Default: "
-    "chosen for --target (0 without one).")
+    "chosen for --target, or for strip's default target (TensorFlow at "
+    "batch 1) without one.")
 flags.DEFINE_enum(
     "channel_reads", None, ["slice", "split", "gather"],
     "tfsdn.strip's channel_reads: a slice per channel range, one split per "
@@ -64,12 +65,13 @@ flags.DEFINE_integer(
     "max_concat_inputs", None,
     "tfsdn.strip's max_concat_inputs: 0 for one concatenation per layer; 5 "
     "builds larger ones from concatenations of at most 5 inputs, which "
-    "LiteRT's XNNPACK delegate runs (it leaves larger ones out).")
+    "LiteRT's XNNPACK delegate runs (it leaves larger ones out). Default: "
+    "chosen for the target (5 for LiteRT; 0 is then taken as not given).")
 flags.DEFINE_bool(
     "pool_first", None,
     "tfsdn.strip's pool_first: transitions pool before their 1x1 "
     "convolution, which then runs on a quarter of the pixels (the same "
-    "function).")
+    "function). Default: chosen for the target (on, off for ONNX).")
 flags.DEFINE_bool(
     "reuse_concats", None,
     "tfsdn.strip's reuse_concats: a layer's concatenation starts from an "
