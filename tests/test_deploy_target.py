@@ -175,8 +175,7 @@ def test_calibration_measures_caches_and_keeps_the_umask(monkeypatch,
       dict(op_seconds=target.costs.op_seconds,
            macs_per_second=target.costs.macs_per_second,
            op_seconds_per_image=0.0)]
-  assert not [p for p in os.listdir(os.path.dirname(path))
-              if p.endswith(".tmp")]
+  assert os.listdir(os.path.dirname(path)) == ["calibration.json"]
 
   def untimed(*args):
     raise AssertionError("timed again although cached")

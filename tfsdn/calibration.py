@@ -1,7 +1,7 @@
 """Measures a runtime's `RuntimeCosts` on this machine, cached on disk.
 
 Opt-in: `strip(model, target=tfsdn.calibrate("litert", batch_size=1))`.
-Three small tf_keras models over one feature map (16x16, 96 channels) are
+Four small tf_keras models over one feature map (16x16, 96 channels) are
 timed in the target runtime, interleaved, median of rounds:
 
 - `full`: BatchNormalization -> ReLU -> 3x3 Conv2D of 12 filters reading
@@ -25,11 +25,11 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 import numpy as np
 
+from tfsdn import files
 from tfsdn.deploy_target import RuntimeCosts
 from tfsdn.deploy_target import Target
 
@@ -171,23 +171,6 @@ def _read_cache(path):
     return {}
 
 
-def _write_cache(path, cache):
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(cache, f, indent=1, sort_keys=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
 def calibrate(runtime, batch_size=1, rounds=5, seconds=0.3, threads=2,
               refresh=False):
   """A `Target` for `runtime` with costs measured on this machine.
@@ -234,6 +217,6 @@ def calibrate(runtime, batch_size=1, rounds=5, seconds=0.3, threads=2,
       macs_per_second=macs * batch_size / saved)
   cache = _read_cache(path)  # Another process may have written meanwhile.
   cache[key] = dataclasses.asdict(costs)
-  _write_cache(path, cache)
+  files.write_json(path, cache)  # Atomic, with the user's umask.
   return Target(runtime, batch_size, costs)
 
