@@ -1,11 +1,14 @@
 """Where the compact model runs: the layout planner, strip(target=...) and
 the opt-in calibration."""
 
+import collections
+import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfsdn
 from tfsdn import calibration
@@ -42,6 +45,30 @@ def test_each_runtime_gets_its_switches():
   assert not tf_options["fused_batch_norm"]
   assert deploy_target.strip_options(
       Target("tf", 1), image_size_known=False)["slice_cost_macs"] == 0
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("ai_edge_litert"),
+                    reason="needs the litert extra")
+@pytest.mark.parametrize("inputs, partitions", [(5, 1), (6, 2)])
+def test_xnnpack_takes_a_concatenation_of_at_most_five_inputs(inputs,
+                                                              partitions):
+  # Why LiteRT targets get max_concat_inputs=5, for the pinned LiteRT: a
+  # larger CONCATENATION is left to LiteRT's own kernels, which splits the
+  # graph into more XNNPACK delegate partitions.
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+
+  @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 4 * inputs])])
+  def graph(x):
+    return tf.nn.relu(tf.concat([x[..., 4 * i:4 * i + 2]
+                                 for i in range(inputs)], axis=-1))
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [graph.get_concrete_function()], graph)
+  interpreter = Interpreter(model_content=converter.convert(), num_threads=2)
+  interpreter.allocate_tensors()
+  ops = collections.Counter(
+      op["op_name"] for op in interpreter._get_ops_details())  # pylint: disable=protected-access
+  assert ops["DELEGATE"] == partitions
 
 
 @pytest.mark.parametrize("kwargs, match", [
