@@ -6,10 +6,8 @@ interleaving rounds so machine noise hits both alike (median of --rounds),
 each runtime in its own process that loads only it (--noisolate: all in
 this one):
 TF SavedModel (plain, XLA, and plain with XLA auto-clustering of fusible
-ops: `tf_fusible`), LiteRT (float32, float16 weights,
-full-integer int8, and that int8 model rewritten without requantizations
-to measure what they cost, `int8_shared_scales.py`; XNNPACK, --threads
-threads) and ONNX Runtime (via tf2onnx). Reports images/s, compact/dense
+ops: `tf_fusible`), LiteRT (float32, float16 weights and full-integer
+int8; XNNPACK, --threads threads) and ONNX Runtime (via tf2onnx). Reports images/s, compact/dense
 ratios, file sizes, op counts of the converted graphs, and how far each
 runtime's compact output is from the Keras model.
 
@@ -49,7 +47,6 @@ import tensorflow as tf
 import tfsdn
 from tfsdn.compat import keras
 from tfsdn.files import write_json
-import int8_shared_scales
 import pruned_models
 import runtime_timing
 from runtime_timing import litert_serve
@@ -64,10 +61,7 @@ flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                   "Runtimes to time: tf, tf_xla, tf_fusible (the plain "
                   "SavedModel with XLA auto-clustering of fusible ops; "
                   "needs --isolate), litert (float32), "
-                  "litert_f16 (float16 weights), litert_int8, "
-                  "litert_int8_shared (int8 with one scale per group of "
-                  "tensors a concatenation ties, no requantization: "
-                  "int8_shared_scales.py), onnx.")
+                  "litert_f16 (float16 weights), litert_int8, onnx.")
 flags.DEFINE_list("channel_reads", ["slice"],
                   "How compact models read channel ranges (strip's "
                   "channel_reads): slice, split and/or gather; split and "
@@ -183,18 +177,6 @@ def export_all(name, model, workdir, calibration):
           model, os.path.join(workdir, f"{name}_{runtime}.tflite"),
           quantization=_LITERT_QUANTIZATION[runtime],
           representative_images=calibration)
-      serve, ops = _litert(path)
-      out[key] = (serve, path, ops)
-    elif runtime == "litert_int8_shared":
-      path = out.get(f"{name}/litert_int8", (None, None))[1] or (
-          tfsdn.export_tflite(
-              model, os.path.join(workdir, f"{name}_litert_int8.tflite"),
-              quantization="int8", representative_images=calibration))
-      with open(path, "rb") as f:
-        flatbuffer, _ = int8_shared_scales.share_scales(f.read())
-      path = os.path.join(workdir, f"{name}_{runtime}.tflite")
-      with open(path, "wb") as f:
-        f.write(flatbuffer)
       serve, ops = _litert(path)
       out[key] = (serve, path, ops)
     elif runtime == "onnx":

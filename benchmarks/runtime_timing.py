@@ -96,7 +96,7 @@ _ENVIRONMENT = {"tf_fusible": {"TF_XLA_FLAGS": FUSIBLE_XLA_FLAGS}}
 _SERVERS = {"tf": _tf_serve, "tf_xla": _tf_serve, "tf_fusible": _tf_serve,
             "litert": _litert_serve,
             "litert_f16": _litert_serve, "litert_int8": _litert_serve,
-            "litert_int8_shared": _litert_serve, "onnx": _onnx_serve}
+            "onnx": _onnx_serve}
 RUNTIMES = tuple(_SERVERS)
 
 
