@@ -1,12 +1,9 @@
-"""The training set-up shared by the accuracy-table benchmarks.
+"""The training set-up of the evidence experiment (`evidence.py`).
 
-`evidence.py` and `criteria_one_shot.py` train the same DenseNets on the
-same data with the same recipe; the flags that decide what a model learns,
-the data pipelines (train, held-out validation, test) and the model builder
-live here, so both scripts read one definition.
+The flags that decide what a model learns, their checks and the model
+builder. They live in a module of their own so that `training_config` can
+tell them from the runner's other flags (the module that defines them).
 """
-
-import math
 
 from absl import app
 from absl import flags
@@ -91,40 +88,6 @@ def check_training_flags(config):
         f"Pruning epochs {begin}..{end} must lie in 0..{config['epochs'] - 1} "
         f"(--prune_begin_epoch={config['prune_begin_epoch']}, "
         f"--prune_end_epoch={config['prune_end_epoch']}).")
-
-
-def accuracy(model, data):
-  """Top-1 accuracy of a logits model on `data`, or None without data."""
-  if data is None:
-    return None
-  model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True), metrics=["accuracy"])
-  return float(model.evaluate(data, verbose=0)[1])
-
-
-class Data:
-  """The three pipelines every arm sees: train, held-out validation, test."""
-
-  def __init__(self, config):
-    dataset, data_dir = config["dataset"], FLAGS.data_dir
-    held_out = config["validation_size"] or 0
-    self.train = sdn_data.make_dataset(
-        dataset, "train", config["batch_size"], training=True,
-        size=config["train_size"] or None, offset=held_out,
-        data_dir=data_dir, seed=config["seed"])
-    self.train_examples = sdn_data.count_examples(
-        dataset, "train", config["train_size"] or None, data_dir, held_out)
-    self.validation = (sdn_data.make_dataset(
-        dataset, "train", 256, size=held_out, data_dir=data_dir)
-                       if held_out else None)
-    self.validation_examples = held_out
-    self.test = sdn_data.make_dataset(dataset, "test", 256,
-                                      size=config["test_size"] or None,
-                                      data_dir=data_dir)
-    self.test_examples = sdn_data.count_examples(
-        dataset, "test", config["test_size"] or None, data_dir)
-    self.steps_per_epoch = math.ceil(self.train_examples /
-                                     config["batch_size"])
 
 
 def build_densenet(config, criterion):

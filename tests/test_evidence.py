@@ -191,24 +191,6 @@ def test_bootstrap_interval_covers_the_difference_and_shrinks():
     paired.seeds_needed(float("nan"), 2, 0.5)
 
 
-def test_criteria_one_shot_compares_every_criterion(records, tmp_path):
-  output_dir = tmp_path / "one_shot"
-  result = _run(
-      "criteria_one_shot.py", dataset=f"tfrecord:{records}",
-      output_dir=output_dir, depth=7, growth_rate=4, epochs=1, batch_size=8,
-      train_size=16, validation_size=8, test_size=8, sparsities="0.25,0.5",
-      random_repeats=2, recalibration_batches=1, stats_batches=1)
-  results = json.loads((output_dir / "one_shot.json").read_text())
-  assert set(results["criteria"]) == {"expected_l1", "centered_l1",
-                                      "weight_l1", "bn_gamma", "random"}
-  for rows in results["criteria"].values():
-    assert set(rows) == {"0.25", "0.5"}
-  draws = results["criteria"]["random"]["0.5"]["validation_accuracy_draws"]
-  assert len(draws) == 2
-  assert "| bn_gamma |" in result.stdout
-  assert (output_dir / "dense.weights.h5").exists()
-
-
 def test_recovery_trend_applies_the_rule_to_the_committed_runs():
   import recovery_trend  # pylint: disable=g-import-not-at-top
   folder = os.path.join(os.path.dirname(BENCHMARKS), "docs", "evidence",
