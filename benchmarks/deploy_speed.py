@@ -50,7 +50,7 @@ from tfsdn.files import write_json
 import pruned_models
 import runtime_timing
 from runtime_timing import litert_serve
-from serving_timing import time_rounds
+from runtime_timing import time_rounds
 
 FLAGS = flags.FLAGS
 pruned_models.define_flags()

@@ -45,7 +45,7 @@ from tfsdn.compat import keras
 from tfsdn.files import write_json
 import paired
 from runtime_timing import litert_serve
-from serving_timing import time_rounds
+from runtime_timing import time_rounds
 
 _EVIDENCE = os.path.join(os.path.dirname(__file__), os.pardir, "docs",
                          "evidence", "cifar10_d16", "seed0")

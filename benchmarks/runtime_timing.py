@@ -1,13 +1,15 @@
-r"""Timing exported models in a process that loads only their runtime.
+r"""Timing exported models, shared by the speed benchmarks.
 
-A user serving ONNX Runtime or LiteRT does not have TensorFlow in the same
-process, and thread pools of other runtimes (TensorFlow's, XNNPACK's,
-another ONNX Runtime session's) waking between calls do not slow the model
-they serve. `time_in_child` times the models of one runtime, interleaved in
-rounds as `serving_timing.time_rounds` does, in a fresh Python process that
-imports that runtime and nothing else of the benchmark (TensorFlow only for
-the `tf`, `tf_xla` and `tf_fusible` runtimes). This module imports no
-TensorFlow itself.
+Models are timed in interleaved rounds (median of the rounds), so that the
+noise of a shared machine hits every model alike: `time_rounds` times
+serving functions in this process; `time_in_child` times the models of one
+runtime in a fresh Python process that imports that runtime and nothing
+else of the benchmark (TensorFlow only for the `tf`, `tf_xla` and
+`tf_fusible` runtimes). A user serving ONNX Runtime or LiteRT does not have
+TensorFlow in the same process, and thread pools of other runtimes
+(TensorFlow's, XNNPACK's, another ONNX Runtime session's) waking between
+calls do not slow the model they serve. This module imports no TensorFlow
+at its top (`time_rounds` does, when called).
 
 `tf_fusible` is the plain SavedModel with TensorFlow's XLA auto-clustering
 on for fusible ops only (`FUSIBLE_XLA_FLAGS` in the child's environment):
@@ -136,6 +138,32 @@ def random_images(batch_sizes, image_shape=(32, 32, 3)):
   rng = np.random.default_rng(0)
   return {b: rng.uniform(0, 255, (b,) + tuple(image_shape)).astype("float32")
           for b in batch_sizes}
+
+
+def time_rounds(functions, batch_sizes, rounds, seconds,
+                image_shape=(32, 32, 3)):
+  """Images/second per (model, batch size), timed in this process.
+
+  Args:
+    functions: Name -> serving function taking `images` (a TF SavedModel's
+      `serving_default` signature, or one like it), returning a dict whose
+      `logits` has `.numpy()`.
+    batch_sizes: Batch sizes to time.
+    rounds: Rounds; each times every model and batch size once.
+    seconds: Seconds per model, batch size and round.
+    image_shape: Shape of one input image.
+
+  Returns:
+    A dict from `(name, batch_size)` to the median images/second.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  inputs = {b: tf.constant(images) for b, images in
+            random_images(batch_sizes, image_shape).items()}
+  return interleaved_rounds(
+      {name: lambda x, serve=serve: serve(images=x)["logits"].numpy()
+       for name, serve in functions.items()}, inputs, rounds, seconds,
+      log=lambda r, n: logging.info("round %d/%d done", r, n))
 
 
 def time_in_child(runtime, models, batch_sizes, rounds, seconds, threads,
