@@ -7,29 +7,33 @@ each runtime in its own process that loads only it (--noisolate: all in
 this one):
 TF SavedModel (plain, XLA, and plain with XLA auto-clustering of fusible
 ops: `tf_fusible`), LiteRT (float32, float16 weights and full-integer
-int8; XNNPACK, --threads threads) and ONNX Runtime (via tf2onnx). Reports images/s, compact/dense
-ratios, file sizes, op counts of the converted graphs, and how far each
-runtime's compact output is from the Keras model.
+int8; XNNPACK, --threads threads) and ONNX Runtime (via tf2onnx). Reports
+images/s, compact/dense ratios, file sizes, op counts of the converted
+graphs, and how far each runtime's compact output is from the Keras model.
 
 The pruned model is a `final_model.keras` of examples/train_cifar.py
 (--pruned_model: sparsity patterns tfsdn's training produced); without it,
-every layer is pruned at random to --sparsity, or with --pattern=prefixes
-to prefixes of its producers, the best case for slices (said so in the
-JSON). The
-dense model is the same network with every input channel live; with
---max_concat_inputs=0,5 both come with and without concatenations of at
-most 5 inputs (suffix _c5), with --pool_first every model also comes with
-its transitions pooling before their 1x1 convolution (suffix _pf), with
---reuse_concats with concatenations that start from an earlier layer's
-(suffix _r; the dense one then has a DenseNet's running concatenations),
-with --unfused_batch_norm with every BatchNormalization unfused (suffix
-_u), and each compact model is compared with the fastest dense model of each
-runtime and batch size. With
---dataset, int8 is calibrated on training images and --eval_images test
-images measure each format's accuracy (of the compact model).
+a DenseNet of --depth is built here and every layer pruned at random to
+--sparsity, or with --pattern=prefixes to prefixes of its producers, the
+best case for slices (said so in the JSON). The dense model is the same
+network with every input channel live; with --max_concat_inputs=0,5 both
+come with and without concatenations of at most 5 inputs (suffix _c5),
+with --pool_first every model also comes with its transitions pooling
+before their 1x1 convolution (suffix _pf), with --reuse_concats with
+concatenations that start from an earlier layer's (suffix _r; the dense
+one then has a DenseNet's running concatenations), with
+--unfused_batch_norm with every BatchNormalization unfused (suffix _u), with --targets with `strip(pruned, target=...)` for each target, and
+each compact model is compared with the fastest dense model of each
+runtime and batch size. With --dataset, int8 is calibrated on training
+images and --eval_images test images measure each format's accuracy (of
+the compact model).
 
   python benchmarks/deploy_speed.py --pruned_model=run/final_model.keras \
-      --dataset=tfrecord:../shared/data/cifar10 --output=docs/deploy_speed.json
+      --dataset=tfrecord:../shared/data/cifar10 \
+      --output=benchmarks/results/deploy_speed.json
+
+The commands behind the published figures (docs/deploy_speed_targets_*.json)
+are in docs/deployment.md, "Strip for where it runs".
 """
 
 import atexit
@@ -45,16 +49,32 @@ import numpy as np
 import tensorflow as tf
 
 import tfsdn
+from tfsdn import testing
 from tfsdn.compat import keras
 from tfsdn.files import write_json
-import pruned_models
 import runtime_timing
 from runtime_timing import litert_serve
 from runtime_timing import time_rounds
 
 FLAGS = flags.FLAGS
-pruned_models.define_flags()
-flags.adopt_module_key_flags(pruned_models)  # In --help.
+PATTERNS = ("random", "prefixes")
+flags.DEFINE_string("pruned_model", None,
+                    "A pruned model (.keras), e.g. a final_model.keras of "
+                    "examples/train_cifar.py; default: --pattern.")
+flags.DEFINE_integer("depth", 40, "DenseNet depth (without --pruned_model).")
+flags.DEFINE_integer("growth_rate", 12,
+                     "Growth rate (without --pruned_model).")
+flags.DEFINE_float("sparsity", 0.5,
+                   "Sparsity of every layer, in [0, 1) (without "
+                   "--pruned_model).")
+flags.register_validator("sparsity", lambda value: 0 <= value < 1,
+                         message="--sparsity must be in [0, 1)")
+flags.DEFINE_enum("pattern", "random", list(PATTERNS),
+                  "Without --pruned_model: random (prune_at_random, every "
+                  "layer at --sparsity) or prefixes (prune_to_prefixes: "
+                  "each layer reads its newest input whole and the first "
+                  "1 - --sparsity of every other producer, the best case "
+                  "for slices).")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_list("runtimes", ["tf", "tf_xla", "litert", "litert_int8",
                                "onnx"],
@@ -77,7 +97,8 @@ flags.DEFINE_string("dataset", None, "tfrecord:DIR for calibration and "
                     "accuracy; default: random calibration images.")
 flags.DEFINE_integer("calibration_images", 256, "int8 calibration images.")
 flags.DEFINE_integer("eval_images", 1000, "Test images for accuracy.")
-flags.DEFINE_string("output", "docs/deploy_speed.json", "JSON results.")
+flags.DEFINE_string("output", "benchmarks/results/deploy_speed.json",
+                    "JSON results.")
 flags.DEFINE_integer("seed", 0, "Seed of random patterns and images.")
 flags.DEFINE_list("slice_cost_macs", ["0", "500000"],
                   "One compact model per value: tfsdn.strip's slice_cost_macs "
@@ -108,6 +129,53 @@ flags.DEFINE_bool("unfused_batch_norm", False,
                   "Also time every model, dense included, stripped with "
                   "tfsdn.strip's fused_batch_norm=False (BatchNormalization "
                   "as a multiply and an add; suffix _u).")
+
+
+def pruned_and_dense(pruned_model=None, depth=40, growth_rate=12,
+                     sparsity=0.5, pattern="random", seed=0):
+  """(pruned model, same network with every channel live, patterns).
+
+  Args:
+    pruned_model: A pruned model's `.keras` file; None: a DenseNet of
+      `depth` and `growth_rate`, pruned to `sparsity` by `pattern`.
+    depth: DenseNet depth (without `pruned_model`).
+    growth_rate: Growth rate (without `pruned_model`).
+    sparsity: Sparsity of every layer (without `pruned_model`).
+    pattern: `"random"` (`testing.prune_at_random`, seeded by `seed`) or
+      `"prefixes"` (`testing.prune_to_prefixes`: each layer reads its newest
+      input whole and the first 1 - `sparsity` of every other producer, the
+      best case for slices).
+    seed: Seed of the random pattern.
+
+  Returns:
+    (pruned, dense, patterns): `patterns` says where the pruning came from
+    (the file, or the pattern with the network, sparsity and seed).
+
+  Raises:
+    ValueError: `pattern` is not one of `PATTERNS`.
+  """
+  if pattern not in PATTERNS:
+    raise ValueError(f"pattern must be one of {PATTERNS}. Received: "
+                     f"{pattern!r}")
+  if pruned_model:
+    pruned = keras.models.load_model(pruned_model)
+    dense = keras.models.load_model(pruned_model)
+    patterns = f"trained: {pruned_model}"
+  else:
+    pruned = tfsdn.densenet.DenseNet(depth, growth_rate)
+    if pattern == "prefixes":
+      testing.prune_to_prefixes(pruned, sparsity)
+      patterns = (f"prefixes (prune_to_prefixes, DenseNet-{depth}, "
+                  f"k={growth_rate}, sparsity {sparsity})")
+    else:
+      testing.prune_at_random(pruned, sparsity, seed)
+      patterns = (f"random (prune_at_random, DenseNet-{depth}, "
+                  f"k={growth_rate}, sparsity {sparsity}, seed {seed})")
+    dense = tfsdn.densenet.DenseNet(depth, growth_rate)
+    dense.set_weights(pruned.get_weights())
+  for layer in tfsdn.prunable_layers(dense):
+    layer.contribution_score.assign(np.ones(layer.input_channels, "float32"))
+  return pruned, dense, patterns
 
 
 class _Result:
@@ -294,7 +362,9 @@ def main(argv):
         "TF_XLA_FLAGS when it starts, so only a fresh process can have it.")
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   costs = _slice_costs(FLAGS.slice_cost_macs)
-  pruned, dense_source, patterns = pruned_models.from_flags()
+  pruned, dense_source, patterns = pruned_and_dense(
+      FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
+      FLAGS.pattern, FLAGS.seed)
   image_shape = tuple(int(d) for d in pruned.inputs[0].shape[1:])
   reads = FLAGS.channel_reads
   if not reads or set(reads) - set(tfsdn.compact.CHANNEL_READS) or len(
