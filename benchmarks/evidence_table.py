@@ -7,6 +7,21 @@ RESULTS_DIR/accuracy_vs_macs.png and prints the table. Comparisons pair
 the two arms' predictions image by image over the seeds both have finished
 (`paired.py`); the best tfsdn arm is the one with the highest mean
 *validation* accuracy, never chosen on test.
+
+With --recovery_trend: does the gap to dense close with recovery? Issue
+37's rule, applied. Reads two evidence folders that differ only in the
+recovery after the last stage (R epochs) and prints, per seed and pooled,
+the gap `arm - baseline` at each R and Delta = gap(long) - gap(short),
+paired per test image (both folders test on the same images), with
+two-level bootstrap intervals (`paired.py`). The rule, fixed before the
+runs (docs/evidence.md): the gap closes if Delta > 0 in every seed and the
+pooled 95% interval is above 0; non-inferior if the long run's gap has its
+lower bound above -(--margin) points. Writes the figures as JSON.
+
+  python benchmarks/evidence_table.py --recovery_trend \
+      --short=docs/evidence/cifar10_d16_recovery/r3 \
+      --long=docs/evidence/cifar10_d16_recovery/r12 \
+      --trend_json=docs/evidence/cifar10_d16_recovery/trend.json
 """
 
 import collections
@@ -27,6 +42,21 @@ flags.DEFINE_string("results_dir", "docs/evidence/cifar10_d16",
                     "An evidence.py --output_dir.")
 flags.DEFINE_float("margin", 1.0,
                    "Non-inferiority margin against dense, in points.")
+flags.DEFINE_bool("recovery_trend", False,
+                  "Instead of the table: the gap of --arm to --baseline in "
+                  "--short and --long, two evidence folders that differ only "
+                  "in the recovery after the last stage, and whether it "
+                  "closes (issue 37's rule).")
+flags.DEFINE_string("short", None,
+                    "With --recovery_trend: the folder of the short recovery.")
+flags.DEFINE_string("long", None,
+                    "With --recovery_trend: the folder of the long recovery.")
+flags.DEFINE_string("arm", "el1_layer@0.45",
+                    "With --recovery_trend: the pruned arm.")
+flags.DEFINE_string("baseline", "dense",
+                    "With --recovery_trend: the arm it is compared with.")
+flags.DEFINE_string("trend_json", None,
+                    "With --recovery_trend: where its JSON goes (optional).")
 
 TFSDN_KINDS = ("el1_global", "el1_layer", "el1_nested", "bn_gamma_global",
                "weight_l1_global")
@@ -237,9 +267,86 @@ def plot(rows, path):
   plt.close(figure)
 
 
+def _points(interval):
+  return [round(100 * v, 2) for v in interval]
+
+
+def trend(short_dir, long_dir, arm, baseline, margin):
+  """The gaps, Delta per seed and pooled, and the rule's verdicts."""
+  folders = {}
+  for name, folder in (("short", short_dir), ("long", long_dir)):
+    _, labels, results = load(folder)
+    for needed in (arm, baseline):
+      if needed not in results:
+        raise ValueError(f"{folder!r} has no results for arm {needed!r}")
+    folders[name] = (labels, results)
+  if not np.array_equal(folders["short"][0]["test"],
+                        folders["long"][0]["test"]):
+    raise ValueError(f"{short_dir!r} and {long_dir!r} test on other images")
+  seeds = sorted(set.intersection(*[set(r[k]) for _, r in folders.values()
+                                    for k in (arm, baseline)]))
+  if not seeds:
+    raise ValueError("No seed has both arms in both folders")
+  gaps = {}
+  for name, (labels, results) in folders.items():
+    gaps[name] = (correct(results, labels, arm, seeds).astype(float) -
+                  correct(results, labels, baseline, seeds))
+  zeros = np.zeros_like(gaps["long"])
+  report = {"arm": arm, "baseline": baseline, "seeds": seeds,
+            "margin_points": margin, "per_seed": []}
+  for i, seed in enumerate(seeds):
+    row = {"seed": seed}
+    for name in ("short", "long"):
+      row[f"gap_{name}"] = _points(paired.bootstrap_difference(
+          gaps[name][i:i + 1], zeros[i:i + 1]))
+    row["delta"] = _points(paired.bootstrap_difference(
+        gaps["long"][i:i + 1], gaps["short"][i:i + 1]))
+    report["per_seed"].append(row)
+  for name in ("short", "long"):
+    report[f"gap_{name}"] = _points(
+        paired.bootstrap_difference(gaps[name], zeros))
+  report["delta"] = _points(paired.bootstrap_difference(gaps["long"],
+                                                        gaps["short"]))
+  report["gap_closes"] = bool(
+      all(r["delta"][0] > 0 for r in report["per_seed"]) and
+      report["delta"][1] > 0)
+  report["non_inferior"] = bool(report["gap_long"][1] > -margin)
+  return report
+
+
+def _recovery_trend():
+  """--recovery_trend: prints the trend as a table, writes --trend_json."""
+  if not (FLAGS.short and FLAGS.long):
+    raise app.UsageError("--recovery_trend needs --short and --long.")
+  report = trend(FLAGS.short, FLAGS.long, FLAGS.arm, FLAGS.baseline,
+                 FLAGS.margin)
+  fmt = lambda p: f"{p[0]:+.2f} [{p[1]:+.2f}, {p[2]:+.2f}]"
+  print(f"{report['arm']} - {report['baseline']}, points, 95% intervals")
+  print("| seed | gap, short R | gap, long R | Delta |")
+  print("| --- | ---: | ---: | ---: |")
+  for r in report["per_seed"]:
+    print(f"| {r['seed']} | {fmt(r['gap_short'])} | {fmt(r['gap_long'])} | "
+          f"{fmt(r['delta'])} |")
+  print(f"| pooled | {fmt(report['gap_short'])} | {fmt(report['gap_long'])} "
+        f"| {fmt(report['delta'])} |")
+  print(f"gap closes: {report['gap_closes']}; non-inferior at "
+        f"-{report['margin_points']:g} point: {report['non_inferior']}")
+  if FLAGS.trend_json:
+    from tfsdn.files import atomic_path  # pylint: disable=g-import-not-at-top
+    with atomic_path(FLAGS.trend_json, suffix=".json") as tmp:
+      with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+
+
 def main(argv):
   del argv
   from tfsdn.files import atomic_path  # pylint: disable=g-import-not-at-top
+  if FLAGS.recovery_trend:
+    _recovery_trend()
+    return
+  if FLAGS.short or FLAGS.long or FLAGS.trend_json:
+    raise app.UsageError("--short, --long and --trend_json go with "
+                         "--recovery_trend.")
   if not os.path.exists(os.path.join(FLAGS.results_dir, "config.json")):
     raise app.UsageError(f"--results_dir={FLAGS.results_dir!r} holds no "
                          "evidence.py results (config.json is missing).")

@@ -192,10 +192,10 @@ def test_bootstrap_interval_covers_the_difference_and_shrinks():
 
 
 def test_recovery_trend_applies_the_rule_to_the_committed_runs():
-  import recovery_trend  # pylint: disable=g-import-not-at-top
+  import evidence_table  # pylint: disable=g-import-not-at-top
   folder = os.path.join(os.path.dirname(BENCHMARKS), "docs", "evidence",
                         "cifar10_d16_recovery")
-  report = recovery_trend.trend(os.path.join(folder, "r3"),
+  report = evidence_table.trend(os.path.join(folder, "r3"),
                                 os.path.join(folder, "r12"),
                                 "el1_layer@0.45", "dense", 1.0)
   assert report["seeds"] == [0, 1, 2]
@@ -208,5 +208,5 @@ def test_recovery_trend_applies_the_rule_to_the_committed_runs():
       report["delta"][1] > 0)
   assert report["non_inferior"] == (report["gap_long"][1] > -1.0)
   with pytest.raises(ValueError, match="no results for arm 'kd_dense'"):
-    recovery_trend.trend(os.path.join(folder, "r3"),
+    evidence_table.trend(os.path.join(folder, "r3"),
                          os.path.join(folder, "r12"), "kd_dense", "dense", 1.0)
