@@ -31,3 +31,19 @@ def test_keras3_snippet_runs(tmp_path, monkeypatch, capsys):
   assert (tmp_path / "runs" / "keras3" / "export" / "1" /
           "saved_model.pb").exists()
   assert (tmp_path / "runs" / "keras3" / "compact.keras").exists()
+
+
+def test_make_prunable_snippet_runs_as_printed(capsys):
+  with open(os.path.join(ROOT, "README.md")) as f:
+    section = f.read().split("\n## Bring your own model\n", 1)[1]
+  snippets = re.findall(r"```python\n(.*?)```", section.split("\n## ")[0],
+                        re.DOTALL)
+  snippet = next(s for s in snippets if "tfsdn.keras3" in s)
+  namespace = {}
+  exec(compile(snippet, "README.md (Keras 3 make_prunable)", "exec"),  # pylint: disable=exec-used
+       namespace)
+  assert capsys.readouterr().out.startswith(
+      "119 chains converted to PrunableConcatConv, 2 left alone.")
+  sdn = namespace["sdn"]
+  assert len(sdn.prunable_layers(namespace["model"])) == 119
+  assert isinstance(namespace["pruning"], sdn.Pruning)

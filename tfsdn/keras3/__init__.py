@@ -55,6 +55,8 @@ from tfsdn.deploy_target import Target
 from tfsdn.global_allocation import GlobalAllocation
 from tfsdn.keras3 import data
 from tfsdn.keras3 import densenet
+from tfsdn.keras3.convert import conversion_plan
+from tfsdn.keras3.convert import make_prunable
 from tfsdn.keras3.export import export
 from tfsdn.keras3.layer import PrunableConcatConv
 from tfsdn.keras3.migrate import from_tf_keras
@@ -78,6 +80,8 @@ __all__ = [
     "PrunableConcatConv",
     "StageShortfallError",
     "comparison_markdown",
+    "conversion_plan",
+    "make_prunable",
     "Stripped",
     "data",
     "dense_macs",
