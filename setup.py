@@ -23,8 +23,8 @@ setuptools.setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.5"],
-        # benchmarks/: memory figures of inference_speed.py, plots.
-        "bench": ["psutil", "matplotlib>=3.5"],
+        # benchmarks/: the evidence plot of evidence_table.py.
+        "bench": ["matplotlib>=3.5"],
         # export_onnx and the ONNX Runtime / LiteRT figures of
         # benchmarks/deploy_speed.py; the versions tested together.
         "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0",
