@@ -16,6 +16,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_imp
 
 import tfsdn
 from tfsdn import criteria
+from tfsdn import prunable_concat_conv
 from tfsdn import schedule as schedule_lib
 from tfsdn.compat import keras
 from tests import helpers
@@ -180,3 +181,28 @@ def _with_criterion(config, criterion):
     if layer["class_name"].endswith("PrunableConcatConv"):
       layer["config"]["criterion"] = criterion
   return config
+
+
+@hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
+@hypothesis.given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 6), st.integers(1, 6),
+                    st.integers(1, 7)),
+    scale=st.sampled_from([0.0, 1e-3, 1.0, 1e3]),
+    dtype=st.sampled_from(["float32", "float16"]),
+    seed=st.integers(0, 2**16))
+def test_channel_means_are_the_exact_means(shape, scale, dtype, seed):
+  # The expected_l1 statistics of every training step: the mean of each
+  # channel over images and pixels, zeros and half precision included.
+  x = np.maximum(np.random.default_rng(seed).normal(0, scale, shape), 0)
+  x = x.astype(dtype)
+  means = prunable_concat_conv._channel_means(tf.constant(x)).numpy()
+  assert means.dtype == np.float32 and means.shape == (shape[-1],)
+  np.testing.assert_allclose(means, x.astype("float64").mean(axis=(0, 1, 2)),
+                             rtol=1e-6, atol=1e-30)
+
+
+def test_channel_means_of_a_large_batch_are_within_1e_6():
+  x = np.maximum(np.random.default_rng(0).normal(0, 1, (64, 32, 32, 40)), 0)
+  means = prunable_concat_conv._channel_means(
+      tf.constant(x.astype("float32"))).numpy()
+  np.testing.assert_allclose(means, x.mean(axis=(0, 1, 2)), rtol=1e-6)

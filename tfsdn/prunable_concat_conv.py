@@ -15,6 +15,25 @@ def _as_list(inputs):
   return [inputs]
 
 
+def _channel_means(x):
+  """The mean of each channel of an NHWC batch, in float32.
+
+  `tf.reduce_mean(x, [0, 1, 2])`, computed as one batched matrix product
+  per image (ones @ its pixels) and a mean over the images: oneDNN runs it
+  2-3 times faster than TensorFlow's reduction on CPUs, and its shorter
+  sums are closer to the exact mean (within 2e-7 relative against about
+  2e-6 for the reduction, on 64x32x32 batches). The statistics are read at
+  every training step, so this is most of what measuring them costs
+  (`benchmarks/training_overhead.py`).
+  """
+  x = tf.cast(x, tf.float32)
+  shape = tf.shape(x)
+  pixels = tf.reshape(x, [shape[0], shape[1] * shape[2], shape[3]])
+  weights = tf.fill([shape[0], 1, shape[1] * shape[2]],
+                    1.0 / tf.cast(shape[1] * shape[2], tf.float32))
+  return tf.reduce_mean(tf.matmul(weights, pixels), axis=[0, 1])
+
+
 @keras.utils.register_keras_serializable(package="tfsdn")
 class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
   """A DenseNet conv whose concatenated input channels can be pruned.
@@ -241,7 +260,7 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
       training = keras.backend.learning_phase()
 
     def measure():
-      batch_abs_mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[0, 1, 2])
+      batch_abs_mean = _channel_means(x)
       # A non-finite batch (an overflow, a NaN input) must not reach the
       # statistics: one NaN score would read as pruned and, through the
       # normalisation, spread to the whole layer.
