@@ -1,8 +1,8 @@
 r"""Classify images with an exported SavedModel (no tfsdn import needed).
 
-  python examples/predict.py --saved_model=runs/quick/export cat.jpg ship.png
   python examples/predict.py --saved_model=runs/quick \
-      --tfrecord=../shared/data/cifar10 --num_records=4
+      --tfrecord=../shared/data/cifar10 --num_records=2 --save_images=runs/images
+  python examples/predict.py --saved_model=runs/quick/export runs/images/*.png
 
 `--saved_model` takes a version directory (`runs/quick/export/1`), an export
 base holding numbered versions (the newest is used, as TF Serving does) or a
@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import json
 import re
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -48,6 +49,10 @@ flags.DEFINE_integer("num_records", 4,
 flags.DEFINE_integer("top_k", 3, "Classes to print per image (>= 1).")
 flags.DEFINE_string("request_json", None,
                     "Also write the TF Serving REST request body here.")
+flags.DEFINE_string("save_images", None,
+                    "With --tfrecord: also save the records' images as PNG "
+                    "files in this directory (sample images to try "
+                    "predict.py IMAGE... with).")
 flags.mark_flag_as_required("saved_model")
 flags.register_validator("num_records", lambda n: n >= 1,
                          "--num_records must be >= 1: it is how many records "
@@ -182,13 +187,14 @@ def read_records(path, count, class_names):
   """
   features = {"image": tf.io.FixedLenFeature([], tf.string),
               "label": tf.io.FixedLenFeature([], tf.int64)}
-  images, names = [], []
+  images, names, labels = [], [], []
   try:
     for i, record in enumerate(tf.data.TFRecordDataset(path).take(count)):
       example = tf.io.parse_single_example(record, features)
       images.append(tf.cast(tf.io.decode_jpeg(example["image"], channels=3),
                             tf.float32).numpy())
       label = int(example["label"])
+      labels.append(label)
       name = (f", {class_names[label]}" if 0 <= label < len(class_names)
               else "")
       names.append(f"{path}#{i} (label {label}{name})")
@@ -198,7 +204,38 @@ def read_records(path, count, class_names):
         f"'label' records: {str(e).splitlines()[0]}") from e
   if not images:
     raise UsageError(f"--tfrecord={path!r} holds no records.")
-  return np.stack(images), names
+  return np.stack(images), names, labels
+
+
+def _write_atomically(path, data):
+  """Writes bytes to `path` through a temporary file in its directory and a
+  rename, with the permissions the user's umask gives a new file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def save_images(directory, images, labels, class_names):
+  """Saves images as `directory/INDEX_CLASS.png`; returns the paths."""
+  paths = []
+  for i, (image, label) in enumerate(zip(images, labels)):
+    name = class_names[label] if 0 <= label < len(class_names) else str(label)
+    path = os.path.join(directory, f"{i}_{name}.png")
+    _write_atomically(path, tf.io.encode_png(
+        tf.cast(np.clip(np.round(image), 0, 255), tf.uint8)).numpy())
+    paths.append(path)
+  return paths
 
 
 def load_serving_function(directory):
@@ -218,6 +255,12 @@ def main(argv):
     raise UsageError("Give image files or --tfrecord.")
   if paths and FLAGS.tfrecord:
     raise UsageError("Give image files or --tfrecord, not both.")
+  if FLAGS.save_images and not FLAGS.tfrecord:
+    raise UsageError(f"--save_images={FLAGS.save_images!r} saves the images "
+                     "of --tfrecord records; give --tfrecord too.")
+  if FLAGS.save_images and os.path.isfile(FLAGS.save_images):
+    raise UsageError(f"--save_images={FLAGS.save_images!r} is a file, not a "
+                     "directory.")
   directory, note = find_saved_model(FLAGS.saved_model)
   tfrecord = find_tfrecord(FLAGS.tfrecord) if FLAGS.tfrecord else None
   missing = [p for p in paths if not os.path.isfile(p)]
@@ -231,7 +274,8 @@ def main(argv):
   class_names = (CIFAR10_CLASSES if classes == 10 else
                  [str(i) for i in range(classes)])
   if tfrecord:
-    images, names = read_records(tfrecord, FLAGS.num_records, class_names)
+    images, names, labels = read_records(tfrecord, FLAGS.num_records,
+                                         class_names)
   else:
     images, names, notes = read_images(paths, size)
     for line in notes:
@@ -243,11 +287,13 @@ def main(argv):
     top = np.argsort(-probs)[:FLAGS.top_k]
     print(name + ": " + ", ".join(f"{class_names[i]} {probs[i]:.3f}"
                                   for i in top))
+  if tfrecord and FLAGS.save_images:
+    saved = save_images(FLAGS.save_images, images, labels, class_names)
+    print(f"Images saved: {' '.join(saved)}")
   if FLAGS.request_json:
     body = {"signature_name": "serving_default",
             "instances": np.round(images, 1).tolist()}
-    with open(FLAGS.request_json, "w") as f:
-      json.dump(body, f)
+    _write_atomically(FLAGS.request_json, json.dumps(body).encode())
     print(f"TF Serving REST request body (POST /v1/models/NAME:predict) "
           f"written to {FLAGS.request_json}")
 

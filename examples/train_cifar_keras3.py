@@ -38,7 +38,6 @@ if _backend_in(sys.argv[1:]):
   os.environ["KERAS_BACKEND"] = _backend_in(sys.argv[1:])
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
-import json
 import time
 
 from absl import app
@@ -97,8 +96,10 @@ flags.DEFINE_enum("criterion", "expected_l1", list(CRITERIA),
 flags.DEFINE_integer("steps_per_execution", 1,
                      "Batches per compiled call (a stage acts at the start "
                      "of the call containing its step).")
-flags.DEFINE_list("export", [], f"Formats to export the compact model to: "
-                  f"{', '.join(FORMATS)}.")
+flags.DEFINE_list("export", ["tf_saved_model"],
+                  f"Formats to export the compact model to: "
+                  f"{', '.join(FORMATS)} (into export/1, compact.onnx, "
+                  "compact.tflite); empty for none.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
@@ -251,9 +252,13 @@ def main(argv):
                  (pruning.history if pruning else [])],
   })
   os.makedirs(FLAGS.model_dir, exist_ok=True)
-  with atomic_path(os.path.join(FLAGS.model_dir, "compact.keras"),
-                   suffix=".keras") as tmp:
-    compact.save(tmp)
+  # The same files as examples/train_cifar.py: the pruned model (strip it
+  # again later, e.g. for another Target) and the compact one.
+  for name, saved in (("final_model.keras", model),
+                      ("compact_model.keras", compact)):
+    with atomic_path(os.path.join(FLAGS.model_dir, name),
+                     suffix=".keras") as tmp:
+      saved.save(tmp)
   before = sdn.model_report(sdn.densenet.DenseNet(
       depth=FLAGS.depth, growth_rate=FLAGS.growth_rate,
       bottleneck=FLAGS.bottleneck, compression=FLAGS.compression))
@@ -270,17 +275,38 @@ def main(argv):
   except ImportError as e:
     logging.warning("No connectivity.png: %s", e)
   for format in FLAGS.export:  # pylint: disable=redefined-builtin
-    name = {"tf_saved_model": "saved_model/1", "onnx": "compact.onnx",
+    name = {"tf_saved_model": "export/1", "onnx": "compact.onnx",
             "litert": "compact.tflite"}[format]
     results.setdefault("exports", {})[format] = sdn.export(
         compact, os.path.join(FLAGS.model_dir, name), format=format,
         sample_images=splits["test"][0][:16].astype("float32"),
         overwrite=True)
   write_json(os.path.join(FLAGS.model_dir, "results.json"), results)
-  print(json.dumps({k: v for k, v in results.items()
-                    if k.endswith("accuracy") or k in (
-                        "mac_ratio", "train_images_per_second", "backend")},
-                   sort_keys=True))
+  print(summary(FLAGS.model_dir, results))
+
+
+def summary(model_dir, results):
+  """What the run measured and where its files are, for the terminal (as
+  examples/train_cifar.py prints it)."""
+  accuracy = results.get("test_accuracy", results.get("validation_accuracy"))
+  lines = [
+      f"{results['backend']} backend: test accuracy "
+      + (f"{accuracy:.2%}" if accuracy is not None else "(no test images)")
+      + f"; parameters {results['dense_parameters']:,} -> "
+      f"{results['compact_parameters']:,}; MACs per image "
+      f"{results['dense_macs']:,} -> {results['compact_macs']:,} "
+      f"({results['mac_ratio']:.3f}x).",
+      f"Written into {model_dir}: flags are in results.json,",
+      "  report.md         parameters and MACs per layer, before and after",
+      "  connectivity.png  which feature maps each layer still reads",
+      "  results.json      these figures",
+      "  final_model.keras (pruned), compact_model.keras (stripped)"]
+  for format_, path in results.get("exports", {}).items():
+    lines.append(f"  {os.path.relpath(path, model_dir):<17} {format_}")
+  if "tf_saved_model" in results.get("exports", {}):
+    lines.append("  python examples/predict.py --saved_model="
+                 f"{results['exports']['tf_saved_model']} IMAGE...")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

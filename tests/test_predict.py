@@ -74,8 +74,9 @@ def test_tfrecord_may_be_a_directory_holding_test_tfrecord(run_dir, tmp_path):
 
 
 def test_records_are_named_with_label_and_class(run_dir):
-  images, names = predict.read_records(str(run_dir / "cifar" / "test.tfrecord"),
-                                       3, predict.CIFAR10_CLASSES)
+  images, names, labels = predict.read_records(
+      str(run_dir / "cifar" / "test.tfrecord"), 3, predict.CIFAR10_CLASSES)
+  assert labels == [0, 1, 2]
   assert images.shape == (3, 32, 32, 3)
   assert [n.split("#")[1] for n in names] == [
       "0 (label 0, airplane)", "1 (label 1, automobile)", "2 (label 2, bird)"]
@@ -121,20 +122,31 @@ def _run(*args):
                         timeout=300)
 
 
-def test_run_directory_and_record_directory_classify(run_dir):
+def test_run_directory_and_record_directory_classify(run_dir, tmp_path):
+  samples = tmp_path / "images"
   result = _run(f"--saved_model={run_dir}", f"--tfrecord={run_dir / 'cifar'}",
-                "--num_records=2", "--top_k=1")
+                "--num_records=2", "--top_k=1", f"--save_images={samples}")
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
   assert lines[0].startswith(f"Using {run_dir / 'export' / '3'}")
-  assert len(lines) == 3 and "(label 1, automobile): " in lines[2]
+  assert len(lines) == 4 and "(label 1, automobile): " in lines[2]
   assert "instances" not in result.stdout  # No request body unless asked.
+  # The saved samples are the README's IMAGE... and classify the same.
+  saved = [str(samples / "0_airplane.png"), str(samples / "1_automobile.png")]
+  assert lines[3] == "Images saved: " + " ".join(saved)
+  assert sorted(os.listdir(samples)) == ["0_airplane.png", "1_automobile.png"]
+  again = _run(f"--saved_model={run_dir}", "--top_k=1", *saved)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert [l.split(": ")[1] for l in again.stdout.splitlines()[1:]] == [
+      l.split(": ")[1] for l in lines[1:3]]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--num_records=0", "--tfrecord=x"], "--num_records must be >= 1"),
     (["--num_records=-1", "--tfrecord=x"], "--num_records must be >= 1"),
     (["missing.jpg"], "Image file 'missing.jpg' does not exist."),
+    (["--save_images=out", "x.png"], "--save_images='out' saves the images "
+     "of --tfrecord records"),
 ])
 def test_mistakes_are_one_line_last(run_dir, args, message):
   result = _run(f"--saved_model={run_dir / 'export'}", *args)

@@ -39,10 +39,13 @@ def test_trains_prunes_strips_and_exports(tmp_path, backend):
   assert [s["step"] for s in results["stages"]] == [2, 6]  # epoch_step
   assert results["test_strip_max_logit_difference"] < 1e-3
   assert results["test_accuracy"] == results["test_accuracy_before_strip"]
-  assert (run_dir / "compact.keras").exists()
+  assert (run_dir / "compact_model.keras").exists()
+  assert (run_dir / "final_model.keras").exists()
   assert "| MACs per image |" in (run_dir / "report.md").read_text()
   assert (run_dir / "connectivity.png").exists()
-  assert (run_dir / "saved_model" / "1" / "saved_model.pb").exists()
+  # Where examples/train_cifar.py writes it, and said as it says it.
+  assert (run_dir / "export" / "1" / "saved_model.pb").exists()
+  assert f"--saved_model={run_dir / 'export' / '1'}" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
