@@ -160,10 +160,11 @@ def _run_child(path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   if path.startswith("keras3:"):
     env["KERAS_BACKEND"] = path.split(":")[1]
+  # --output too: the children share their start next to it (`_same_start`).
   args = [sys.executable, __file__, f"--child={path}"] + [
       f"--{name}={FLAGS[name].value}" for name in (
-          "dataset", "depth", "growth_rate", "train_size", "test_size",
-          "epochs", "batch_size", "sparsity", "seed")]
+          "dataset", "output", "depth", "growth_rate", "train_size",
+          "test_size", "epochs", "batch_size", "sparsity", "seed")]
   result = subprocess.run(args, capture_output=True, text=True, check=False)
   if result.returncode:
     raise RuntimeError(f"{path} failed:\n{result.stderr[-3000:]}")

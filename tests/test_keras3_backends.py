@@ -155,6 +155,9 @@ def test_the_three_paths_train_alike_from_the_same_start(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   write_tfrecords(tmp_path, count=96)
   output = tmp_path / "side.json"
+  default_start = os.path.join(ROOT, "docs",
+                               "keras3_side_by_side.json.init.npz")
+  had_default_start = os.path.exists(default_start)
   result = _run([sys.executable, "benchmarks/keras3_side_by_side.py",
                  f"--dataset=tfrecord:{tmp_path}", f"--output={output}",
                  "--depth=10", "--growth_rate=4", "--train_size=96",
@@ -168,3 +171,5 @@ def test_the_three_paths_train_alike_from_the_same_start(tmp_path):
   ratios = [r["mac_ratio"] for r in runs.values()]
   assert max(ratios) - min(ratios) < 0.02, ratios
   assert not list(tmp_path.glob("*.init.npz"))  # the shared start is removed
+  # The children shared it next to --output, not next to the default one.
+  assert had_default_start or not os.path.exists(default_start)
