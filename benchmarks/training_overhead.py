@@ -1,12 +1,15 @@
 r"""What pruning adds to a training step: the wrapped step against the stock one.
 
 For each net, the stock model a user brings and the same model made
-prunable and wrapped by tfmot (`make_prunable`, `prune_dense_connections`
-with one stage after the timed steps, so every timed step measures the
-`expected_l1` statistics: the costliest phase), trained side by side by
-`model.fit` with the callbacks a user passes (`UpdatePruningStep`,
-`UpdateScores`): interleaved rounds of --steps steps each, the first round
-a warm-up, the median step time per model and their ratio. The machine's
+prunable and wrapped by tfmot (`make_prunable`, `prune_dense_connections`),
+twice: with its one stage right after the timed steps, so every timed step
+measures the `expected_l1` statistics (the steps in each stage's
+statistics window, `tfsdn.stages.statistics_window`: 153 steps at the
+default momentum), and with it far past them (the steps between those
+windows, which do not). All three are trained side by side by `model.fit`
+with the callbacks a user passes (`UpdatePruningStep`, `UpdateScores`):
+interleaved rounds of --steps steps each, the first round a warm-up, the
+median step time per model and its ratio to the stock one. The machine's
 load average is recorded before and after.
 
 Nets: `densenet121`/`densenet169`/`densenet201`
@@ -76,8 +79,15 @@ class _StepTimes(keras.callbacks.Callback):
     self.times.append(time.perf_counter() - self._start)
 
 
-def models(net, image_size):
-  """`(stock, wrapped, input shape)` for one net."""
+def models(net, image_size, measuring_stage=None):
+  """`(stock, wrapped, input shape)` for one net.
+
+  Args:
+    net: See --nets.
+    image_size: See --image_size.
+    measuring_stage: The step of the wrapped model's one stage; None for
+      one far past the timed steps (no statistics measured).
+  """
   check_net(net)
   if net in APPLICATIONS:
     shape = (image_size, image_size, 3)
@@ -90,22 +100,33 @@ def models(net, image_size):
     prunable = tfsdn.densenet.DenseNet(depth=_cifar_depth(net),
                                        growth_rate=12)
     stock = tfsdn.strip(prunable, slice_cost_macs=0, pool_first=False).model
-  # One stage far past the timed steps: every timed step measures.
   wrapped = tfsdn.prune_dense_connections(
-      prunable, tfsdn.StagedSparsity([(10**6, 0.5)]))
+      prunable, tfsdn.StagedSparsity([(measuring_stage or 10**6, 0.5)]))
   return stock, wrapped, shape
 
 
 def time_training(net, image_size, batch_size, steps, rounds):
   """Median step times of the stock and the wrapped model, side by side."""
-  stock, wrapped, shape = models(net, image_size)
+  # A stage right after the timed steps: every timed step measures the
+  # statistics (`tfsdn.stages.statistics_window`); and one far past them:
+  # the steps between stages, which do not.
+  timed_steps = steps * rounds
+  stock, measuring, shape = models(net, image_size, timed_steps + 1)
+  _, between, _ = models(net, image_size)
+  window = tfsdn.stages.statistics_window(
+      tfsdn.prunable_layers(measuring)[0].score_momentum)
+  if window is not None and window < timed_steps:
+    raise ValueError(f"--steps * --rounds = {timed_steps} steps do not fit "
+                     f"in the statistics' window of {window} steps.")
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 255, (batch_size * steps,) + shape).astype(
       "float32")
   labels = rng.integers(0, 10, batch_size * steps)
+  def callbacks():
+    return [tfmot.sparsity.keras.UpdatePruningStep(), tfsdn.UpdateScores()]
   runs = {"stock": (stock, []),
-          "wrapped": (wrapped, [tfmot.sparsity.keras.UpdatePruningStep(),
-                                tfsdn.UpdateScores()])}
+          "wrapped_measuring": (measuring, callbacks()),
+          "wrapped_between_stages": (between, callbacks())}
   times = {name: [] for name in runs}
   for name, (model, _) in runs.items():
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
@@ -122,8 +143,10 @@ def time_training(net, image_size, batch_size, steps, rounds):
   return {"net": net, "input_shape": list(shape), "batch_size": batch_size,
           "steps_timed": {name: len(t) for name, t in times.items()},
           "median_step_seconds": medians,
-          "wrapped_over_stock": medians["wrapped"] / medians["stock"],
-          "prunable_layers": len(tfsdn.prunable_layers(wrapped))}
+          "over_stock": {name: medians[name] / medians["stock"]
+                         for name in runs if name != "stock"},
+          "statistics_window_steps": window,
+          "prunable_layers": len(tfsdn.prunable_layers(measuring))}
 
 
 def main(argv):
@@ -141,10 +164,13 @@ def main(argv):
     row = time_training(net, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
                         FLAGS.rounds)
     result["nets"].append(row)
+    seconds = row["median_step_seconds"]
     print(f"{net} {tuple(row['input_shape'])} batch {row['batch_size']}: "
-          f"stock {row['median_step_seconds']['stock']:.3f} s, wrapped "
-          f"{row['median_step_seconds']['wrapped']:.3f} s per step: "
-          f"{row['wrapped_over_stock']:.3f}x", flush=True)
+          f"stock {seconds['stock']:.3f} s per step; wrapped, measuring "
+          f"statistics {seconds['wrapped_measuring']:.3f} s "
+          f"({row['over_stock']['wrapped_measuring']:.3f}x), between stages "
+          f"{seconds['wrapped_between_stages']:.3f} s "
+          f"({row['over_stock']['wrapped_between_stages']:.3f}x)", flush=True)
   result["load_average_after"] = list(os.getloadavg())
   if FLAGS.output:
     write_json(FLAGS.output, result)

@@ -172,3 +172,44 @@ def test_training_that_ends_unpruned_raises_at_the_end_of_fit(monkeypatch):
   monkeypatch.setattr(layer_check, "_check", lambda *args: False)
   with pytest.raises(tfsdn.StageShortfallError, match="ended at pruning step"):
     _fit_zero_channel_model([layer_check])
+
+
+class _MeasuringFlags(keras.callbacks.Callback):
+  """Each batch's measuring flag of the first prunable layer."""
+
+  def __init__(self):
+    super().__init__()
+    self.flags = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.flags.append(float(tfsdn.prunable_layers(self.model)[0].measuring))
+
+
+def _scores_after_a_stage(monkeypatch, tolerance):
+  monkeypatch.setattr(tfsdn.stages, "STATISTICS_TOLERANCE", tolerance)
+  monkeypatch.setattr(
+      tfsdn.stages.statistics_window, "__defaults__", (tolerance,))
+  keras.utils.set_random_seed(3)
+  model = helpers.tiny_densenet(score_momentum=0.5)
+  pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
+      model, tfsdn.StagedSparsity([(40, 0.5)])), learning_rate=0.01)
+  flags = _MeasuringFlags()
+  helpers.fit_steps(pruned, 40, batch_size=4, callbacks=[flags])
+  assert all(float(l.measuring) == 0.0 for l in tfsdn.prunable_layers(pruned))
+  return ([l.contribution_score.numpy() for l in
+           tfsdn.prunable_layers(pruned)], flags.flags)
+
+
+def test_statistics_are_measured_only_where_a_stage_weighs_them(monkeypatch):
+  # score_momentum 0.5: the last 24 steps before the stage at step 40 weigh
+  # all but 0.5 ** 24 = 6e-8 of its statistics.
+  assert tfsdn.stages.statistics_window(0.5) == 24
+  windowed, flags = _scores_after_a_stage(monkeypatch, 1e-7)
+  always, every_flag = _scores_after_a_stage(monkeypatch, None)
+  # Batch b runs step b + 1: steps 16..39 measure (and the stage's own, 40).
+  assert flags == [0.0] * 15 + [1.0] * 25
+  assert every_flag[:39] == [1.0] * 39
+  for ours, reference in zip(windowed, always):
+    assert (ours == 0).sum() > 0
+    np.testing.assert_array_equal(ours == 0, reference == 0)
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)

@@ -98,7 +98,12 @@ class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
   distribution strategy scope: the statistics are averaged over replicas
   and workers once, there), so the stage at step s prunes by scores
   measured up to the step before the call (step s - 1 with
-  `steps_per_execution=1`). After a layer's last stage its statistics stop.
+  `steps_per_execution=1`). The `expected_l1` statistics are measured only
+  in the steps a stage's scores weigh, those whose weight in the moving
+  average is above `tfsdn.stages.STATISTICS_TOLERANCE` (1e-7; the last 153
+  steps before it at `score_momentum=0.9`): the scores are those of
+  measuring at every step to that tolerance, and the steps in between run
+  without the statistics' cost. After a layer's last stage they stop.
   After every stage step (with `steps_per_execution > 1`, every step since
   the last batch) it logs, per layer, the pruned input channels and the
   scheduled count. A layer with fewer pruned channels than scheduled raises
@@ -138,6 +143,8 @@ class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
     self._readers = None
     self.history = []
     self._wrappers = []
+    self._windows = {}
+    self._measuring = {}
     self._last_step = None
     self._steps_per_execution = 1
     self._writer = None
@@ -170,10 +177,14 @@ class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
               "further apart or compile with a smaller steps_per_execution.")
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
+    self._windows = {id(w): stages.statistics_window(w.layer.score_momentum)
+                     for w in self._wrappers}
+    self._measuring = {}  # Read from the variables again: fit may resume.
     self._set_measuring(self._last_step)
 
   def on_train_batch_begin(self, batch, logs=None):
     step = max(self._step(), 0)
+    self._set_measuring(step)
     coming = range(step + 1,
                    step + 1 + self._steps_per_execution)
     due = [wrapper for wrapper in self._wrappers
@@ -225,15 +236,39 @@ class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
     if any(staged):  # Only a stage can be a layer's last one.
       self._set_measuring(step)
 
+  def _wants_statistics(self, wrapper, step):
+    """True if `wrapper`'s layer measures in the call after `step`.
+
+    A layer measures its statistics in the steps before each of its stages
+    that the stage's scores weigh (`tfsdn.stages.statistics_window`), not
+    after its last stage; always if its schedule does not list its stages.
+    """
+    steps = _stage_steps(wrapper.pruning_schedule)
+    if steps is None:
+      return True
+    upcoming = [s for s in steps if s > step]
+    if not upcoming:
+      return False
+    window = self._windows[id(wrapper)]
+    return window is None or (
+        upcoming[0] - window <= step + self._steps_per_execution)
+
   def _set_measuring(self, step):
-    """Stops the statistics of layers whose schedule has no stage left."""
+    """Turns each layer's statistics on or off for the coming steps.
+
+    Runs before every batch: the flags are cached here, so only a change
+    touches a variable.
+    """
     for wrapper in self._wrappers:
-      layer = wrapper.layer
-      steps = _stage_steps(wrapper.pruning_schedule)
-      done = steps is not None and step >= steps[-1]
-      if float(keras.backend.get_value(layer.measuring)) != float(not done):
+      want = float(self._wants_statistics(wrapper, step))
+      key = id(wrapper)
+      if key not in self._measuring:
+        self._measuring[key] = float(
+            keras.backend.get_value(wrapper.layer.measuring))
+      if self._measuring[key] != want:
         with self.model.distribute_strategy.scope():
-          layer.measuring.assign(float(not done))
+          wrapper.layer.measuring.assign(want)
+        self._measuring[key] = want
 
   def on_train_end(self, logs=None):
     if self._writer is not None:

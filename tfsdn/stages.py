@@ -8,6 +8,7 @@ These functions are plain Python and numpy so that the Keras 3 path
 TensorFlow or tfmot.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -21,6 +22,32 @@ FIRST_STAGE_STEP = 2
 
 class StageShortfallError(RuntimeError):
   """A pruning stage left some layer with fewer pruned channels than scheduled."""
+
+
+# The expected_l1 statistics are a moving average: a stage's scores weigh
+# the steps more than `window` steps before it by momentum ** window. They
+# are measured only in the steps before each stage that weigh more than
+# this, so the scores match those of measuring at every step to it.
+STATISTICS_TOLERANCE = 1e-7
+
+
+def statistics_window(momentum, tolerance=STATISTICS_TOLERANCE):
+  """Steps before a stage whose statistics its scores weigh.
+
+  Args:
+    momentum: The moving average's momentum, in [0, 1).
+    tolerance: What the older steps may weigh together, in (0, 1); 0 or
+      None: every step counts (returns None).
+
+  Returns:
+    The smallest `window` >= 1 with `momentum ** window <= tolerance`, or
+    None for every step.
+  """
+  if not tolerance:
+    return None
+  if momentum <= 0:
+    return 1
+  return max(1, math.ceil(math.log(tolerance) / math.log(momentum)))
 
 
 def stage_at(stages, step):
