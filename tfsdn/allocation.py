@@ -22,6 +22,7 @@ from tfsdn.compat import keras
 from tfsdn.costs import channel_graph
 from tfsdn.costs import dense_cost
 from tfsdn.costs import layer_costs
+from tfsdn.prunable_concat_conv import prunable_layers
 from tfsdn.schedule import sparsity_for_count
 
 BUDGETS = global_allocation.BUDGETS
@@ -115,7 +116,6 @@ def allocate(model, wrappers, step):
   protected = protected_inputs(nodes, layers, allocation)
   compact_cost = None
   if allocation.budget == "macs":
-    from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
     current = {layer.name: layer.live_mask()
                for layer in prunable_layers(model)}
     compact_cost = lambda masks: liveness.compact_macs(

@@ -5,10 +5,14 @@ conv per input channel, the dense model's MACs counted as `model_report`
 counts them, and the layer-wise sparsity with the same estimated cost.
 """
 
+from tfsdn import graph
 from tfsdn import liveness
 from tfsdn.compat import keras
 from tfsdn.global_allocation import layer_costs
 from tfsdn.global_allocation import least_layerwise_sparsity
+from tfsdn.prunable_concat_conv import PrunableConcatConv
+from tfsdn.prunable_concat_conv import prunable_layers
+from tfsdn.prunable_concat_conv import unwrap
 
 
 def dense_macs(model):
@@ -17,7 +21,6 @@ def dense_macs(model):
   Counts Conv2D, Dense and PrunableConcatConv layers (wrapped or not,
   nested models included) as `model_report` does.
   """
-  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
   total = 0
   for layer in _all_layers(model):
     if isinstance(layer, PrunableConcatConv):
@@ -33,7 +36,6 @@ def dense_macs(model):
 
 
 def _all_layers(model):
-  from tfsdn.prune import unwrap  # pylint: disable=g-import-not-at-top
   for layer in model.layers:
     if isinstance(layer, keras.Model):
       yield from _all_layers(layer)
@@ -66,7 +68,6 @@ def layerwise_sparsity(model, keep, budget="macs"):
   Raises:
     ValueError: if no sparsity below 1 reaches the budget.
   """
-  from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
   layers = prunable_layers(model)
   return least_layerwise_sparsity(
       layers, dense_cost(model, budget, layers), keep, budget, model.name)
@@ -86,9 +87,6 @@ def channel_graph(model):
     `(nodes, outputs)`: the nodes in topological order and the keys of the
     model's outputs.
   """
-  from tfsdn import graph  # pylint: disable=g-import-not-at-top
-  from tfsdn.prunable_concat_conv import PrunableConcatConv  # pylint: disable=g-import-not-at-top
-  from tfsdn.prune import unwrap  # pylint: disable=g-import-not-at-top
   nodes, alias = [], {}
 
   def key(tensor):
@@ -161,7 +159,6 @@ def compact_macs(model, live_masks=None):
   Returns:
     The MACs per example, an int.
   """
-  from tfsdn.prune import prunable_layers  # pylint: disable=g-import-not-at-top
   masks = {layer.name: layer.live_mask() for layer in prunable_layers(model)}
   masks.update(live_masks or {})
   nodes, outputs = channel_graph(model)

@@ -30,8 +30,8 @@ import numpy as np
 from tfsdn import graph
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
-from tfsdn.prune import prunable_layers
-from tfsdn.prune import unwrap
+from tfsdn.prunable_concat_conv import prunable_layers
+from tfsdn.prunable_concat_conv import unwrap
 
 
 def shared_orders(readers):

@@ -6,6 +6,7 @@ import tensorflow_model_optimization as tfmot
 
 from tfsdn import checks
 from tfsdn import criteria
+from tfsdn import internals
 from tfsdn.compat import keras
 
 
@@ -307,3 +308,47 @@ class PrunableConcatConv(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
         "conv_trainable": self.conv.trainable,
     }
     return {**super().get_config(), **config}
+
+
+# Finding the layers in a model (re-exported by tfsdn.prune).
+
+
+def unwrap(layer):
+  """The layer inside a tfmot pruning wrapper, or the layer itself."""
+  if isinstance(layer, internals.PruneLowMagnitude):
+    return layer.layer
+  return layer
+
+
+def _has_wrappers(model):
+  return any(isinstance(layer, internals.PruneLowMagnitude) or (
+      isinstance(layer, keras.Model) and _has_wrappers(layer))
+             for layer in model.layers)
+
+
+def strip_wrappers(model):
+  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`.
+
+  Wrappers inside nested models count too.
+  """
+  if _has_wrappers(model):
+    return tfmot.sparsity.keras.strip_pruning(model)
+  return model
+
+
+def prunable_layers(model):
+  """All `PrunableConcatConv` layers of a model, wrapped or not, nested too.
+
+  Args:
+    model: A tf_keras model.
+
+  Returns:
+    A list of `PrunableConcatConv` layers in model order.
+  """
+  found = []
+  for layer in map(unwrap, model.layers):
+    if isinstance(layer, PrunableConcatConv):
+      found.append(layer)
+    elif isinstance(layer, keras.Model):
+      found.extend(prunable_layers(layer))
+  return found

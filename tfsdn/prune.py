@@ -11,56 +11,23 @@ from tfsdn import allocation as allocation_lib
 from tfsdn import graph
 from tfsdn import internals
 from tfsdn.allocation import GlobalAllocation
+from tfsdn.callbacks import UpdateScores
+from tfsdn.callbacks import pruning_wrappers
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prunable_concat_conv import PrunableConcatConv
+# Where a model's PrunableConcatConv layers are found: beside the layer,
+# re-exported here (tfsdn.prune.prunable_layers, tfsdn.prune.unwrap, ...).
+from tfsdn.prunable_concat_conv import _has_wrappers  # pylint: disable=unused-import
+from tfsdn.prunable_concat_conv import prunable_layers
+from tfsdn.prunable_concat_conv import strip_wrappers
+from tfsdn.prunable_concat_conv import unwrap
 
 
 # tfmot options that mean nothing for a vector of per-channel scores.
 _MEANINGLESS_WRAPPER_KWARGS = ("block_size", "block_pooling_type",
                                "sparsity_m_by_n", "pruning_policy",
                                "pruning_schedule")
-
-
-def unwrap(layer):
-  """The layer inside a tfmot pruning wrapper, or the layer itself."""
-  if isinstance(layer, internals.PruneLowMagnitude):
-    return layer.layer
-  return layer
-
-
-def _has_wrappers(model):
-  return any(isinstance(layer, internals.PruneLowMagnitude) or (
-      isinstance(layer, keras.Model) and _has_wrappers(layer))
-             for layer in model.layers)
-
-
-def strip_wrappers(model):
-  """`tfmot.sparsity.keras.strip_pruning(model)` if it has wrappers, else `model`.
-
-  Wrappers inside nested models count too.
-  """
-  if _has_wrappers(model):
-    return tfmot.sparsity.keras.strip_pruning(model)
-  return model
-
-
-def prunable_layers(model):
-  """All `PrunableConcatConv` layers of a model, wrapped or not, nested too.
-
-  Args:
-    model: A tf_keras model.
-
-  Returns:
-    A list of `PrunableConcatConv` layers in model order.
-  """
-  found = []
-  for layer in map(unwrap, model.layers):
-    if isinstance(layer, PrunableConcatConv):
-      found.append(layer)
-    elif isinstance(layer, keras.Model):
-      found.extend(prunable_layers(layer))
-  return found
 
 
 @keras.utils.register_keras_serializable(package="tfsdn")
@@ -93,7 +60,6 @@ class PruningModel(keras.Model):
         file). Save as `.keras` (load under
         `tfmot.sparsity.keras.prune_scope()`), or strip first.
     """
-    from tfsdn.callbacks import pruning_wrappers  # pylint: disable=g-import-not-at-top
     save_format = kwargs.get("save_format", args[1] if len(args) > 1 else None)
     path = str(filepath) if isinstance(filepath, (str, os.PathLike)) else ""
     hdf5 = (str(save_format).lower() in ("h5", "hdf5") or
@@ -110,8 +76,6 @@ class PruningModel(keras.Model):
 
 def _with_update_scores(model, callbacks):
   """`callbacks` plus a `tfsdn.UpdateScores` if the model needs one."""
-  from tfsdn.callbacks import UpdateScores  # pylint: disable=g-import-not-at-top
-  from tfsdn.callbacks import pruning_wrappers  # pylint: disable=g-import-not-at-top
   if isinstance(callbacks, keras.callbacks.CallbackList):
     return callbacks  # Built by the caller: taken as it is.
   callbacks = [] if callbacks is None else list(callbacks)
