@@ -45,6 +45,13 @@ def test_each_runtime_gets_its_switches():
   assert not tf_options["fused_batch_norm"]
   assert deploy_target.strip_options(
       Target("tf", 1), image_size_known=False)["slice_cost_macs"] == 0
+  # ONNX Runtime copies whole planes per image: the same slice cost at
+  # every batch size, and neither running concatenations nor pooling first.
+  onnx = [deploy_target.strip_options(Target("onnx", b)) for b in (1, 32)]
+  assert onnx[0]["slice_cost_macs"] == pytest.approx(20000)
+  assert onnx[1]["slice_cost_macs"] == pytest.approx(20000)
+  assert not any(o["reuse_concats"] or o["pool_first"] for o in onnx)
+  assert all(o["fused_batch_norm"] for o in onnx)  # one ONNX op, not two
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("ai_edge_litert"),

@@ -332,3 +332,36 @@ def test_outputs_are_named_for_what_they_hold_in_every_format(
     assert sorted(outputs) == sorted(expected)
     for name, value in expected.items():
       np.testing.assert_allclose(np.asarray(outputs[name]), value, atol=1e-5)
+
+
+def test_a_pruned_model_is_exported_compact_for_its_runtime(pruned, tmp_path,
+                                                            images):
+  # The masked model is never served: each export strips it for its
+  # runtime's Target first, and the function is the pruned model's.
+  onnxruntime = pytest.importorskip("onnxruntime")
+  onnx = pytest.importorskip("onnx")
+  pytest.importorskip("tf2onnx")
+  expected = pruned(images, training=False).numpy()
+  wrapped = tfsdn.prune_dense_connections(pruned,
+                                          tfsdn.StagedSparsity([(2, 0.5)]))
+  path = tfsdn.export_onnx(wrapped, tmp_path / "pruned.onnx", batch_size=8)
+  for_onnx = tfsdn.strip(pruned, target=tfsdn.Target("onnx", 8)).model
+  ops = [node.op_type for node in onnx.load(path).graph.node]
+  convs = [l for l in for_onnx.layers if type(l).__name__ == "Conv2D"]
+  assert ops.count("Conv") == len(convs)
+  session = onnxruntime.InferenceSession(path,
+                                         providers=["CPUExecutionProvider"])
+  logits = session.run(None, {session.get_inputs()[0].name: images})[0]
+  np.testing.assert_allclose(logits, expected, atol=1e-4)
+  saved = tfsdn.export_saved_model(pruned, tmp_path / "serving")
+  assert "PrunableConcatConv" not in str(_saved_ops(saved))
+  out = tf.saved_model.load(saved).signatures["serving_default"](
+      images=tf.constant(images))
+  np.testing.assert_allclose(out["logits"].numpy(), expected, atol=1e-4)
+  # Fewer variables than the masked model: the pruned channels are gone.
+  variables = tf.train.list_variables(os.path.join(saved, "variables",
+                                                   "variables"))
+  assert sum(int(np.prod(shape)) for _, shape in variables) < (
+      0.8 * pruned.count_params())
+  with pytest.raises(ValueError, match="batch_size"):
+    tfsdn.export_onnx(pruned, tmp_path / "bad.onnx", batch_size=0)

@@ -68,11 +68,15 @@ DEFAULT_COSTS = {
                            op_seconds_per_image=2.4e-6),
     "litert_int8": RuntimeCosts(op_seconds=4e-6, macs_per_second=140e9,
                                 op_seconds_per_image=1.2e-6),
-    # ONNX Runtime slices channels-first, whole planes: on a trained
-    # DenseNet-40 exact reads ran 1.08x / 1.29x dense (batch 1 / 32) and
-    # reads widened for a 1e5-MAC slice 0.93x / 0.97x, though a slice timed
-    # alone costs about 2 us. So none are widened.
-    "onnx": RuntimeCosts(op_seconds=0.0, macs_per_second=50e9),
+    # ONNX Runtime slices channels-first, whole planes, so a slice's cost
+    # is paid per image. Fitted on whole trained networks, not on single
+    # ops (a slice timed alone costs about 2 us): reads widened for gaps
+    # of up to 20,000 MACs per image ran 1.13x / 1.31x dense on a
+    # DenseNet-40 (batch 1 / 32; exact reads 1.13x / 1.35x, 100,000:
+    # 1.02x / 0.99x) and 1.11x / 1.17x on a DenseNet-121 at 64x64 (exact
+    # reads: 0.49x at batch 1; 100,000: 1.21x / 1.19x).
+    "onnx": RuntimeCosts(op_seconds=0.0, macs_per_second=50e9,
+                         op_seconds_per_image=4e-7),
 }
 
 
@@ -163,11 +167,13 @@ def strip_options(target, image_size_known=True):
       # with the 2x2 average pooling after it); not measured faster in ONNX
       # Runtime.
       pool_first=target.runtime != "onnx",
-      # A running concatenation: fewer, larger concatenation inputs.
-      reuse_concats=True,
+      # A running concatenation: fewer, larger concatenation inputs; in
+      # ONNX Runtime, where concatenations copy whole planes, slower.
+      reuse_concats=target.runtime != "onnx",
       # oneDNN's fused kernel is slow for channel counts that are not a
-      # multiple of 4; a converted graph is the same either way.
-      fused_batch_norm=False)
+      # multiple of 4. LiteRT converts both alike; tf2onnx turns an unfused
+      # one into a Mul and an Add instead of one BatchNormalization.
+      fused_batch_norm=target.runtime == "onnx")
 
 
 def resolve_options(target, given, image_size_known=True):

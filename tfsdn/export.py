@@ -13,8 +13,13 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from absl import logging
+
 from tfsdn import checks
+from tfsdn import compact as compact_lib
 from tfsdn import serving_names
+from tfsdn.deploy_target import Target
+from tfsdn.prunable_concat_conv import prunable_layers
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.files import atomic_path
@@ -81,8 +86,24 @@ def _next_version(export_base):
   return max(versions, default=0) + 1
 
 
+def compact_for(model, target):
+  """`model`, or for a pruned model its compact model stripped for `target`.
+
+  So an export of a pruned model (one with `PrunableConcatConv` layers,
+  wrapped by tfmot or not) serves the compact model laid out for the
+  runtime it is exported to, not the masked one; a compact model (stripped
+  already, with the layout chosen then) is exported as it is.
+  """
+  if not prunable_layers(model):
+    return model
+  stripped = compact_lib.strip(model, target=target)
+  logging.info("Exporting %r, a pruned model: its compact model, stripped "
+               "for %s.", model.name, target)
+  return stripped.model
+
+
 def export_saved_model(model, export_base, version=None, xla=False,
-                       overwrite=False, dtype="float32"):
+                       overwrite=False, dtype="float32", batch_size=1):
   """Writes `model` as a SavedModel that TF Serving loads.
 
   The layout is `export_base/<version>/saved_model.pb` + `variables/`, the one
@@ -114,6 +135,9 @@ def export_saved_model(model, export_base, version=None, xla=False,
     dtype: The dtype every layer computes in, `"float32"` by default, so a
       model trained in mixed precision serves in float32 (fast and exact on
       CPU); None keeps the model's own dtype policies.
+    batch_size: For a pruned model, which is stripped first
+      (`compact_for`): the batch size its layout is chosen for, with
+      `Target("tf_xla" if xla else "tf", batch_size)`.
 
   Returns:
     The path of the written version directory.
@@ -125,6 +149,9 @@ def export_saved_model(model, export_base, version=None, xla=False,
     FileExistsError: if the version exists and `overwrite` is False.
   """
   require_functional(model)
+  model = compact_for(model, Target("tf_xla" if xla else "tf",
+                                    checks.integer("batch_size", batch_size,
+                                                   low=1)))
   if version is not None:
     try:
       version = checks.integer("version", version, low=1)
@@ -175,7 +202,7 @@ TFLITE_QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 
 
 def export_tflite(model, path, optimizations=None, quantization=None,
-                  representative_images=None):
+                  representative_images=None, batch_size=1):
   """Converts `model` to a TFLite flatbuffer for edge devices.
 
   The TFLite model takes the same raw-pixel float32 input and returns the
@@ -208,6 +235,10 @@ def export_tflite(model, path, optimizations=None, quantization=None,
     representative_images: For `"int8"`: an iterable of float32 image
       batches [N, H, W, C] (raw pixels) to calibrate activation ranges on,
       e.g. `tfsdn.data.representative_images(...)`.
+    batch_size: For a pruned model, which is stripped first
+      (`compact_for`): the batch size its layout is chosen for, with
+      `Target("litert_int8" if quantization == "int8" else "litert",
+      batch_size)`.
 
   Returns:
     `path`.
@@ -225,6 +256,9 @@ def export_tflite(model, path, optimizations=None, quantization=None,
     raise ValueError(
         "quantization='int8' needs representative_images (float32 image "
         "batches to calibrate on). Received: representative_images=None")
+  model = compact_for(model, Target(
+      "litert_int8" if quantization == "int8" else "litert",
+      checks.integer("batch_size", batch_size, low=1)))
   model = with_dtype(model, "float32")
   run = tf.function(_named_outputs(model), input_signature=[_image_spec(model)])
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
@@ -327,7 +361,7 @@ def with_image_size(model, image_size):
 ONNX_OPSET = 17
 
 
-def export_onnx(model, path, opset=ONNX_OPSET):
+def export_onnx(model, path, opset=ONNX_OPSET, batch_size=1):
   """Converts `model` to ONNX with tf2onnx, for ONNX Runtime.
 
   Needs the `onnx` extra (`pip install "tfsdn[onnx]"`: tf2onnx 1.17, onnx,
@@ -349,9 +383,13 @@ def export_onnx(model, path, opset=ONNX_OPSET):
   ```
 
   Args:
-    model: A tf_keras model (usually `strip_to_compact`'s result).
+    model: A tf_keras model: a compact one (`strip`'s result), exported
+      as it is, or a pruned one, stripped first for
+      `Target("onnx", batch_size)` (`compact_for`).
     path: Where to write the `.onnx` file.
     opset: The ONNX opset.
+    batch_size: For a pruned model: the batch size its layout is chosen
+      for.
 
   Returns:
     `path`.
@@ -360,6 +398,8 @@ def export_onnx(model, path, opset=ONNX_OPSET):
     ImportError: if tf2onnx is not installed.
   """
   require_functional(model)
+  model = compact_for(model, Target("onnx", checks.integer(
+      "batch_size", batch_size, low=1)))
   try:
     import tf2onnx  # pylint: disable=g-import-not-at-top
   except ImportError as e:
