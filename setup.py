@@ -7,7 +7,7 @@ setuptools.setup(
     version="0.1.0",
     description=("Learn which concatenated inputs of a DenseNet matter, prune "
                  "the rest in stages with tfmot, and export a compact model."),
-    packages=["tfsdn", "tfsdn.keras3"],
+    packages=["tfsdn", "tfsdn.common", "tfsdn.keras3"],
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",

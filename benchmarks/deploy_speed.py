@@ -298,7 +298,7 @@ def _targets(values):
     except ValueError as e:
       raise app.UsageError(
           f"--targets takes runtime@batch, runtime one of "
-          f"{tfsdn.deploy_target.RUNTIMES}. Received: {value!r}") from e
+          f"{tfsdn.common.deploy_target.RUNTIMES}. Received: {value!r}") from e
   return targets
 
 

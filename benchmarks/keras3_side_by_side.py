@@ -76,7 +76,7 @@ def _same_start(model):
 
 
 def _stages(steps_per_epoch):
-  from tfsdn import stages  # pylint: disable=g-import-not-at-top
+  from tfsdn.common import stages  # pylint: disable=g-import-not-at-top
   # Two stages, at epochs 1 and 2; the learning rate drops at epoch 3.
   return stages.evenly_stages(FLAGS.sparsity, 2, 1, 2,
                               steps_per_epoch=steps_per_epoch)

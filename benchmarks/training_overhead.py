@@ -4,7 +4,7 @@ For each net, the stock model a user brings and the same model made
 prunable and wrapped by tfmot (`make_prunable`, `prune_dense_connections`),
 twice: with its one stage right after the timed steps, so every timed step
 measures the `expected_l1` statistics (the steps in each stage's
-statistics window, `tfsdn.stages.statistics_window`: 153 steps at the
+statistics window, `tfsdn.common.stages.statistics_window`: 153 steps at the
 default momentum), and with it far past them (the steps between those
 windows, which do not). All three are trained side by side by `model.fit`
 with the callbacks a user passes (`UpdatePruningStep`, `UpdateScores`):
@@ -35,15 +35,6 @@ from tfsdn.compat import keras
 from tfsdn.files import write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("nets", ["densenet121", "densenet40"],
-                  "densenet121, densenet169, densenet201 (applications) or "
-                  "densenetD (tfsdn's CIFAR DenseNet of depth D).")
-flags.DEFINE_integer("image_size", 64, "DenseNet-121's input size.")
-flags.DEFINE_integer("batch_size", 32, "Training batch size.")
-flags.DEFINE_integer("steps", 4, "Steps per model per round.")
-flags.DEFINE_integer("rounds", 4, "Interleaved rounds; the first is a warm-up.")
-flags.DEFINE_string("output", None, "JSON file to write.")
-
 APPLICATIONS = {"densenet121": "DenseNet121", "densenet169": "DenseNet169",
                 "densenet201": "DenseNet201"}
 
@@ -108,12 +99,12 @@ def models(net, image_size, measuring_stage=None):
 def time_training(net, image_size, batch_size, steps, rounds):
   """Median step times of the stock and the wrapped model, side by side."""
   # A stage right after the timed steps: every timed step measures the
-  # statistics (`tfsdn.stages.statistics_window`); and one far past them:
+  # statistics (`tfsdn.common.stages.statistics_window`); and one far past them:
   # the steps between stages, which do not.
   timed_steps = steps * rounds
   stock, measuring, shape = models(net, image_size, timed_steps + 1)
   _, between, _ = models(net, image_size)
-  window = tfsdn.stages.statistics_window(
+  window = tfsdn.common.stages.statistics_window(
       tfsdn.prunable_layers(measuring)[0].score_momentum)
   if window is not None and window < timed_steps:
     raise ValueError(f"--steps * --rounds = {timed_steps} steps do not fit "
@@ -149,6 +140,19 @@ def time_training(net, image_size, batch_size, steps, rounds):
           "prunable_layers": len(tfsdn.prunable_layers(measuring))}
 
 
+def _define_flags():
+  # Defined only when run as a script, so tests can import this module
+  # beside other benchmarks whose flags share these names.
+  flags.DEFINE_list("nets", ["densenet121", "densenet40"],
+                    "densenet121, densenet169, densenet201 (applications) or "
+                    "densenetD (tfsdn's CIFAR DenseNet of depth D).")
+  flags.DEFINE_integer("image_size", 64, "DenseNet-121's input size.")
+  flags.DEFINE_integer("batch_size", 32, "Training batch size.")
+  flags.DEFINE_integer("steps", 4, "Steps per model per round.")
+  flags.DEFINE_integer("rounds", 4, "Interleaved rounds; the first is a warm-up.")
+  flags.DEFINE_string("output", None, "JSON file to write.")
+
+
 def main(argv):
   del argv
   for net in FLAGS.nets:
@@ -177,4 +181,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

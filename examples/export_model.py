@@ -175,7 +175,7 @@ def target(value):
   except ValueError as e:
     raise app.UsageError(
         f"--target takes RUNTIME@BATCH, RUNTIME one of "
-        f"{tfsdn.deploy_target.RUNTIMES} (e.g. tf@1). Received: "
+        f"{tfsdn.common.deploy_target.RUNTIMES} (e.g. tf@1). Received: "
         f"{value!r}") from e
 
 

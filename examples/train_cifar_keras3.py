@@ -46,8 +46,8 @@ from absl import logging
 import numpy as np
 
 from tfsdn import cli
-from tfsdn import training_plan
-from tfsdn.criteria_names import CRITERIA
+from tfsdn.common import stages as training_plan
+from tfsdn.common.scores import CRITERIA
 from tfsdn.files import atomic_path
 from tfsdn.files import write_json
 

@@ -186,9 +186,9 @@ class _MeasuringFlags(keras.callbacks.Callback):
 
 
 def _scores_after_a_stage(monkeypatch, tolerance):
-  monkeypatch.setattr(tfsdn.stages, "STATISTICS_TOLERANCE", tolerance)
+  monkeypatch.setattr(tfsdn.common.stages, "STATISTICS_TOLERANCE", tolerance)
   monkeypatch.setattr(
-      tfsdn.stages.statistics_window, "__defaults__", (tolerance,))
+      tfsdn.common.stages.statistics_window, "__defaults__", (tolerance,))
   keras.utils.set_random_seed(3)
   model = helpers.tiny_densenet(score_momentum=0.5)
   pruned = helpers.compile_sgd(tfsdn.prune_dense_connections(
@@ -203,7 +203,7 @@ def _scores_after_a_stage(monkeypatch, tolerance):
 def test_statistics_are_measured_only_where_a_stage_weighs_them(monkeypatch):
   # score_momentum 0.5: the last 24 steps before the stage at step 40 weigh
   # all but 0.5 ** 24 = 6e-8 of its statistics.
-  assert tfsdn.stages.statistics_window(0.5) == 24
+  assert tfsdn.common.stages.statistics_window(0.5) == 24
   windowed, flags = _scores_after_a_stage(monkeypatch, 1e-7)
   always, every_flag = _scores_after_a_stage(monkeypatch, None)
   # Batch b runs step b + 1: steps 16..39 measure (and the stage's own, 40).

@@ -12,10 +12,10 @@ import tensorflow as tf
 
 import tfsdn
 from tfsdn import calibration
-from tfsdn import deploy_target
+from tfsdn.common import deploy_target
 from tfsdn.compat import keras
-from tfsdn.deploy_target import RuntimeCosts
-from tfsdn.deploy_target import Target
+from tfsdn.common.deploy_target import RuntimeCosts
+from tfsdn.common.deploy_target import Target
 from tfsdn import testing
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tfsdn
-from tfsdn import channel_order
+from tfsdn.common import channel_order
 from tfsdn import compact as compact_lib
 from tfsdn import testing
 from tfsdn.compat import keras

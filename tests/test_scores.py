@@ -6,7 +6,7 @@ from hypothesis.extra import numpy as hnp
 import numpy as np
 
 from tfsdn import criteria
-from tfsdn import scores
+from tfsdn.common import scores
 
 _RAW = hnp.arrays(np.float32, st.integers(1, 40), elements=st.one_of(
     st.just(0.0), st.just(1.0),

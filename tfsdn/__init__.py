@@ -24,6 +24,9 @@ change without notice.
 """
 import importlib.util as _importlib_util
 
+# The backend-free code both paths share (no TensorFlow, no Keras).
+from tfsdn import common  # pylint: disable=unused-import
+
 _TFMOT_PATH_NEEDS = ("tensorflow", "tf_keras", "tensorflow_model_optimization")
 
 
@@ -67,8 +70,8 @@ if not _MISSING:
   from tfsdn.schedule import StagedSparsity
 
 # Backend-free: where a compact model runs (both paths' `strip` take it).
-from tfsdn.deploy_target import RuntimeCosts  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tfsdn.deploy_target import Target  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tfsdn.common.deploy_target import RuntimeCosts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tfsdn.common.deploy_target import Target  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 __version__ = "0.1.0"
 

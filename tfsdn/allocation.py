@@ -1,7 +1,7 @@
 """Global allocation inside tfmot's loop.
 
 The allocation itself (what is ranked, the budget, the MAC estimate) is
-TensorFlow-free and documented in `tfsdn.global_allocation`; the Keras 3
+TensorFlow-free and documented in `tfsdn.common.allocation`; the Keras 3
 path uses it too. Here every allocated layer gets its own
 `AllocatedSparsity` schedule (a tfmot `PruningSchedule`) whose sparsity
 `tfsdn.UpdateScores` sets right before each stage (`allocate`), after the
@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfsdn import checks
+from tfsdn.common import checks
 from tfsdn import costs
-from tfsdn import global_allocation
-from tfsdn import liveness
+from tfsdn.common import allocation as global_allocation
+from tfsdn.common import liveness
 from tfsdn.compat import keras
 from tfsdn.costs import channel_graph
 from tfsdn.costs import dense_cost
@@ -134,7 +134,7 @@ def allocate(model, wrappers, step):
 
 def protected_inputs(nodes, layers, allocation):
   """Per layer, None or the input channels that carry an ignored layer's
-  filters (`tfsdn.liveness` nodes of the model)."""
+  filters (`tfsdn.common.liveness` nodes of the model)."""
   if not allocation.ignored_layers:
     return [None] * len(layers)
   result = []
@@ -148,7 +148,7 @@ def protected_inputs(nodes, layers, allocation):
 def check_reachable(model, allocation, layers, all_layers):
   """Fails early if a pattern matches nothing or a budget is out of reach.
 
-  See `tfsdn.global_allocation.check_reachable`; `model` is the model (dense
+  See `tfsdn.common.allocation.check_reachable`; `model` is the model (dense
   or wrapped) whose dense cost the budget is a fraction of.
   """
   global_allocation.check_reachable(

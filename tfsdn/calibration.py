@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 from tfsdn import files
-from tfsdn.deploy_target import RuntimeCosts
-from tfsdn.deploy_target import Target
+from tfsdn.common.deploy_target import RuntimeCosts
+from tfsdn.common.deploy_target import Target
 
 _SIZE, _CHANNELS, _FILTERS, _PIECES = 16, 96, 12, 8
 
@@ -180,7 +180,7 @@ def calibrate(runtime, batch_size=1, rounds=5, seconds=0.3, threads=2,
   for LiteRT and ONNX Runtime); later calls read the cache.
 
   Args:
-    runtime: One of `tfsdn.deploy_target.RUNTIMES`.
+    runtime: One of `tfsdn.common.deploy_target.RUNTIMES`.
     batch_size: The batch size to serve, an int >= 1.
     rounds: Interleaved timing rounds (the median is kept).
     seconds: Seconds per model per round.

@@ -16,11 +16,11 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfsdn import allocation
-from tfsdn import checks
+from tfsdn.common import checks
 from tfsdn import internals
 from tfsdn import nesting
-from tfsdn import stages
-from tfsdn.stages import StageShortfallError  # pylint: disable=unused-import
+from tfsdn.common import stages
+from tfsdn.common.stages import StageShortfallError  # pylint: disable=unused-import
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.allocation import AllocatedSparsity
@@ -100,7 +100,7 @@ class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
   measured up to the step before the call (step s - 1 with
   `steps_per_execution=1`). The `expected_l1` statistics are measured only
   in the steps a stage's scores weigh, those whose weight in the moving
-  average is above `tfsdn.stages.STATISTICS_TOLERANCE` (1e-7; the last 153
+  average is above `tfsdn.common.stages.STATISTICS_TOLERANCE` (1e-7; the last 153
   steps before it at `score_momentum=0.9`): the scores are those of
   measuring at every step to that tolerance, and the steps in between run
   without the statistics' cost. After a layer's last stage they stop.
@@ -240,7 +240,7 @@ class UpdateScores(tfmot.sparsity.keras.UpdatePruningStep):
     """True if `wrapper`'s layer measures in the call after `step`.
 
     A layer measures its statistics in the steps before each of its stages
-    that the stage's scores weigh (`tfsdn.stages.statistics_window`), not
+    that the stage's scores weigh (`tfsdn.common.stages.statistics_window`), not
     after its last stage; always if its schedule does not list its stages.
     """
     steps = _stage_steps(wrapper.pruning_schedule)

@@ -12,9 +12,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfsdn import channel_order
-from tfsdn import checks
-from tfsdn import deploy_target
+from tfsdn.common import channel_order
+from tfsdn.common import checks
+from tfsdn.common import deploy_target
 from tfsdn import graph
 from tfsdn import layout
 from tfsdn.compat import keras
@@ -257,12 +257,12 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
 
   **Choosing these options: `target`.** Each of the options above left at
   None is chosen for `target`, a `tfsdn.Target` (the runtime and batch size
-  the model will be served at) by `tfsdn.deploy_target`'s cost model:
+  the model will be served at) by `tfsdn.common.deploy_target`'s cost model:
   `slice_cost_macs` from what one op and one MAC cost there (the built-in
   costs, or `tfsdn.calibrate(runtime, batch_size)` measured on the machine),
   `pool_first=True`, `reuse_concats=True`, unfused BatchNormalization, and
   `max_concat_inputs=5` for LiteRT. Without a target, the layout is chosen
-  for `tfsdn.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
+  for `tfsdn.common.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
   option given explicitly wins over the target's choice: for the exact
   reads (the MACs a `GlobalAllocation` budget planned) pass
   `slice_cost_macs=0, pool_first=False`.
@@ -300,7 +300,7 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
       copy. A bool; None: False.
     check_function: If True (the default), the compact model and `model`
       are run in inference mode on one batch of random pixels and must
-      agree (`tfsdn.checks.same_function`: 1e-4 in float32); False skips
+      agree (`tfsdn.common.checks.same_function`: 1e-4 in float32); False skips
       that check, for speed. A bool.
     target: A `tfsdn.Target` the options left at None are chosen for, or
       None (see above).

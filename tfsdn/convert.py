@@ -12,13 +12,13 @@ conv's width: the filters no one reads any more are removed by strip.
 
 from absl import logging
 
-from tfsdn import chains as plans
+from tfsdn.common import chains as plans
 from tfsdn import graph
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional
-from tfsdn.chains import Chain  # pylint: disable=unused-import
-from tfsdn.chains import ConversionPlan  # pylint: disable=unused-import
-from tfsdn.chains import Skipped  # pylint: disable=unused-import
+from tfsdn.common.chains import Chain  # pylint: disable=unused-import
+from tfsdn.common.chains import ConversionPlan  # pylint: disable=unused-import
+from tfsdn.common.chains import Skipped  # pylint: disable=unused-import
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.prune import strip_wrappers
 

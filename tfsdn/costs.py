@@ -6,10 +6,10 @@ counts them, and the layer-wise sparsity with the same estimated cost.
 """
 
 from tfsdn import graph
-from tfsdn import liveness
+from tfsdn.common import liveness
 from tfsdn.compat import keras
-from tfsdn.global_allocation import layer_costs
-from tfsdn.global_allocation import least_layerwise_sparsity
+from tfsdn.common.allocation import layer_costs
+from tfsdn.common.allocation import least_layerwise_sparsity
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.prunable_concat_conv import prunable_layers
 from tfsdn.prunable_concat_conv import unwrap
@@ -74,7 +74,7 @@ def layerwise_sparsity(model, keep, budget="macs"):
 
 
 def channel_graph(model):
-  """`tfsdn.liveness` `Node`s of `model`, wrapped or not, nested included.
+  """`tfsdn.common.liveness` `Node`s of `model`, wrapped or not, nested included.
 
   Nested functional models are walked through (their inputs are the outer
   tensors they are called on), tfmot wrappers are seen through, so the

@@ -8,8 +8,8 @@ then normalises them with `normalize_scores`.
 import numpy as np
 import tensorflow as tf
 
-from tfsdn.criteria_names import CRITERIA  # noqa: F401  pylint: disable=unused-import
-from tfsdn.criteria_names import MIN_LIVE_SCORE
+from tfsdn.common.scores import CRITERIA  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.scores import MIN_LIVE_SCORE
 
 
 def is_live(scores):

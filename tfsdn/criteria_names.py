@@ -1,7 +1,13 @@
-"""The criterion names and the least live score, shared by both paths."""
+"""Moved to `tfsdn.common.scores`; this old name is an alias of it.
 
-CRITERIA = ("expected_l1", "weight_l1", "bn_gamma", "random")
+Deprecated: import `tfsdn.common.scores` instead.
+"""
 
-# A live channel never gets a score of exactly zero from a criterion: zero is
-# reserved for "pruned", so a channel is only removed by the pruning schedule.
-MIN_LIVE_SCORE = 1e-12
+import sys
+import warnings
+
+from tfsdn.common import scores as _moved
+
+warnings.warn("tfsdn.criteria_names moved to tfsdn.common.scores; import it from there "
+              "(the old name will go).", DeprecationWarning, stacklevel=2)
+sys.modules[__name__] = _moved

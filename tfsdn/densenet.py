@@ -8,16 +8,16 @@ Models take raw RGB pixels (0-255); the first layer, `normalize`, subtracts
 the per-channel mean and divides by the standard deviation. They return
 logits (no softmax).
 """
-from tfsdn import architecture
-from tfsdn.architecture import CIFAR_MEAN  # noqa: F401  pylint: disable=unused-import
-from tfsdn.architecture import CIFAR_STD  # noqa: F401  pylint: disable=unused-import
-from tfsdn.architecture import IMAGENET_BLOCKS  # noqa: F401  pylint: disable=unused-import
-from tfsdn.architecture import IMAGENET_MEAN  # noqa: F401  pylint: disable=unused-import
-from tfsdn.architecture import IMAGENET_STD  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common import architecture
+from tfsdn.common.architecture import CIFAR_MEAN  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.architecture import CIFAR_STD  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.architecture import IMAGENET_BLOCKS  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.architecture import IMAGENET_MEAN  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.architecture import IMAGENET_STD  # noqa: F401  pylint: disable=unused-import
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 
-# One builder code for both paths (`tfsdn.architecture`), made for tf_keras.
+# One builder code for both paths (`tfsdn.common.architecture`), made for tf_keras.
 _BUILDERS = architecture.builders(keras, PrunableConcatConv)
 dense_layer = _BUILDERS.dense_layer
 dense_block = _BUILDERS.dense_block

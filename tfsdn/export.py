@@ -15,10 +15,10 @@ import tensorflow as tf
 
 from absl import logging
 
-from tfsdn import checks
+from tfsdn.common import checks
 from tfsdn import compact as compact_lib
 from tfsdn import serving_names
-from tfsdn.deploy_target import Target
+from tfsdn.common.deploy_target import Target
 from tfsdn.prunable_concat_conv import prunable_layers
 from tfsdn.compat import keras
 from tfsdn.compat import require_functional

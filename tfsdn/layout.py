@@ -15,9 +15,9 @@ import collections
 
 import numpy as np
 
-from tfsdn import channel_order
+from tfsdn.common import channel_order
 from tfsdn import graph
-from tfsdn.channel_order import order_channels
+from tfsdn.common.channel_order import order_channels
 from tfsdn.compat import keras
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 

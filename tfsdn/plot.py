@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 
 from tfsdn.files import atomic_path
-from tfsdn.reporting import ModelReport
+from tfsdn.common.report import ModelReport
 
 
 def plot_connectivity(report, path):

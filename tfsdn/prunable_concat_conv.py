@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfsdn import checks
+from tfsdn.common import checks
 from tfsdn import criteria
 from tfsdn import internals
 from tfsdn.compat import keras

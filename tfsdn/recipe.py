@@ -10,7 +10,7 @@ steps between the stage steps of `begin_epoch` and `end_epoch`
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfsdn import training_plan
+from tfsdn.common import stages as training_plan
 from tfsdn.compat import keras
 from tfsdn.allocation import GlobalAllocation
 from tfsdn.schedule import StagedSparsity

@@ -18,13 +18,13 @@ from tfsdn.compat import keras
 from tfsdn.compat import require_functional
 from tfsdn.prune import prunable_layers
 from tfsdn.prune import strip_wrappers
-from tfsdn.reporting import BlockConnectivity  # noqa: F401  pylint: disable=unused-import
-from tfsdn.reporting import LayerRow  # noqa: F401  pylint: disable=unused-import
-from tfsdn.reporting import ModelReport
-from tfsdn.reporting import comparison_markdown  # noqa: F401  pylint: disable=unused-import
-from tfsdn.reporting import connectivity
-from tfsdn.reporting import image_size
-from tfsdn.reporting import weight_rows
+from tfsdn.common.report import BlockConnectivity  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.report import LayerRow  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.report import ModelReport
+from tfsdn.common.report import comparison_markdown  # noqa: F401  pylint: disable=unused-import
+from tfsdn.common.report import connectivity
+from tfsdn.common.report import image_size
+from tfsdn.common.report import weight_rows
 
 
 def _weight_rows(compact, stripped_layers, input_size):

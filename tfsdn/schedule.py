@@ -3,7 +3,7 @@
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfsdn import stages as stages_lib
+from tfsdn.common import stages as stages_lib
 from tfsdn.compat import keras
 
 # The stage arithmetic is TensorFlow-free, shared with the Keras 3 path.
@@ -56,7 +56,7 @@ class StagedSparsity(tfmot.sparsity.keras.PruningSchedule):
              steps_per_epoch=None):
     """Stages of equal sparsity increments, evenly spaced in time.
 
-    See `tfsdn.stages.evenly_stages` for the spacing and the checks.
+    See `tfsdn.common.stages.evenly_stages` for the spacing and the checks.
 
     Returns:
       A `StagedSparsity`.

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfsdn import checks
+from tfsdn.common import checks
 from tfsdn import graph
 from tfsdn.prunable_concat_conv import PrunableConcatConv
 from tfsdn.prune import prunable_layers

@@ -128,3 +128,23 @@ def test_a_softmax_model_exports_probabilities_only_in_every_format(
   np.testing.assert_allclose(
       serve(images=tf.constant(pixels))["probabilities"].numpy(),
       np.asarray(model(pixels)), atol=1e-5)
+
+
+def test_a_pruned_model_is_exported_as_its_compact_model(tmp_path, pixels):
+  # The masked model is never served: export strips it for the format's
+  # runtime first, and the served function is the pruned model's.
+  onnx = pytest.importorskip("onnx")
+  pytest.importorskip("tf2onnx")
+  pruned = _half_pruned(1)
+  path = sdn.export(pruned, tmp_path / "pruned.onnx", format="onnx",
+                    sample_images=pixels, batch_size=4)
+  for_onnx = sdn.strip(pruned, target=sdn.Target("onnx", 4)).model
+  convs = [node for node in onnx.load(path).graph.node
+           if node.op_type == "Conv"]
+  kernels = {init.name: init for init in onnx.load(path).graph.initializer}
+  weights = sum(int(np.prod(kernels[c.input[1]].dims)) for c in convs
+                if c.input[1] in kernels)
+  assert weights == sum(int(np.prod(l.kernel.shape)) for l in for_onnx.layers
+                        if isinstance(l, keras.layers.Conv2D))
+  with pytest.raises(ValueError, match="batch_size"):
+    sdn.export(pruned, tmp_path / "bad.onnx", format="onnx", batch_size=0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfsdn.keras3 as sdn
-from tfsdn import stages
+from tfsdn.common import stages
 from tfsdn.keras3.pruning import compact_macs
 
 
@@ -131,7 +131,7 @@ def test_layer_sparsity_is_the_least_that_meets_the_budget():
   model = _model()
   sparsity = sdn.layer_sparsity(model, 0.6)
   layers = sdn.prunable_layers(model)
-  from tfsdn.global_allocation import layer_costs  # pylint: disable=g-import-not-at-top
+  from tfsdn.common.allocation import layer_costs  # pylint: disable=g-import-not-at-top
   costs = layer_costs(layers, "macs")
   total = sdn.dense_macs(model)
 

@@ -14,10 +14,10 @@ Which path to use:
   PyTorch backend).
 
 What the two paths share (TensorFlow-free modules): the stage arithmetic
-(`tfsdn.stages`: steps, exact counts), global allocation
-(`tfsdn.global_allocation`), the DenseNet builders (`tfsdn.architecture`),
-the filter ordering of the strip step (`tfsdn.channel_order`) and the
-criteria's definitions (`tfsdn.scores`; the tfmot path computes them with
+(`tfsdn.common.stages`: steps, exact counts), global allocation
+(`tfsdn.common.allocation`), the DenseNet builders (`tfsdn.common.architecture`),
+the filter ordering of the strip step (`tfsdn.common.channel_order`) and the
+criteria's definitions (`tfsdn.common.scores`; the tfmot path computes them with
 TensorFlow ops on distributed variables, `tfsdn.criteria`). Where they
 differ: the tfmot path keeps the mask in tfmot's wrapper and measures its
 statistics per replica; the Keras 3 layer holds no wrapper, so `Pruning`
@@ -49,10 +49,10 @@ if not _keras.__version__.split(".")[0].isdigit() or int(
       "tf_keras (Keras 2) models use the tfmot path: import tfsdn.")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tfsdn import stages
-from tfsdn.deploy_target import RuntimeCosts
-from tfsdn.deploy_target import Target
-from tfsdn.global_allocation import GlobalAllocation
+from tfsdn.common import stages
+from tfsdn.common.deploy_target import RuntimeCosts
+from tfsdn.common.deploy_target import Target
+from tfsdn.common.allocation import GlobalAllocation
 from tfsdn.keras3 import data
 from tfsdn.keras3 import densenet
 from tfsdn.keras3.convert import conversion_plan
@@ -69,8 +69,8 @@ from tfsdn.keras3.report import model_report
 from tfsdn.keras3.strip import Stripped
 from tfsdn.keras3.strip import strip
 from tfsdn.plot import plot_connectivity
-from tfsdn.reporting import comparison_markdown
-from tfsdn.stages import StageShortfallError
+from tfsdn.common.report import comparison_markdown
+from tfsdn.common.stages import StageShortfallError
 
 __all__ = [
     "RuntimeCosts",

@@ -3,7 +3,7 @@ prunable one.
 
 The Keras 3 counterpart of `tfsdn.convert`, on any backend: the chains it
 converts and the reasons it leaves one alone come from the shared,
-backend-free `tfsdn.chains`; this module only reads the Keras 3
+backend-free `tfsdn.common.chains`; this module only reads the Keras 3
 graph and builds the new model. `keras.applications.DenseNet121/169/201`
 convert as their tf_keras twins do (tests: same outputs to 1e-5).
 """
@@ -11,7 +11,7 @@ convert as their tf_keras twins do (tests: same outputs to 1e-5).
 from absl import logging
 import keras
 
-from tfsdn import chains as plans
+from tfsdn.common import chains as plans
 from tfsdn.keras3 import graph
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -49,7 +49,7 @@ def conversion_plan(model):
     model: A functional or Sequential Keras 3 model.
 
   Returns:
-    A `tfsdn.chains.ConversionPlan`.
+    A `tfsdn.common.chains.ConversionPlan`.
 
   Raises:
     TypeError: for tf_keras objects and subclassed models.

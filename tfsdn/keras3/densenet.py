@@ -1,13 +1,13 @@
 """DenseNet builders for Keras 3, made of `tfsdn.keras3.PrunableConcatConv`.
 
-The same builders as `tfsdn.densenet` (one code, `tfsdn.architecture`), so
+The same builders as `tfsdn.densenet` (one code, `tfsdn.common.architecture`), so
 the models have the same layer names and parameter counts as the tf_keras
 ones, and weights move between them by name (`tfsdn.keras3.from_tf_keras`).
 """
 
 import keras
 
-from tfsdn import architecture
+from tfsdn.common import architecture
 from tfsdn.keras3.layer import PrunableConcatConv
 
 _BUILDERS = architecture.builders(keras, PrunableConcatConv)

@@ -40,7 +40,12 @@ from tfsdn.serving_names import SIGNATURE
 from tfsdn.files import apply_umask
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
+from tfsdn.common import checks
+from tfsdn.common.deploy_target import Target
+from tfsdn.keras3 import graph
 from tfsdn.keras3.checks import require_keras3_model
+from tfsdn.keras3.layer import PrunableConcatConv
+from tfsdn.keras3.strip import strip
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
 ONNX_OPSET = 17  # as the tfmot path's export_onnx
@@ -58,8 +63,12 @@ def _sample_images(model, sample_images):
   return sample_images
 
 
+# The runtime each format serves in, for a pruned model's strip.
+_RUNTIMES = {"tf_saved_model": "tf", "onnx": "onnx", "litert": "litert"}
+
+
 def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: disable=redefined-builtin
-           sample_images=None, atol=1e-3):
+           sample_images=None, atol=1e-3, batch_size=1):
   """Exports a Keras 3 image classifier and checks it in its runtime.
 
   Example:
@@ -74,7 +83,9 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
   Args:
     model: A functional Keras 3 model with one image input of fixed
       [H, W, C] shape and one output: logits, or probabilities if it ends
-      in a softmax.
+      in a softmax. A pruned model (with `PrunableConcatConv` layers) is
+      stripped first for the format's runtime, `Target(runtime,
+      batch_size)`, so its compact model is what gets served.
     path: The SavedModel folder (for TF Serving, a version folder such as
       `base/1`) or the `.onnx` / `.tflite` file.
     format: One of `FORMATS`.
@@ -83,6 +94,7 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
       ones); every exported output must match the model's within `atol`
       (relative to the output's largest magnitude, at least 1).
     atol: The tolerance of that check.
+    batch_size: For a pruned model: the batch size its layout is chosen for.
 
   Returns:
     `path`.
@@ -101,6 +113,10 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
     raise ValueError(f"Model {model.name!r} must have one image input of a "
                      f"fixed [H, W, C] shape. Received inputs: "
                      f"{[tuple(t.shape) for t in model.inputs]}")
+  batch_size = checks.integer("batch_size", batch_size, low=1)
+  if any(isinstance(layer, PrunableConcatConv)
+         for layer in graph.flatten(model).layers):
+    model = strip(model, target=Target(_RUNTIMES[format], batch_size)).model
   path = os.fspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path!r} exists; pass overwrite=True.")

@@ -3,7 +3,7 @@
 The same layer as `tfsdn.PrunableConcatConv`, written with `keras.ops` only,
 so it runs on every Keras 3 backend. The scores have the same meaning (one
 float32 per input channel; live iff > 0, pruned iff exactly 0) and are
-computed by the same criteria (`tfsdn.scores`, numpy, once before a stage).
+computed by the same criteria (`tfsdn.common.scores`, numpy, once before a stage).
 What differs from the tfmot layer: no tfmot wrapper holds a mask, so
 `tfsdn.keras3.Pruning` zeroes the pruned scores itself (`prune_to`), and
 there is no `bn_synchronized` (Keras 3's BatchNormalization synchronises
@@ -14,9 +14,9 @@ import keras
 from keras import ops
 import numpy as np
 
-from tfsdn import checks
-from tfsdn import scores as scores_lib
-from tfsdn.criteria_names import CRITERIA
+from tfsdn.common import checks
+from tfsdn.common import scores as scores_lib
+from tfsdn.common.scores import CRITERIA
 
 
 def _shapes(input_shape):

@@ -4,9 +4,9 @@ It plays the part that tfmot's `UpdatePruningStep` and `tfsdn.UpdateScores`
 play together in the tfmot path: before the training call that contains a
 stage step it computes every layer's scores, decides how many inputs each
 layer keeps (layer-wise: the stage's sparsity, counted as tfmot counts;
-global: `tfsdn.global_allocation.GlobalAllocation.plan`), prunes exactly
+global: `tfsdn.common.allocation.GlobalAllocation.plan`), prunes exactly
 that many, and checks it. The stage arithmetic is shared with the tfmot
-path (`tfsdn.stages`), so the same stages prune the same counts at the same
+path (`tfsdn.common.stages`), so the same stages prune the same counts at the same
 steps.
 """
 
@@ -16,13 +16,13 @@ from absl import logging
 import keras
 import numpy as np
 
-from tfsdn import liveness
-from tfsdn import stages as stages_lib
-from tfsdn.global_allocation import GlobalAllocation
-from tfsdn.global_allocation import raise_protected
-from tfsdn.global_allocation import check_reachable
-from tfsdn.global_allocation import layer_costs
-from tfsdn.global_allocation import least_layerwise_sparsity
+from tfsdn.common import liveness
+from tfsdn.common import stages as stages_lib
+from tfsdn.common.allocation import GlobalAllocation
+from tfsdn.common.allocation import raise_protected
+from tfsdn.common.allocation import check_reachable
+from tfsdn.common.allocation import layer_costs
+from tfsdn.common.allocation import least_layerwise_sparsity
 from tfsdn.keras3 import graph
 from tfsdn.keras3.checks import require_keras3_model
 from tfsdn.keras3.layer import PrunableConcatConv
@@ -65,7 +65,7 @@ def dense_macs(model):
 
 
 def channel_graph(model):
-  """`tfsdn.liveness` `Node`s of a Keras 3 model, nested models included.
+  """`tfsdn.common.liveness` `Node`s of a Keras 3 model, nested models included.
 
   The Keras 3 counterpart of `tfsdn.costs.channel_graph`: nested models are
   walked through, so the description is that of the flat model strip
@@ -168,7 +168,7 @@ class Pruning(keras.callbacks.Callback):
 
   Steps count training batches from 1, as in tfmot: a stage at step s
   prunes right before batch s, by scores measured up to batch s - 1, and
-  the earliest stage step is `tfsdn.stages.FIRST_STAGE_STEP` (2). With
+  the earliest stage step is `tfsdn.common.stages.FIRST_STAGE_STEP` (2). With
   `steps_per_execution=n > 1` a stage acts before the call of n batches
   that contains its step (up to n - 1 batches early), since the callback
   runs between calls. After the last stage the statistics stop.
@@ -184,7 +184,7 @@ class Pruning(keras.callbacks.Callback):
     layers: With layer-wise stages, names or `fnmatch` patterns of the
       layers to prune (default: every `PrunableConcatConv`); each must
       match a layer.
-    raise_on_shortfall: Raise `tfsdn.stages.StageShortfallError` if a layer
+    raise_on_shortfall: Raise `tfsdn.common.stages.StageShortfallError` if a layer
       ends a stage with fewer pruned inputs than scheduled (default).
 
   Attributes:

@@ -1,7 +1,7 @@
 """`model_report` for Keras 3: parameters, MACs and connectivity.
 
 The same report as the tfmot path's `tfsdn.model_report` (the data types
-and the connectivity come from `tfsdn.reporting`), so
+and the connectivity come from `tfsdn.common.report`), so
 `tfsdn.plot_connectivity` draws the Keras 3 path's heatmap too.
 """
 
@@ -11,9 +11,9 @@ from tfsdn.keras3 import graph
 from tfsdn.keras3.pruning import prunable_layers
 from tfsdn.keras3.strip import Stripped
 from tfsdn.keras3.strip import strip
-from tfsdn.reporting import ModelReport
-from tfsdn.reporting import connectivity
-from tfsdn.reporting import weight_rows
+from tfsdn.common.report import ModelReport
+from tfsdn.common.report import connectivity
+from tfsdn.common.report import weight_rows
 
 
 def _weight_rows(compact, stripped_layers, input_size):
@@ -36,13 +36,13 @@ def model_report(model, input_size=None):
       `tfsdn.model_report`; needed for a model of unknown image size.
 
   Returns:
-    A `tfsdn.reporting.ModelReport`, the tfmot path's report type.
+    A `tfsdn.common.report.ModelReport`, the tfmot path's report type.
 
   Raises:
     TypeError: for a tf_keras or subclassed model, or a Sequential model
       without an input shape.
     ValueError: for a bad `input_size`, or none for a model whose image
-      size is unknown (`tfsdn.reporting.image_size`).
+      size is unknown (`tfsdn.common.report.image_size`).
   """
   if not isinstance(model, Stripped):
     graph.functional(model)  # Checks the model's type.

@@ -7,7 +7,7 @@ finds which channels of every tensor some consumer reads (a
 layers read everything; channel-wise layers and concatenations pass reads
 through), filters no one reads are dropped, the filters of each producer
 whose order no model output shows are ordered so that its consumers read
-few contiguous ranges (`tfsdn.channel_order`, shared with the tfmot
+few contiguous ranges (`tfsdn.common.channel_order`, shared with the tfmot
 path), and every
 `PrunableConcatConv` becomes slices + Concatenate + BatchNormalization +
 ReLU + Conv2D. The compact model has the same function (checked by the
@@ -19,9 +19,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfsdn import channel_order
-from tfsdn import checks
-from tfsdn import deploy_target
+from tfsdn.common import channel_order
+from tfsdn.common import checks
+from tfsdn.common import deploy_target
 from tfsdn.keras3 import graph
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -169,8 +169,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
 
   `target`, a `tfsdn.Target`, chooses the options left at None for the
   runtime and batch size the model will be served at, as in `tfsdn.strip`
-  (the same backend-free planner, `tfsdn.deploy_target`); without one,
-  for `tfsdn.deploy_target.DEFAULT_TARGET` (TensorFlow at batch 1). For
+  (the same backend-free planner, `tfsdn.common.deploy_target`); without one,
+  for `tfsdn.common.deploy_target.DEFAULT_TARGET` (TensorFlow at batch 1). For
   exact reads pass `slice_cost_macs=0`.
 
   The model's outputs keep their channels in their order (a feature
@@ -193,7 +193,7 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     reuse_concats: A bool (see above); None: True.
     check_function: If True (the default), the compact model and `model`
       run in inference mode on one batch of random pixels and must agree
-      (`tfsdn.checks.same_function`: 1e-4 in float32), as in `tfsdn.strip`;
+      (`tfsdn.common.checks.same_function`: 1e-4 in float32), as in `tfsdn.strip`;
       False skips that check, for speed.
     target: A `tfsdn.Target`, or None (see above).
 
