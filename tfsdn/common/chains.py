@@ -222,3 +222,31 @@ def no_chain_error(model_name, plan):
       f"Model {model_name!r} has no BatchNormalization -> ReLU -> Conv2D "
       "(use_bias=False) chain to convert"
       + (f"; skipped:{details}" if details else "."))
+
+
+def layer_arguments(batch_norm, conv, criterion, score_momentum, group_lasso,
+                    frozen_batch_norm, serialize_initializer):
+  """The `PrunableConcatConv` arguments that carry a chain's BN and conv.
+
+  Both paths' `make_prunable` build their layer from these (the tfmot
+  path adds `bn_synchronized`, which the Keras 3 layer has not).
+
+  Args:
+    batch_norm: The chain's BatchNormalization layer.
+    conv: The chain's Conv2D layer.
+    criterion: See `PrunableConcatConv`.
+    score_momentum: See `PrunableConcatConv`.
+    group_lasso: See `PrunableConcatConv`.
+    frozen_batch_norm: True if the BN runs in inference mode (called with
+      `training=False`): the new layer's BN is then frozen.
+    serialize_initializer: That Keras' `initializers.serialize`.
+  """
+  return dict(
+      filters=conv.filters, kernel_size=conv.kernel_size,
+      strides=conv.strides, padding=conv.padding,
+      kernel_initializer=serialize_initializer(conv.kernel_initializer),
+      kernel_regularizer=conv.kernel_regularizer, criterion=criterion,
+      score_momentum=score_momentum, group_lasso=group_lasso,
+      bn_momentum=batch_norm.momentum, bn_epsilon=batch_norm.epsilon,
+      batch_norm_trainable=batch_norm.trainable and not frozen_batch_norm,
+      conv_trainable=conv.trainable, name=conv.name, dtype=conv.dtype_policy)

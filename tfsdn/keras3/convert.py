@@ -147,15 +147,9 @@ def _prunable_layer(batch_norm, conv, inputs, criterion, score_momentum,
                     group_lasso, frozen_batch_norm=False):
   """A PrunableConcatConv with `batch_norm`'s and `conv`'s weights."""
   layer = PrunableConcatConv(
-      conv.filters, conv.kernel_size, strides=conv.strides,
-      padding=conv.padding,
-      kernel_initializer=keras.initializers.serialize(
-          conv.kernel_initializer),
-      kernel_regularizer=conv.kernel_regularizer, criterion=criterion,
-      score_momentum=score_momentum, group_lasso=group_lasso,
-      bn_momentum=batch_norm.momentum, bn_epsilon=batch_norm.epsilon,
-      batch_norm_trainable=batch_norm.trainable and not frozen_batch_norm,
-      conv_trainable=conv.trainable, name=conv.name, dtype=conv.dtype_policy)
+      **plans.layer_arguments(batch_norm, conv, criterion, score_momentum,
+                              group_lasso, frozen_batch_norm,
+                              keras.initializers.serialize))
   output = layer(inputs)
   layer.batch_norm.set_weights(batch_norm.get_weights())
   layer.conv.set_weights(conv.get_weights())
