@@ -149,9 +149,7 @@ def export_saved_model(model, export_base, version=None, xla=False,
     FileExistsError: if the version exists and `overwrite` is False.
   """
   require_functional(model)
-  model = compact_for(model, Target("tf_xla" if xla else "tf",
-                                    checks.integer("batch_size", batch_size,
-                                                   low=1)))
+  model = compact_for(model, Target("tf_xla" if xla else "tf", batch_size))
   if version is not None:
     try:
       version = checks.integer("version", version, low=1)
@@ -257,8 +255,7 @@ def export_tflite(model, path, optimizations=None, quantization=None,
         "quantization='int8' needs representative_images (float32 image "
         "batches to calibrate on). Received: representative_images=None")
   model = compact_for(model, Target(
-      "litert_int8" if quantization == "int8" else "litert",
-      checks.integer("batch_size", batch_size, low=1)))
+      "litert_int8" if quantization == "int8" else "litert", batch_size))
   model = with_dtype(model, "float32")
   run = tf.function(_named_outputs(model), input_signature=[_image_spec(model)])
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
@@ -398,8 +395,7 @@ def export_onnx(model, path, opset=ONNX_OPSET, batch_size=1):
     ImportError: if tf2onnx is not installed.
   """
   require_functional(model)
-  model = compact_for(model, Target("onnx", checks.integer(
-      "batch_size", batch_size, low=1)))
+  model = compact_for(model, Target("onnx", batch_size))
   try:
     import tf2onnx  # pylint: disable=g-import-not-at-top
   except ImportError as e:

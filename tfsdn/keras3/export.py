@@ -40,11 +40,9 @@ from tfsdn.serving_names import SIGNATURE
 from tfsdn.files import apply_umask
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
-from tfsdn.common import checks
 from tfsdn.common.deploy_target import Target
-from tfsdn.keras3 import graph
 from tfsdn.keras3.checks import require_keras3_model
-from tfsdn.keras3.layer import PrunableConcatConv
+from tfsdn.keras3.pruning import prunable_layers
 from tfsdn.keras3.strip import strip
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
@@ -113,10 +111,9 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
     raise ValueError(f"Model {model.name!r} must have one image input of a "
                      f"fixed [H, W, C] shape. Received inputs: "
                      f"{[tuple(t.shape) for t in model.inputs]}")
-  batch_size = checks.integer("batch_size", batch_size, low=1)
-  if any(isinstance(layer, PrunableConcatConv)
-         for layer in graph.flatten(model).layers):
-    model = strip(model, target=Target(_RUNTIMES[format], batch_size)).model
+  target = Target(_RUNTIMES[format], batch_size)  # checks batch_size
+  if prunable_layers(model):
+    model = strip(model, target=target).model
   path = os.fspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path!r} exists; pass overwrite=True.")
