@@ -13,8 +13,11 @@ seeds): a rerun reproduces an arm bit for bit.
 
 Each finished (arm, seed) writes OUTPUT_DIR/seedS/ARM.json (accuracies, the
 prediction for every validation and test image, parameters, MACs, the stages)
-and OUTPUT_DIR/seedS/ARM.keras (the compact model, stock tf_keras layers), so
-results can be committed as they land and re-evaluated on other data. Each
+and OUTPUT_DIR/seedS/ARM.keras (the compact model, stock tf_keras layers), and
+for an arm that pruned connections OUTPUT_DIR/seedS/ARM.pruned.keras (its model
+before the strip, loadable after `import tfsdn`, so that it can be stripped
+again for another target without retraining), so results can be committed as
+they land and re-evaluated on other data. Each
 result records the git commit it ran from (`commit`, `commit_dirty`) and
 where `tfsdn` was imported from (`tfsdn_path`); these are not part of the
 config, so a folder's digest does not depend on them. To keep later library
@@ -192,7 +195,13 @@ class Runner:
     return path
 
   def run(self, arm, seed, needed):
-    """Trains one arm for one seed; returns (result dict, compact model)."""
+    """Trains one arm for one seed.
+
+    Returns:
+      (result dict, compact model, pruned model or None): the pruned model is
+      the one with PrunableConcatConv layers (tfmot's wrappers removed),
+      None for an arm without them.
+    """
     tfsdn, keras, config = self.tfsdn, self.keras, self.config
     version = results_io.code_version()
     result = {"arm": arm.name, "kind": arm.kind, "keep": arm.keep,
@@ -242,6 +251,9 @@ class Runner:
     if any(isinstance(c, tfsdn.UpdateScores) for c in callbacks):
       result["stages"] = callbacks[-1].history
     model = self._tfmot().sparsity.keras.strip_pruning(model)
+    pruned = None
+    if any(layer.sparsity() > 0 for layer in tfsdn.prunable_layers(model)):
+      pruned = model
     if tfsdn.prunable_layers(model):
       result["layer_sparsity"] = {
           layer.name: layer.sparsity()
@@ -265,7 +277,7 @@ class Runner:
           predicted == self.labels[split]))
       result[f"{split}_predictions"] = results_io.encode(predicted)
       result[f"{split}_examples"] = int(len(predicted))
-    return result, compact
+    return result, compact, pruned
 
   @staticmethod
   def _tfmot():
@@ -315,8 +327,9 @@ def main(argv):
         with open(os.path.join(directory, f"{arm.needs.name}.json")) as f:
           needed = json.load(f)
       logging.info("%s, seed %d: training", arm.name, seed)
-      result, compact = runner.run(arm, seed, needed)
-      written = results_io.save_result(result, compact, directory, arm.name)
+      result, compact, pruned = runner.run(arm, seed, needed)
+      written = results_io.save_result(result, compact, directory, arm.name,
+                                       pruned)
       logging.info("%s, seed %d: validation %.4f, test %.4f, %.3fx MACs",
                    arm.name, seed, result["validation_accuracy"],
                    result["test_accuracy"], result["macs_vs_dense"])

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 
 import numpy as np
 
@@ -105,19 +106,53 @@ def prepare_output_dir(output_dir, config):
     files.write_json(path, config)
 
 
-def save_result(result, compact, directory, arm_name):
-  """Writes ARM.keras and ARM.json (in that order); returns both paths."""
+def save_result(result, compact, directory, arm_name, pruned=None):
+  """Writes ARM.keras, ARM.pruned.keras and ARM.json; returns their paths.
+
+  Args:
+    result: The arm's result dict (gets `model_path`, `pruned_model_path`).
+    compact: The compact model (stock layers).
+    directory: The seed's folder.
+    arm_name: The arm's name.
+    pruned: The pruned model before the strip (PrunableConcatConv layers,
+      tfmot wrappers removed), or None for an arm that prunes nothing: kept so
+      that a later strip (another target, a better planner) needs no
+      retraining. Written before ARM.json, so a result is never listed
+      without its models.
+  """
   os.makedirs(directory, exist_ok=True)
+  written = []
+  if pruned is not None:
+    pruned_path = os.path.join(directory, f"{arm_name}.pruned.keras")
+    with files.atomic_path(pruned_path, suffix=".keras") as tmp:
+      pruned.save(tmp)
+    result["pruned_model_path"] = pruned_path
+    written.append(pruned_path)
   model_path = os.path.join(directory, f"{arm_name}.keras")
   with files.atomic_path(model_path, suffix=".keras") as tmp:
     compact.save(tmp)
   result["model_path"] = model_path
   path = os.path.join(directory, f"{arm_name}.json")
   files.write_json(path, result)
-  return [path, model_path]
+  return [path, model_path] + written
 
 
-def git_commit(paths, message):
-  subprocess.run(["git", "add", "--", *paths], check=True)
-  subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths],
-                 check=True)
+def git_commit(paths, message, tries=10):
+  """Commits `paths` (only them) in the working directory's repository.
+
+  A long run commits into a checkout someone may be committing in too: a
+  held index lock is waited for (`tries` times, 3 s apart) rather than
+  ending a run whose results are already written.
+  """
+  for attempt in range(tries):
+    add = subprocess.run(["git", "add", "--", *paths], capture_output=True,
+                         text=True)
+    commit = add if add.returncode else subprocess.run(
+        ["git", "commit", "-q", "-m", message, "--", *paths],
+        capture_output=True, text=True)
+    if not commit.returncode:
+      return
+    if "index.lock" not in commit.stderr or attempt == tries - 1:
+      raise subprocess.CalledProcessError(commit.returncode, commit.args,
+                                          commit.stdout, commit.stderr)
+    time.sleep(3)

@@ -94,6 +94,26 @@ def test_every_arm_prunes_what_it_says(first_run):
   model = tf_keras.models.load_model(
       str(first_run / "seed0" / "el1_global@0.6.keras"))
   assert not any("Prunable" in type(l).__name__ for l in model.layers)
+  assert not os.path.exists(first_run / "seed0" / "dense.pruned.keras")
+  assert not os.path.exists(first_run / "seed0" / "narrow_dense@0.6.pruned.keras")
+
+
+def test_a_pruned_arm_keeps_its_model_before_the_strip(first_run):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  import tfsdn  # pylint: disable=g-import-not-at-top
+  for arm in ("el1_layer@0.6", "el1_nested@0.6"):
+    result = _result(first_run, arm)
+    assert result["pruned_model_path"].endswith(f"{arm}.pruned.keras")
+    pruned = tf_keras.models.load_model(
+        str(first_run / "seed0" / f"{arm}.pruned.keras"))
+    layers = tfsdn.prunable_layers(pruned)
+    assert {l.name: l.sparsity() for l in layers} == result["layer_sparsity"]
+    # Stripped as the runner did, it is the committed compact model.
+    compact = tfsdn.strip(pruned, slice_cost_macs=0, pool_first=False).model
+    assert hashlib.sha256(b"".join(
+        w.tobytes() for w in compact.get_weights())).hexdigest() == (
+            result["weights_sha256"])
 
 
 def test_a_rerun_reproduces_an_arm_bit_for_bit(records, first_run, tmp_path):
