@@ -24,8 +24,6 @@ lower bound above -(--margin) points. Writes the figures as JSON.
       --trend_json=docs/evidence/cifar10_d16_recovery/trend.json
 """
 
-import collections
-import glob
 import json
 import os
 
@@ -62,18 +60,7 @@ TFSDN_KINDS = ("el1_global", "el1_layer", "el1_nested", "bn_gamma_global",
                "weight_l1_global")
 
 
-def load(results_dir):
-  """`(config, labels, {arm: {seed: result}})`."""
-  with open(os.path.join(results_dir, "config.json")) as f:
-    config = json.load(f)
-  with open(os.path.join(results_dir, "labels.json")) as f:
-    labels = {k: results_io.decode(v) for k, v in json.load(f).items()}
-  results = collections.defaultdict(dict)
-  for path in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
-    with open(path) as f:
-      result = json.load(f)
-    results[result["arm"]][result["seed"]] = result
-  return config, labels, dict(results)
+load = results_io.load
 
 
 def correct(results, labels, arm, seeds, split="test"):

@@ -7,6 +7,7 @@ ARM.keras under seedS/.
 """
 
 import base64
+import glob
 import hashlib
 import json
 import os
@@ -135,6 +136,20 @@ def save_result(result, compact, directory, arm_name, pruned=None):
   path = os.path.join(directory, f"{arm_name}.json")
   files.write_json(path, result)
   return [path, model_path] + written
+
+
+def load(results_dir):
+  """`(config, labels, {arm: {seed: result}})` of an OUTPUT_DIR."""
+  with open(os.path.join(results_dir, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(results_dir, "labels.json")) as f:
+    labels = {k: decode(v) for k, v in json.load(f).items()}
+  results = {}
+  for path in sorted(glob.glob(os.path.join(results_dir, "seed*", "*.json"))):
+    with open(path) as f:
+      result = json.load(f)
+    results.setdefault(result["arm"], {})[result["seed"]] = result
+  return config, labels, results
 
 
 def git_commit(paths, message, tries=10):

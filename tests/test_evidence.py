@@ -230,3 +230,48 @@ def test_recovery_trend_applies_the_rule_to_the_committed_runs():
   with pytest.raises(ValueError, match="no results for arm 'kd_dense'"):
     evidence_table.trend(os.path.join(folder, "r3"),
                          os.path.join(folder, "r12"), "kd_dense", "dense", 1.0)
+
+
+def test_accuracy_latency_times_what_a_user_deploys(first_run, tmp_path):
+  output = tmp_path / "latency.json"
+  done = _run("accuracy_latency.py", results_dir=str(first_run),
+              arms="dense,el1_layer@0.6,narrow_dense@0.6", runtimes="tf",
+              batch_sizes="1,2", rounds=1, seconds=0.05,
+              output=str(output), plot=str(tmp_path / "latency.png"))
+  out = json.loads(output.read_text())
+  for b in ("1", "2"):
+    summary = out["runtimes"]["tf"][b]
+    assert set(summary["means"]) == {"dense", "el1_layer@0.6",
+                                     "el1_layer@0.6/default",
+                                     "narrow_dense@0.6"}
+    (dense,) = summary["points"]["dense"]
+    assert dense["speed_vs_dense"] == 1.0
+    layer = summary["points"]["el1_layer@0.6"][0]
+    assert layer["test_accuracy"] == _result(first_run, "el1_layer@0.6")[
+        "test_accuracy"]
+    assert layer["largest_logit_difference"] < 1e-3
+    assert summary["front"]  # the fastest, the most accurate, or both
+  assert "| tf | 1 | dense | 1.00x" in done.stdout
+  assert (tmp_path / "latency.png").stat().st_size > 0
+
+
+def test_accuracy_latency_refuses_bad_flags(first_run, tmp_path):
+  for flags, named in ((dict(batch_sizes="1,0"), "'0'"),
+                       (dict(arms="el1_layer@0.6"), "'dense'"),
+                       (dict(arms="dense,nope"), "'nope'"),
+                       (dict(runtimes="tf,trt"), "'trt'")):
+    done = _run("accuracy_latency.py", check=False,
+                results_dir=str(first_run), output=str(tmp_path / "x.json"),
+                **flags)
+    assert done.returncode != 0 and named in done.stderr, (flags, done.stderr)
+  assert not (tmp_path / "x.json").exists()
+
+
+def test_the_front_keeps_what_nothing_beats():
+  sys.path.insert(0, BENCHMARKS)
+  import accuracy_latency  # pylint: disable=g-import-not-at-top
+  points = {"a": (1.0, 0.60), "b": (2.0, 0.70), "c": (2.0, 0.65),
+            "d": (0.5, 0.55), "e": (1.0, 0.60)}
+  # c is beaten by b (as fast, more accurate); a and e tie, neither beats
+  # the other.
+  assert accuracy_latency.front(points) == ["a", "b", "d", "e"]

@@ -1,0 +1,315 @@
+r"""Accuracy against latency: the evidence arms as a user would deploy them.
+
+Reads a folder of `evidence.py` results and, for every (arm, seed), runtime
+and batch size, exports the model a user would serve there:
+
+- an arm that pruned connections (it has `ARM.pruned.keras`): its pruned
+  model stripped for that runtime and batch size,
+  `tfsdn.strip(pruned, target=tfsdn.Target(runtime, batch_size))`; with
+  --default_strip also `tfsdn.strip(pruned)` as it comes (arm name
+  `ARM/default`), the same model at every batch size;
+- any other arm (`dense`, `narrow_dense`): its compact model `ARM.keras`, a
+  stock DenseNet.
+
+Each stripped model is checked against the arm's committed compact model on
+test images (largest difference of the logits, in the JSON). All of one
+runtime's models are then timed side by side in one process that loads only
+that runtime (interleaved rounds, the median; `runtime_timing`), with the
+processes named by --pause_pids stopped (SIGSTOP) while timing and resumed
+after, and the load average recorded. The JSON has, per runtime and batch
+size, every (arm, seed)'s ms per image, its speed against the same seed's
+dense model and its test accuracy, the means per arm, and which arms are on
+the accuracy-latency front (no other arm's mean is both faster and more
+accurate). The plot has one panel per runtime and batch size: test
+accuracy against ms per image, each seed's point small, the arm's mean
+large.
+
+  python benchmarks/accuracy_latency.py \
+      --results_dir=docs/evidence/cifar10_d40_latency \
+      --runtimes=tf,tf_xla,litert,onnx --batch_sizes=1,32 \
+      --output=docs/evidence/cifar10_d40_latency/latency.json \
+      --plot=docs/evidence/cifar10_d40_latency/latency.png
+"""
+
+import os
+import shutil
+import signal
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+import tfsdn
+from tfsdn.compat import keras
+from tfsdn.files import atomic_path
+from tfsdn.files import write_json
+import results_io
+import runtime_timing
+
+FLAGS = flags.FLAGS
+RUNTIMES = ("tf", "tf_xla", "litert", "onnx")
+
+
+def _define_flags():
+  flags.DEFINE_string("results_dir", None, "An evidence.py --output_dir.")
+  flags.DEFINE_list("arms", [], "Arms to time (default: every arm there).")
+  flags.DEFINE_list("seeds", [], "Seeds to time (default: every seed).")
+  flags.DEFINE_list("runtimes", list(RUNTIMES), f"Of {RUNTIMES}.")
+  flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
+  flags.DEFINE_bool("default_strip", True,
+                    "Also time each pruned arm stripped with strip's "
+                    "defaults (ARM/default).")
+  flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
+  flags.DEFINE_float("seconds", 1.0,
+                     "Seconds per model, batch size and round.")
+  flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
+  flags.DEFINE_list("pause_pids", [],
+                    "Processes stopped (SIGSTOP) while timing, resumed "
+                    "(SIGCONT) after: a background training, say.")
+  flags.DEFINE_string("output", None, "JSON written here.")
+  flags.mark_flag_as_required("output")
+  flags.DEFINE_string("plot", None, "PNG written here, if given.")
+  flags.DEFINE_integer("check_images", 64,
+                       "Test images each stripped model is checked on.")
+
+
+def parse_batch_sizes(values):
+  """--batch_sizes as sorted distinct ints >= 1; errors name the value."""
+  sizes = set()
+  for value in values:
+    try:
+      size = int(value)
+    except ValueError:
+      size = 0
+    if size < 1:
+      raise app.UsageError(
+          f"--batch_sizes must be integers >= 1. Received: {value!r}")
+    sizes.add(size)
+  return sorted(sizes)
+
+
+def deployed_models(result_dir, arm, result, runtime, batch_sizes,
+                    default_strip):
+  """`{(name, batch size or None): Keras model}` a user serves in `runtime`.
+
+  None as the batch size: the same model at every batch size.
+  """
+  pruned_path = result.get("pruned_model_path")
+  compact_path = os.path.join(result_dir, f"{arm}.keras")
+  if not pruned_path:
+    return {(arm, None): keras.models.load_model(compact_path)}
+  pruned = keras.models.load_model(
+      os.path.join(result_dir, os.path.basename(pruned_path)))
+  models = {(arm, b): tfsdn.strip(
+      pruned, target=tfsdn.Target(runtime, batch_size=b)).model
+            for b in batch_sizes}
+  if default_strip:
+    models[(f"{arm}/default", None)] = tfsdn.strip(pruned).model
+  return models
+
+
+def export(model, runtime, path):
+  """Exports a compact model for `runtime`; returns what the timer loads."""
+  if runtime in ("tf", "tf_xla"):
+    return tfsdn.export_saved_model(model, path, xla=runtime == "tf_xla")
+  if runtime == "litert":
+    return tfsdn.export_tflite(model, path + ".tflite")
+  if runtime == "onnx":
+    return tfsdn.export_onnx(model, path + ".onnx")
+  raise app.UsageError(f"--runtimes: {runtime!r} is not one of {RUNTIMES}")
+
+
+class Paused:
+  """Stops the processes `pids` (SIGSTOP) inside the block, resumes after."""
+
+  def __init__(self, pids):
+    self.pids = [int(p) for p in pids]
+
+  def __enter__(self):
+    for pid in self.pids:
+      os.kill(pid, signal.SIGSTOP)
+    return self
+
+  def __exit__(self, *exc):
+    for pid in self.pids:
+      try:
+        os.kill(pid, signal.SIGCONT)
+      except ProcessLookupError:
+        pass
+
+
+def front(points):
+  """Names of the points no other point beats in both latency and accuracy.
+
+  Args:
+    points: name -> (ms per image, accuracy).
+  """
+  return sorted(
+      name for name, (ms, acc) in points.items()
+      if not any(o_ms <= ms and o_acc >= acc and (o_ms, o_acc) != (ms, acc)
+                 for other, (o_ms, o_acc) in points.items() if other != name))
+
+
+def main(argv):
+  del argv
+  if not FLAGS.results_dir:
+    raise app.UsageError("--results_dir is required.")
+  batch_sizes = parse_batch_sizes(FLAGS.batch_sizes)
+  for runtime in FLAGS.runtimes:
+    if runtime not in RUNTIMES:
+      raise app.UsageError(
+          f"--runtimes must be of {RUNTIMES}. Received: {runtime!r}")
+  for pid in FLAGS.pause_pids:
+    if not pid.isdigit():
+      raise app.UsageError(f"--pause_pids must be process ids. Received: "
+                           f"{pid!r}")
+    os.kill(int(pid), 0)  # ProcessLookupError names a pid that is gone.
+  _, _, results = results_io.load(FLAGS.results_dir)
+  arms = FLAGS.arms or sorted(results)
+  for arm in arms:
+    if arm not in results:
+      raise app.UsageError(f"--arms: {arm!r} has no result in "
+                           f"{FLAGS.results_dir!r} (there: {sorted(results)})")
+  if "dense" not in arms:
+    raise app.UsageError("--arms must include 'dense' (speeds are against "
+                         f"it). Received: {arms}")
+  seeds = sorted({int(s) for s in FLAGS.seeds} if FLAGS.seeds else
+                 set.intersection(*(set(results[a]) for a in arms)))
+  if not seeds:
+    raise app.UsageError(f"No seed has every arm of {arms}.")
+  images = np.random.default_rng(0).uniform(
+      0, 255, (FLAGS.check_images, 32, 32, 3)).astype("float32")
+  workdir = tempfile.mkdtemp(prefix="accuracy_latency_")
+  out = {"results_dir": FLAGS.results_dir, "arms": arms, "seeds": seeds,
+         "batch_sizes": batch_sizes, "rounds": FLAGS.rounds,
+         "seconds": FLAGS.seconds, "threads": FLAGS.threads,
+         "paused_pids": [int(p) for p in FLAGS.pause_pids],
+         "runtimes": {}}
+  try:
+    for runtime in FLAGS.runtimes:
+      paths, accuracy, check = {}, {}, {}
+      for seed in seeds:
+        result_dir = os.path.join(FLAGS.results_dir, f"seed{seed}")
+        for arm in arms:
+          result = results[arm][seed]
+          reference = keras.models.load_model(
+              os.path.join(result_dir, f"{arm}.keras"))(images).numpy()
+          for (name, b), model in deployed_models(
+              result_dir, arm, result, runtime, batch_sizes,
+              FLAGS.default_strip).items():
+            key = f"{name}@s{seed}" + (f"@b{b}" if b else "")
+            check[key] = float(np.max(np.abs(model(images).numpy() -
+                                             reference)))
+            if check[key] > 1e-3:
+              raise AssertionError(f"{key}: its strip changed the function "
+                                   f"(largest logit difference {check[key]})")
+            paths[key] = export(model, runtime, os.path.join(
+                workdir, runtime, key.replace("/", "_")))
+            accuracy[(name, seed)] = result["test_accuracy"]
+          logging.info("%s: exported %s, seed %d", runtime, arm, seed)
+      load_before = os.getloadavg()
+      with Paused(FLAGS.pause_pids):
+        throughput, _ = runtime_timing.time_in_child(
+            runtime, paths, batch_sizes, FLAGS.rounds, FLAGS.seconds,
+            FLAGS.threads)
+      load_after = os.getloadavg()
+      logging.info("%s: timed", runtime)
+      out["runtimes"][runtime] = _summarize(
+          throughput, accuracy, check, batch_sizes, seeds)
+      out["runtimes"][runtime]["load_average"] = {"before": load_before,
+                                                  "after": load_after}
+      write_json(FLAGS.output, out)  # What is timed so far.
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  print(table(out))
+  if FLAGS.plot:
+    plot(out, FLAGS.plot)
+
+
+def _summarize(throughput, accuracy, check, batch_sizes, seeds):
+  """Per batch size: each (name, seed)'s figures, each name's means, front."""
+  by_batch = {}
+  names = sorted({name for name, _ in accuracy})
+  for b in batch_sizes:
+    points = {}
+    for name in names:
+      for seed in seeds:
+        if (name, seed) not in accuracy:
+          continue
+        key = next(k for k in (f"{name}@s{seed}@b{b}", f"{name}@s{seed}")
+                   if (k, b) in throughput)
+        dense = throughput[(f"dense@s{seed}", b)]
+        points.setdefault(name, []).append({
+            "seed": seed, "ms_per_image": 1000 / throughput[(key, b)],
+            "speed_vs_dense": throughput[(key, b)] / dense,
+            "test_accuracy": accuracy[(name, seed)],
+            "largest_logit_difference": check[key]})
+    means = {name: {
+        "ms_per_image": float(np.mean([p["ms_per_image"] for p in ps])),
+        "speed_vs_dense": float(np.mean([p["speed_vs_dense"] for p in ps])),
+        "test_accuracy": float(np.mean([p["test_accuracy"] for p in ps]))}
+             for name, ps in points.items()}
+    by_batch[str(b)] = {"points": points, "means": means, "front": front(
+        {n: (m["ms_per_image"], m["test_accuracy"])
+         for n, m in means.items()})}
+  return by_batch
+
+
+def table(out):
+  """Markdown: runtime, batch, arm, speed vs dense, ms/image, accuracy."""
+  lines = ["| runtime | batch | arm | speed vs dense | ms/image | test acc. "
+           "| on the front |", "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
+  for runtime, by_batch in out["runtimes"].items():
+    for b, summary in by_batch.items():
+      if b == "load_average":
+        continue
+      for name, m in sorted(summary["means"].items(),
+                            key=lambda item: item[1]["ms_per_image"]):
+        lines.append(
+            f"| {runtime} | {b} | {name} | {m['speed_vs_dense']:.2f}x | "
+            f"{m['ms_per_image']:.3f} | {100 * m['test_accuracy']:.2f}% | "
+            f"{'yes' if name in summary['front'] else ''} |")
+  return "\n".join(lines)
+
+
+def plot(out, path):
+  """One panel per (runtime, batch): accuracy against ms per image."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = [(r, b) for r, by_batch in out["runtimes"].items()
+            for b in by_batch if b != "load_average"]
+  columns = len(out["batch_sizes"])
+  rows = -(-len(panels) // columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows),
+                              squeeze=False)
+  names = sorted({n for r, b in panels
+                  for n in out["runtimes"][r][b]["means"]})
+  colors = {n: f"C{i}" for i, n in enumerate(names)}
+  for axis, (runtime, b) in zip(axes.flat, panels):
+    summary = out["runtimes"][runtime][b]
+    for name, points in summary["points"].items():
+      axis.scatter([p["ms_per_image"] for p in points],
+                   [100 * p["test_accuracy"] for p in points], s=12,
+                   color=colors[name], alpha=0.5)
+      mean = summary["means"][name]
+      axis.scatter([mean["ms_per_image"]], [100 * mean["test_accuracy"]],
+                   s=70, color=colors[name], label=name,
+                   marker="*" if name in summary["front"] else "o")
+    axis.set_title(f"{runtime}, batch {b}")
+    axis.set_xlabel("ms per image")
+    axis.set_ylabel("test accuracy (%)")
+  for axis in list(axes.flat)[len(panels):]:
+    axis.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  figure.tight_layout()
+  with atomic_path(path, suffix=".png") as tmp:
+    figure.savefig(tmp, dpi=100)
+  plt.close(figure)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
