@@ -365,3 +365,46 @@ def test_a_pruned_model_is_exported_compact_for_its_runtime(pruned, tmp_path,
       0.8 * pruned.count_params())
   with pytest.raises(ValueError, match="batch_size"):
     tfsdn.export_onnx(pruned, tmp_path / "bad.onnx", batch_size=0)
+
+
+def _layout(model):
+  return [(type(l).__name__, [tuple(w.shape) for w in l.weights])
+          for l in model.layers]
+
+
+def test_a_default_strip_is_laid_out_again_for_the_runtime_it_is_exported_to(
+    tmp_path, images):
+  model = helpers.tiny_densenet()
+  helpers.randomize_batch_norm(model)
+  helpers.prune_randomly(model, 0.6, 3)
+  compact = tfsdn.strip(model).model
+  onnx_target = tfsdn.Target("onnx", 1)
+  for_onnx = tfsdn.strip(model, target=onnx_target).model
+  assert _layout(for_onnx) != _layout(compact)  # else this proves nothing
+  chosen = tfsdn.export.compact_for(compact, onnx_target)
+  assert _layout(chosen) == _layout(for_onnx)
+  np.testing.assert_allclose(chosen(images, training=False).numpy(),
+                             compact(images, training=False).numpy(),
+                             atol=1e-4)
+  # The default layout's own runtime: the model as it is.
+  assert tfsdn.export.compact_for(compact, tfsdn.Target("tf", 1)) is compact
+  # The TFLite export serves the LiteRT layout, with the same function.
+  path = tfsdn.export_tflite(compact, tmp_path / "m.tflite")
+  np.testing.assert_allclose(_tflite_logits(path, images)[0],
+                             compact(images, training=False).numpy(),
+                             atol=1e-4)
+  # A layout chosen on purpose, a loaded copy, a compact model changed
+  # after the strip, a pruned model changed after it: exported as they are.
+  chosen_layout = tfsdn.strip(model, slice_cost_macs=0).model
+  assert tfsdn.export.compact_for(chosen_layout, onnx_target) is chosen_layout
+  compact.save(tmp_path / "compact.keras")
+  loaded = tfsdn.compat.keras.models.load_model(tmp_path / "compact.keras")
+  assert tfsdn.export.compact_for(loaded, onnx_target) is loaded
+  tuned = tfsdn.strip(model).model
+  kernel = next(w for w in tuned.weights if "kernel" in w.name)
+  kernel.assign(kernel * 1.5)
+  assert tfsdn.export.compact_for(tuned, onnx_target) is tuned
+  later = tfsdn.strip(model).model
+  layer = tfsdn.prunable_layers(model)[0]
+  layer.conv.kernel.assign(layer.conv.kernel * 1.5)
+  assert tfsdn.export.compact_for(later, onnx_target) is later

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfsdn.common import channel_order
 from tfsdn.common import checks
 from tfsdn.common import deploy_target
+from tfsdn.common import provenance
 from tfsdn import graph
 from tfsdn import layout
 from tfsdn.compat import keras
@@ -265,7 +266,12 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   for `tfsdn.common.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
   option given explicitly wins over the target's choice: for the exact
   reads (the MACs a `GlobalAllocation` budget planned) pass
-  `slice_cost_macs=0, pool_first=False`.
+  `slice_cost_macs=0, pool_first=False`. A compact model stripped with
+  neither a target nor an option, exported in this process to another
+  runtime or batch size (`export_onnx`, `export_tflite`,
+  `export_saved_model(..., batch_size=b)`), is stripped again from `model`
+  for that runtime by the export, unless either model's weights changed
+  since (`tfsdn.common.provenance`).
 
   Example:
 
@@ -324,6 +330,9 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   require_functional(model)
   check_function = checks.boolean("check_function", check_function)
   original = model
+  by_default = target is None and all(option is None for option in (
+      slice_cost_macs, channel_reads, max_concat_inputs, pool_first,
+      reuse_concats, fused_batch_norm))
   (slice_cost_macs, channel_reads, max_concat_inputs, pool_first,
    reuse_concats, fused_batch_norm) = _layout_options(
        model, target, slice_cost_macs, channel_reads, max_concat_inputs,
@@ -373,6 +382,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     checks.same_function(
         reference, compact, _predict, [t.shape for t in original.inputs],
         low_precision=original.compute_dtype != "float32")
+  if by_default:
+    provenance.remember(compact, original)
   return Stripped(compact, model.name, record, source_channels)
 
 

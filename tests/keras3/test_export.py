@@ -148,3 +148,34 @@ def test_a_pruned_model_is_exported_as_its_compact_model(tmp_path, pixels):
                         if isinstance(l, keras.layers.Conv2D))
   with pytest.raises(ValueError, match="batch_size"):
     sdn.export(pruned, tmp_path / "bad.onnx", format="onnx", batch_size=0)
+
+
+def _conv_weights(model):
+  return sum(int(np.prod(l.kernel.shape)) for l in model.layers
+             if isinstance(l, keras.layers.Conv2D))
+
+
+def test_a_default_strip_is_exported_laid_out_for_the_format(tmp_path,
+                                                             pixels):
+  onnx = pytest.importorskip("onnx")
+  pytest.importorskip("tf2onnx")
+  from tfsdn.common import provenance  # pylint: disable=g-import-not-at-top
+  pruned = _half_pruned(3)
+  compact = sdn.strip(pruned).model
+  target = sdn.Target("onnx", 1)
+  for_onnx = sdn.strip(pruned, target=target).model
+  assert _conv_weights(for_onnx) != _conv_weights(compact)
+  assert provenance.source_to_strip_again(compact, target) is pruned
+  assert provenance.source_to_strip_again(compact, sdn.Target("tf", 1)) is None
+  path = sdn.export(compact, tmp_path / "m.onnx", format="onnx",
+                    sample_images=pixels)
+  graph = onnx.load(path).graph
+  kernels = {init.name: init for init in graph.initializer}
+  assert sum(int(np.prod(kernels[n.input[1]].dims)) for n in graph.node
+             if n.op_type == "Conv" and n.input[1] in kernels) == (
+                 _conv_weights(for_onnx))
+  # Changed after the strip: exported as it is.
+  kernel = next(l for l in compact.layers
+                if isinstance(l, keras.layers.Conv2D)).kernel
+  kernel.assign(kernel * 1.5)
+  assert provenance.source_to_strip_again(compact, target) is None

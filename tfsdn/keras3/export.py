@@ -40,6 +40,7 @@ from tfsdn.serving_names import SIGNATURE
 from tfsdn.files import apply_umask
 from tfsdn.files import atomic_path
 from tfsdn.files import publish_directory
+from tfsdn.common import provenance
 from tfsdn.common.deploy_target import Target
 from tfsdn.keras3.checks import require_keras3_model
 from tfsdn.keras3.pruning import prunable_layers
@@ -83,7 +84,10 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
       [H, W, C] shape and one output: logits, or probabilities if it ends
       in a softmax. A pruned model (with `PrunableConcatConv` layers) is
       stripped first for the format's runtime, `Target(runtime,
-      batch_size)`, so its compact model is what gets served.
+      batch_size)`, so its compact model is what gets served; so is the
+      pruned model behind a compact one that `strip` made with its defaults
+      in this process, when neither model's weights changed since
+      (`tfsdn.common.provenance`).
     path: The SavedModel folder (for TF Serving, a version folder such as
       `base/1`) or the `.onnx` / `.tflite` file.
     format: One of `FORMATS`.
@@ -114,6 +118,10 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
   target = Target(_RUNTIMES[format], batch_size)  # checks batch_size
   if prunable_layers(model):
     model = strip(model, target=target).model
+  else:
+    source = provenance.source_to_strip_again(model, target)
+    if source is not None:  # A default strip: laid out for this runtime.
+      model = strip(source, target=target).model
   path = os.fspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path!r} exists; pass overwrite=True.")

@@ -22,6 +22,7 @@ import numpy as np
 from tfsdn.common import channel_order
 from tfsdn.common import checks
 from tfsdn.common import deploy_target
+from tfsdn.common import provenance
 from tfsdn.keras3 import graph
 from tfsdn.keras3.layer import PrunableConcatConv
 
@@ -215,6 +216,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   """
   flat = graph.flatten(model)  # Checks the model's type first.
   original = model
+  by_default = target is None and all(option is None for option in (
+      slice_cost_macs, channel_reads, max_concat_inputs, reuse_concats))
   check_function = checks.boolean("check_function", check_function)
   source_name, model = model.name, flat
   known = all(len(t.shape) == 4 and None not in tuple(t.shape[1:3])
@@ -311,6 +314,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     checks.same_function(
         original, compact, _predict, [t.shape for t in model.inputs],
         low_precision=model.compute_dtype != "float32")
+  if by_default:
+    provenance.remember(compact, original)
   return Stripped(compact, source_name, records, source_channels)
 
 

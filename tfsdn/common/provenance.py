@@ -1,0 +1,76 @@
+"""Which pruned model a compact model was stripped from, while both live.
+
+`strip(model)` without a target or layout options lays the compact model
+out for `DEFAULT_TARGET` (TensorFlow, batch 1). Exported to another
+runtime, that layout can be slower than the dense model (ONNX Runtime: 0.75x
+to 0.92x on a DenseNet-40). So `strip` remembers, for a compact model built
+with the defaults, the pruned model it came from and a digest of both
+models' weights, and an export (`tfsdn.export.compact_for`,
+`tfsdn.keras3.export`) strips that
+pruned model again for its own runtime instead, when neither model's weights
+changed since (a compact model fine-tuned after the strip is exported as it
+is). The record lives in this process only (a weak reference on the compact
+model): a compact model loaded from a file is exported in the layout it has.
+Backend-free: both paths' `strip` and exports use it.
+"""
+
+import dataclasses
+import hashlib
+import weakref
+
+from tfsdn.common import deploy_target
+
+_SOURCES = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """The pruned model a default strip came from, and both weights' digests."""
+  pruned: object
+  pruned_digest: str
+  compact_digest: str
+
+
+def weights_digest(model):
+  """sha256 of every weight of `model`, in order."""
+  digest = hashlib.sha256()
+  for weight in model.get_weights():
+    digest.update(str(weight.shape).encode())
+    digest.update(weight.tobytes())
+  return digest.hexdigest()
+
+
+def remember(compact, pruned):
+  """Records that `compact` is `pruned` stripped with the default layout."""
+  _SOURCES[compact] = Source(pruned, weights_digest(pruned),
+                             weights_digest(compact))
+
+
+def unchanged_source(compact):
+  """The pruned model `compact` was stripped from by default, or None.
+
+  None also when either model's weights changed since the strip.
+  """
+  source = _SOURCES.get(compact)
+  if source is None:
+    return None
+  if (weights_digest(compact) != source.compact_digest or
+      weights_digest(source.pruned) != source.pruned_digest):
+    return None
+  return source.pruned
+
+
+def source_to_strip_again(compact, target):
+  """The pruned model to strip again for `target` instead of `compact`.
+
+  Returns:
+    The pruned model `compact` was stripped from with the default layout,
+    if neither model's weights changed since and `target` lays out other
+    than the default target; else None (export `compact` as it is).
+  """
+  pruned = unchanged_source(compact)
+  if pruned is None or (deploy_target.strip_options(target) ==
+                        deploy_target.strip_options(
+                            deploy_target.DEFAULT_TARGET)):
+    return None
+  return pruned
