@@ -33,7 +33,6 @@ large.
 
 import os
 import shutil
-import signal
 import tempfile
 
 from absl import app
@@ -121,25 +120,6 @@ def export(model, runtime, path):
   raise app.UsageError(f"--runtimes: {runtime!r} is not one of {RUNTIMES}")
 
 
-class Paused:
-  """Stops the processes `pids` (SIGSTOP) inside the block, resumes after."""
-
-  def __init__(self, pids):
-    self.pids = [int(p) for p in pids]
-
-  def __enter__(self):
-    for pid in self.pids:
-      os.kill(pid, signal.SIGSTOP)
-    return self
-
-  def __exit__(self, *exc):
-    for pid in self.pids:
-      try:
-        os.kill(pid, signal.SIGCONT)
-      except ProcessLookupError:
-        pass
-
-
 def front(points):
   """Names of the points no other point beats in both latency and accuracy.
 
@@ -210,7 +190,7 @@ def main(argv):
             accuracy[(name, seed)] = result["test_accuracy"]
           logging.info("%s: exported %s, seed %d", runtime, arm, seed)
       load_before = os.getloadavg()
-      with Paused(FLAGS.pause_pids):
+      with runtime_timing.Paused(FLAGS.pause_pids):
         throughput, _ = runtime_timing.time_in_child(
             runtime, paths, batch_sizes, FLAGS.rounds, FLAGS.seconds,
             FLAGS.threads)

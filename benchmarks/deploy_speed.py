@@ -91,6 +91,9 @@ flags.DEFINE_bool("isolate", True,
                   "that runtime, as it is deployed (--noisolate: all in this "
                   "process, beside TensorFlow and the other runtimes).")
 flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
+flags.DEFINE_list("pause_pids", [],
+                  "Processes stopped (SIGSTOP) while timing, resumed "
+                  "(SIGCONT) after: a background training, say.")
 flags.DEFINE_float("seconds", 2.0, "Seconds per model per round and batch.")
 flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
 flags.DEFINE_string("dataset", None, "tfrecord:DIR for calibration and "
@@ -338,15 +341,18 @@ def _accuracy(serve, data):
 def _time(served, batch_sizes, image_shape):
   """`{(runtime key, batch size): images/s}` of every exported model."""
   if not FLAGS.isolate:
-    return time_rounds({k: v[0] for k, v in served.items()}, batch_sizes,
-                       FLAGS.rounds, FLAGS.seconds, image_shape)
+    with runtime_timing.Paused(FLAGS.pause_pids):
+      return time_rounds({k: v[0] for k, v in served.items()},
+                         batch_sizes, FLAGS.rounds, FLAGS.seconds,
+                         image_shape)
   throughput = {}
   for runtime in FLAGS.runtimes:
     models = {key: path for key, (_, path, _) in served.items()
               if key.endswith(f"/{runtime}")}
-    timed, imported_tf = runtime_timing.time_in_child(
-        runtime, models, batch_sizes, FLAGS.rounds, FLAGS.seconds,
-        FLAGS.threads, image_shape)
+    with runtime_timing.Paused(FLAGS.pause_pids):
+      timed, imported_tf = runtime_timing.time_in_child(
+          runtime, models, batch_sizes, FLAGS.rounds, FLAGS.seconds,
+          FLAGS.threads, image_shape)
     if imported_tf and runtime not in TF_RUNTIMES:
       raise AssertionError(f"The {runtime} timing process imported TF.")
     logging.info("timed %s in its own process", runtime)
@@ -431,7 +437,9 @@ def main(argv):
                                 reference).max())
               for key, (serve, _, _) in served.items()
               if key.startswith("compact") and serve is not None}
+  load_before = os.getloadavg()
   throughput = _time(served, batch_sizes, image_shape)
+  load_after = os.getloadavg()
   ideal = min(reports[name].total_macs for name in denses) / min(
       reports[name].total_macs for name in compacts)
   results = {
@@ -441,6 +449,9 @@ def main(argv):
       "reuse_concats": FLAGS.reuse_concats,
       "unfused_batch_norm": FLAGS.unfused_batch_norm,
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
+      "load_average": {"before_timing": load_before,
+                       "after_timing": load_after},
+      "paused_pids": [int(p) for p in FLAGS.pause_pids],
       "params": {k: r.total_params for k, r in reports.items()},
       "macs": {k: r.total_macs for k, r in reports.items()},
       "ideal_speedup_mac_ratio": ideal,

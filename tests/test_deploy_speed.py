@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from absl import app
 import pytest
@@ -194,3 +195,18 @@ def test_concat_limits_are_0_or_whole_numbers_of_at_least_2(values):
   with pytest.raises(app.UsageError, match="--max_concat_inputs"):
     deploy_speed._concat_limits(values.split(",") if values else [])  # pylint: disable=protected-access
   assert deploy_speed._concat_limits(["5", "0"]) == [None, 5]  # pylint: disable=protected-access
+
+
+def test_paused_stops_a_background_process_and_resumes_it():
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  import runtime_timing  # pylint: disable=g-import-not-at-top
+  child = subprocess.Popen(["sleep", "30"])
+  state = lambda: runtime_timing._state(child.pid)  # pylint: disable=protected-access
+  try:
+    with runtime_timing.Paused([str(child.pid)]):
+      assert state() == "T"
+    time.sleep(0.2)
+    assert state() in ("S", "R")
+  finally:
+    child.kill()
+    child.wait()
