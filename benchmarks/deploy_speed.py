@@ -22,9 +22,12 @@ with --pool_first every model also comes with its transitions pooling
 before their 1x1 convolution (suffix _pf), with --reuse_concats with
 concatenations that start from an earlier layer's (suffix _r; the dense
 one then has a DenseNet's running concatenations), with
---unfused_batch_norm with every BatchNormalization unfused (suffix _u), with --targets with `strip(pruned, target=...)` for each target, and
+--unfused_batch_norm with every BatchNormalization unfused (suffix _u), with --targets with `strip(pruned, target=...)` for each target and
+`default` (`strip(pruned)`, exported as a user's export does it: laid out
+again for each runtime at batch 1, `tfsdn.common.provenance`; its `macs`
+and `slices` in the JSON are the TF layout's), and
 each compact model is compared with the fastest dense model of each
-runtime and batch size. With --dataset, int8 is calibrated on training
+runtime and batch size. --pause_pids stops a background run while timing. With --dataset, int8 is calibrated on training
 images and --eval_images test images measure each format's accuracy (of
 the compact model).
 
