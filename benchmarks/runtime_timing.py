@@ -49,7 +49,10 @@ class Paused:
 
   def __enter__(self):
     for pid in self.pids:
-      os.kill(pid, signal.SIGSTOP)
+      try:
+        os.kill(pid, signal.SIGSTOP)
+      except ProcessLookupError:  # Ended meanwhile: nothing to pause.
+        pass
     for pid in self.pids:  # Stopped before the block times anything.
       deadline = time.monotonic() + 5
       while _state(pid) not in ("T", "t", None) and (
