@@ -5,9 +5,10 @@ and batch size, exports the model a user would serve there:
 
 - an arm that pruned connections (it has `ARM.pruned.keras`): its pruned
   model stripped for that runtime and batch size,
-  `tfsdn.strip(pruned, target=tfsdn.Target(runtime, batch_size))`; with
-  --default_strip also `tfsdn.strip(pruned)` as it comes (arm name
-  `ARM/default`), the same model at every batch size;
+  `tfsdn.strip(pruned, target=tfsdn.Target(runtime, batch_size))`. The
+  default path is the batch-1 model: `strip(pruned)` then an export to the
+  runtime lays the model out for `Target(runtime, 1)`
+  (`tfsdn.common.provenance`);
 - any other arm (`dense`, `narrow_dense`): its compact model `ARM.keras`, a
   stock DenseNet.
 
@@ -57,13 +58,13 @@ def _define_flags():
   flags.DEFINE_list("seeds", [], "Seeds to time (default: every seed).")
   flags.DEFINE_list("runtimes", list(RUNTIMES), f"Of {RUNTIMES}.")
   flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
-  flags.DEFINE_bool("default_strip", True,
-                    "Also time each pruned arm stripped with strip's "
-                    "defaults (ARM/default).")
-  flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
+  flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.",
+                       lower_bound=1)
   flags.DEFINE_float("seconds", 1.0,
-                     "Seconds per model, batch size and round.")
-  flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.")
+                     "Seconds per model, batch size and round.",
+                     lower_bound=0.001)
+  flags.DEFINE_integer("threads", 2, "Threads of LiteRT and ONNX Runtime.",
+                       lower_bound=1)
   flags.DEFINE_list("pause_pids", [],
                     "Processes stopped (SIGSTOP) while timing, resumed "
                     "(SIGCONT) after: a background training, say.")
@@ -71,7 +72,8 @@ def _define_flags():
   flags.mark_flag_as_required("output")
   flags.DEFINE_string("plot", None, "PNG written here, if given.")
   flags.DEFINE_integer("check_images", 64,
-                       "Test images each stripped model is checked on.")
+                       "Random images each stripped model is checked on.",
+                       lower_bound=1)
 
 
 def parse_batch_sizes(values):
@@ -89,8 +91,7 @@ def parse_batch_sizes(values):
   return sorted(sizes)
 
 
-def deployed_models(result_dir, arm, result, runtime, batch_sizes,
-                    default_strip):
+def deployed_models(result_dir, arm, result, runtime, batch_sizes):
   """`{(name, batch size or None): Keras model}` a user serves in `runtime`.
 
   None as the batch size: the same model at every batch size.
@@ -101,12 +102,9 @@ def deployed_models(result_dir, arm, result, runtime, batch_sizes,
     return {(arm, None): keras.models.load_model(compact_path)}
   pruned = keras.models.load_model(
       os.path.join(result_dir, os.path.basename(pruned_path)))
-  models = {(arm, b): tfsdn.strip(
+  return {(arm, b): tfsdn.strip(
       pruned, target=tfsdn.Target(runtime, batch_size=b)).model
-            for b in batch_sizes}
-  if default_strip:
-    models[(f"{arm}/default", None)] = tfsdn.strip(pruned).model
-  return models
+          for b in batch_sizes}
 
 
 def export(model, runtime, path):
@@ -141,11 +139,18 @@ def main(argv):
     if runtime not in RUNTIMES:
       raise app.UsageError(
           f"--runtimes must be of {RUNTIMES}. Received: {runtime!r}")
-  for pid in FLAGS.pause_pids:
-    if not pid.isdigit():
-      raise app.UsageError(f"--pause_pids must be process ids. Received: "
-                           f"{pid!r}")
-    os.kill(int(pid), 0)  # ProcessLookupError names a pid that is gone.
+  try:
+    paused = runtime_timing.pause_pids(FLAGS.pause_pids)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  for name in ("runtimes", "arms", "seeds"):
+    values = FLAGS[name].value
+    if len(set(values)) != len(values):
+      raise app.UsageError(f"--{name} lists a value twice. Received: "
+                           f"{','.join(values)}")
+  for seed in FLAGS.seeds:
+    if not (seed.isascii() and seed.isdigit()):
+      raise app.UsageError(f"--seeds takes whole numbers. Received: {seed!r}")
   _, _, results = results_io.load(FLAGS.results_dir)
   arms = FLAGS.arms or sorted(results)
   for arm in arms:
@@ -155,17 +160,19 @@ def main(argv):
   if "dense" not in arms:
     raise app.UsageError("--arms must include 'dense' (speeds are against "
                          f"it). Received: {arms}")
-  seeds = sorted({int(s) for s in FLAGS.seeds} if FLAGS.seeds else
-                 set.intersection(*(set(results[a]) for a in arms)))
-  if not seeds:
-    raise app.UsageError(f"No seed has every arm of {arms}.")
+  complete = set.intersection(*(set(results[a]) for a in arms))
+  seeds = sorted({int(s) for s in FLAGS.seeds} if FLAGS.seeds else complete)
+  if not seeds or set(seeds) - complete:
+    raise app.UsageError(
+        f"--seeds: every arm of {arms} has results for seeds "
+        f"{sorted(complete)} only. Received: {FLAGS.seeds or 'all'}")
   images = np.random.default_rng(0).uniform(
       0, 255, (FLAGS.check_images, 32, 32, 3)).astype("float32")
   workdir = tempfile.mkdtemp(prefix="accuracy_latency_")
   out = {"results_dir": FLAGS.results_dir, "arms": arms, "seeds": seeds,
          "batch_sizes": batch_sizes, "rounds": FLAGS.rounds,
          "seconds": FLAGS.seconds, "threads": FLAGS.threads,
-         "paused_pids": [int(p) for p in FLAGS.pause_pids],
+         "paused_pids": paused,
          "runtimes": {}}
   try:
     for runtime in FLAGS.runtimes:
@@ -177,8 +184,7 @@ def main(argv):
           reference = keras.models.load_model(
               os.path.join(result_dir, f"{arm}.keras"))(images).numpy()
           for (name, b), model in deployed_models(
-              result_dir, arm, result, runtime, batch_sizes,
-              FLAGS.default_strip).items():
+              result_dir, arm, result, runtime, batch_sizes).items():
             key = f"{name}@s{seed}" + (f"@b{b}" if b else "")
             check[key] = float(np.max(np.abs(model(images).numpy() -
                                              reference)))
@@ -190,7 +196,7 @@ def main(argv):
             accuracy[(name, seed)] = result["test_accuracy"]
           logging.info("%s: exported %s, seed %d", runtime, arm, seed)
       load_before = os.getloadavg()
-      with runtime_timing.Paused(FLAGS.pause_pids):
+      with runtime_timing.Paused(paused):
         throughput, _ = runtime_timing.time_in_child(
             runtime, paths, batch_sizes, FLAGS.rounds, FLAGS.seconds,
             FLAGS.threads)

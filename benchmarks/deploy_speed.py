@@ -370,6 +370,10 @@ def main(argv):
         "--runtimes=tf_fusible needs --isolate: TensorFlow reads "
         "TF_XLA_FLAGS when it starts, so only a fresh process can have it.")
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+  try:
+    paused = runtime_timing.pause_pids(FLAGS.pause_pids)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   costs = _slice_costs(FLAGS.slice_cost_macs)
   pruned, dense_source, patterns = pruned_and_dense(
       FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
@@ -454,7 +458,7 @@ def main(argv):
       "tensorflow": tf.__version__, "cpus": os.cpu_count(),
       "load_average": {"before_timing": load_before,
                        "after_timing": load_after},
-      "paused_pids": [int(p) for p in FLAGS.pause_pids],
+      "paused_pids": paused,
       "params": {k: r.total_params for k, r in reports.items()},
       "macs": {k: r.total_macs for k, r in reports.items()},
       "ideal_speedup_mac_ratio": ideal,

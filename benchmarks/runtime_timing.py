@@ -41,31 +41,64 @@ def _state(pid):
     return None
 
 
+def pause_pids(values, flag="--pause_pids"):
+  """Process ids to pause, as ints; a ValueError names a bad value.
+
+  Only a single process > 1 that is not this one and exists: 0 and
+  negative ids would signal whole process groups, 1 is init.
+  """
+  pids = []
+  for value in values:
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) <= 1 or (
+        int(text) == os.getpid()) or int(text) > 2**22:
+      raise ValueError(f"{flag} takes ids of other running processes. "
+                       f"Received: {value!r}")
+    try:
+      os.kill(int(text), 0)
+    except ProcessLookupError:
+      raise ValueError(f"{flag}: no process {value!r} is running.") from None
+    pids.append(int(text))
+  return pids
+
+
 class Paused:
-  """Stops the processes `pids` (SIGSTOP) inside the block, resumes after."""
+  """Stops the processes `pids` (SIGSTOP) inside the block, resumes after.
+
+  Every process stopped is resumed (SIGCONT) however the block ends, also
+  when stopping a later one fails; a process that ended meanwhile is
+  skipped. `pids` are checked first (`pause_pids`).
+  """
 
   def __init__(self, pids):
-    self.pids = [int(p) for p in pids]
+    self.pids = pause_pids(pids) if pids else []
+    self.stopped = []
 
   def __enter__(self):
-    for pid in self.pids:
-      try:
-        os.kill(pid, signal.SIGSTOP)
-      except ProcessLookupError:  # Ended meanwhile: nothing to pause.
-        pass
-    for pid in self.pids:  # Stopped before the block times anything.
-      deadline = time.monotonic() + 5
-      while _state(pid) not in ("T", "t", None) and (
-          time.monotonic() < deadline):
-        time.sleep(0.01)
+    try:
+      for pid in self.pids:
+        try:
+          os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # Ended meanwhile: nothing to pause.
+          continue
+        self.stopped.append(pid)
+      for pid in self.stopped:  # Stopped before the block times anything.
+        deadline = time.monotonic() + 5
+        while _state(pid) not in ("T", "t", None) and (
+            time.monotonic() < deadline):
+          time.sleep(0.01)
+    except BaseException:
+      self.__exit__()
+      raise
     return self
 
   def __exit__(self, *exc):
-    for pid in self.pids:
+    for pid in self.stopped:
       try:
         os.kill(pid, signal.SIGCONT)
       except ProcessLookupError:
         pass
+    self.stopped = []
 
 
 def litert_serve(path, threads):

@@ -210,3 +210,22 @@ def test_paused_stops_a_background_process_and_resumes_it():
   finally:
     child.kill()
     child.wait()
+
+
+def test_paused_refuses_process_groups_and_resumes_what_it_stopped():
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  import runtime_timing  # pylint: disable=g-import-not-at-top
+  for bad in ("0", "-1", "1", str(os.getpid()), "99999999999", "x", "²"):
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+      runtime_timing.Paused([bad])
+  child = subprocess.Popen(["sleep", "30"])
+  try:
+    paused = runtime_timing.Paused([str(child.pid)])
+    paused.pids.append(2**40)  # os.kill fails on it after the first stop
+    with pytest.raises(OverflowError):
+      paused.__enter__()
+    time.sleep(0.2)
+    assert runtime_timing._state(child.pid) in ("S", "R")  # pylint: disable=protected-access
+  finally:
+    child.kill()
+    child.wait()

@@ -242,7 +242,6 @@ def test_accuracy_latency_times_what_a_user_deploys(first_run, tmp_path):
   for b in ("1", "2"):
     summary = out["runtimes"]["tf"][b]
     assert set(summary["means"]) == {"dense", "el1_layer@0.6",
-                                     "el1_layer@0.6/default",
                                      "narrow_dense@0.6"}
     (dense,) = summary["points"]["dense"]
     assert dense["speed_vs_dense"] == 1.0
@@ -259,7 +258,13 @@ def test_accuracy_latency_refuses_bad_flags(first_run, tmp_path):
   for flags, named in ((dict(batch_sizes="1,0"), "'0'"),
                        (dict(arms="el1_layer@0.6"), "'dense'"),
                        (dict(arms="dense,nope"), "'nope'"),
-                       (dict(runtimes="tf,trt"), "'trt'")):
+                       (dict(runtimes="tf,trt"), "'trt'"),
+                       (dict(runtimes="tf,tf"), "tf,tf"),
+                       (dict(seeds="7"), "'7'"),
+                       (dict(pause_pids="0"), "'0'"),
+                       (dict(pause_pids="-1"), "'-1'"),
+                       (dict(pause_pids="99999999999"), "'99999999999'"),
+                       (dict(rounds="0"), "rounds")):
     done = _run("accuracy_latency.py", check=False,
                 results_dir=str(first_run), output=str(tmp_path / "x.json"),
                 **flags)

@@ -404,6 +404,11 @@ def test_a_default_strip_is_laid_out_again_for_the_runtime_it_is_exported_to(
   kernel = next(w for w in tuned.weights if "kernel" in w.name)
   kernel.assign(kernel * 1.5)
   assert tfsdn.export.compact_for(tuned, onnx_target) is tuned
+  edited = tfsdn.strip(model).model
+  next(l for l in edited.layers
+       if isinstance(l, tfsdn.compat.keras.layers.BatchNormalization)
+      ).epsilon = 10.0  # not a weight: the config says it changed
+  assert tfsdn.export.compact_for(edited, onnx_target) is edited
   later = tfsdn.strip(model).model
   layer = tfsdn.prunable_layers(model)[0]
   layer.conv.kernel.assign(layer.conv.kernel * 1.5)

@@ -148,8 +148,9 @@ def export_saved_model(model, export_base, version=None, xla=False,
     dtype: The dtype every layer computes in, `"float32"` by default, so a
       model trained in mixed precision serves in float32 (fast and exact on
       CPU); None keeps the model's own dtype policies.
-    batch_size: For a pruned model, which is stripped first
-      (`compact_for`): the batch size its layout is chosen for, with
+    batch_size: For a pruned model or a default strip, which is
+      stripped first (`compact_for`): the batch size its layout is chosen
+      for, with
       `Target("tf_xla" if xla else "tf", batch_size)`.
 
   Returns:
@@ -246,8 +247,9 @@ def export_tflite(model, path, optimizations=None, quantization=None,
     representative_images: For `"int8"`: an iterable of float32 image
       batches [N, H, W, C] (raw pixels) to calibrate activation ranges on,
       e.g. `tfsdn.data.representative_images(...)`.
-    batch_size: For a pruned model, which is stripped first
-      (`compact_for`): the batch size its layout is chosen for, with
+    batch_size: For a pruned model or a default strip, which is
+      stripped first (`compact_for`): the batch size its layout is chosen
+      for, with
       `Target("litert_int8" if quantization == "int8" else "litert",
       batch_size)`.
 
@@ -398,8 +400,8 @@ def export_onnx(model, path, opset=ONNX_OPSET, batch_size=1):
       `Target("onnx", batch_size)` (`compact_for`).
     path: Where to write the `.onnx` file.
     opset: The ONNX opset.
-    batch_size: For a pruned model: the batch size its layout is chosen
-      for.
+    batch_size: For a pruned model or a default strip (`compact_for`):
+      the batch size its layout is chosen for.
 
   Returns:
     `path`.

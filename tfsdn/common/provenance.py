@@ -11,11 +11,13 @@ pruned model again for its own runtime instead, when neither model's weights
 changed since (a compact model fine-tuned after the strip is exported as it
 is). The record lives in this process only (a weak reference on the compact
 model): a compact model loaded from a file is exported in the layout it has.
+It keeps the pruned model alive as long as the compact model lives.
 Backend-free: both paths' `strip` and exports use it.
 """
 
 import dataclasses
 import hashlib
+import json
 import weakref
 
 from tfsdn.common import deploy_target
@@ -32,8 +34,14 @@ class Source:
 
 
 def weights_digest(model):
-  """sha256 of every weight of `model`, in order."""
+  """sha256 of `model`'s config and every weight of it, in order.
+
+  The config too, so that a layer attribute changed after the strip (an
+  epsilon, an activation) also counts as a change.
+  """
   digest = hashlib.sha256()
+  digest.update(json.dumps(model.get_config(), sort_keys=True,
+                           default=repr).encode())
   for weight in model.get_weights():
     digest.update(str(weight.shape).encode())
     digest.update(weight.tobytes())

@@ -96,7 +96,8 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
       ones); every exported output must match the model's within `atol`
       (relative to the output's largest magnitude, at least 1).
     atol: The tolerance of that check.
-    batch_size: For a pruned model: the batch size its layout is chosen for.
+    batch_size: For a pruned model or a default strip: the batch size its
+      layout is chosen for.
 
   Returns:
     `path`.
