@@ -9,8 +9,11 @@ and batch size, exports the model a user would serve there:
   default path is the batch-1 model: `strip(pruned)` then an export to the
   runtime lays the model out for `Target(runtime, 1)`
   (`tfsdn.common.provenance`);
-- any other arm (`dense`, `narrow_dense`): its compact model `ARM.keras`, a
-  stock DenseNet.
+- any other arm (`dense`, `narrow_dense`): its all-live tfsdn DenseNet,
+  rebuilt from its compact model `ARM.keras` (`unstripped`: same weights,
+  checked to compute the same function), stripped for the same target, so
+  that every arm is timed in the layout the planner picks for the runtime
+  (running concatenations and unfused batch norm in TF, fused in ONNX).
 
 Each stripped model is checked against the arm's committed compact model on
 test images (largest difference of the logits, in the JSON). All of one
@@ -91,20 +94,64 @@ def parse_batch_sizes(values):
   return sorted(sizes)
 
 
-def deployed_models(result_dir, arm, result, runtime, batch_sizes):
+def deployed_models(result_dir, arm, result, runtime, batch_sizes, config):
   """`{(name, batch size or None): Keras model}` a user serves in `runtime`.
 
-  None as the batch size: the same model at every batch size.
+  None as the batch size: the same model at every batch size (an arm that
+  could not be rebuilt all-live, served as its exact strip).
   """
   pruned_path = result.get("pruned_model_path")
-  compact_path = os.path.join(result_dir, f"{arm}.keras")
-  if not pruned_path:
-    return {(arm, None): keras.models.load_model(compact_path)}
-  pruned = keras.models.load_model(
-      os.path.join(result_dir, os.path.basename(pruned_path)))
+  compact = keras.models.load_model(os.path.join(result_dir, f"{arm}.keras"))
+  if pruned_path:
+    pruned = keras.models.load_model(
+        os.path.join(result_dir, os.path.basename(pruned_path)))
+  else:
+    pruned = unstripped(compact, config,
+                        result.get("growth_rate", config["growth_rate"]))
+    if pruned is None:
+      logging.warning("%s: not rebuilt all-live; served as its exact strip",
+                      arm)
+      return {(arm, None): compact}
   return {(arm, b): tfsdn.strip(
       pruned, target=tfsdn.Target(runtime, batch_size=b)).model
           for b in batch_sizes}
+
+
+def unstripped(compact, config, growth_rate):
+  """The all-live tfsdn DenseNet whose exact strip is `compact`, or None.
+
+  For an arm without a model before the strip (`dense`, `narrow_dense`):
+  built as `evidence.py` built it (`config`, `growth_rate`), its weights
+  copied from `compact` by layer name, and checked to compute the same
+  function (None if it does not), so that it can be stripped for a target
+  as the pruned arms are: a stock DenseNet in its fastest layout for the
+  runtime, not in the exact strip's (one concatenation per layer, fused
+  batch norm, which oneDNN runs slowly for channel counts that are not a
+  multiple of 4).
+  """
+  import experiment  # pylint: disable=g-import-not-at-top
+  model = experiment.build_densenet(
+      dict(config, seed=0, growth_rate=growth_rate), "expected_l1")
+  by_name = {layer.name: layer for layer in compact.layers}
+  for layer in model.layers:
+    if isinstance(layer, tfsdn.PrunableConcatConv):
+      pairs = ((layer.batch_norm, by_name.get(f"{layer.name}_bn")),
+               (layer.conv, by_name.get(layer.name)))
+    else:
+      pairs = ((layer, by_name.get(layer.name)),)
+    for target, source in pairs:
+      if not target.weights:
+        continue
+      if source is None or [tuple(w.shape) for w in source.weights] != [
+          tuple(w.shape) for w in target.weights]:
+        return None
+      target.set_weights(source.get_weights())
+  images = np.random.default_rng(0).uniform(
+      0, 255, (8,) + tuple(compact.inputs[0].shape[1:])).astype("float32")
+  if not np.allclose(model(images, training=False).numpy(),
+                     compact(images, training=False).numpy(), atol=1e-4):
+    return None
+  return model
 
 
 def export(model, runtime, path):
@@ -151,7 +198,7 @@ def main(argv):
   for seed in FLAGS.seeds:
     if not (seed.isascii() and seed.isdigit()):
       raise app.UsageError(f"--seeds takes whole numbers. Received: {seed!r}")
-  _, _, results = results_io.load(FLAGS.results_dir)
+  config, _, results = results_io.load(FLAGS.results_dir)
   arms = FLAGS.arms or sorted(results)
   for arm in arms:
     if arm not in results:
@@ -184,7 +231,8 @@ def main(argv):
           reference = keras.models.load_model(
               os.path.join(result_dir, f"{arm}.keras"))(images).numpy()
           for (name, b), model in deployed_models(
-              result_dir, arm, result, runtime, batch_sizes).items():
+              result_dir, arm, result, runtime, batch_sizes,
+              config).items():
             key = f"{name}@s{seed}" + (f"@b{b}" if b else "")
             check[key] = float(np.max(np.abs(model(images).numpy() -
                                              reference)))
@@ -224,13 +272,15 @@ def _summarize(throughput, accuracy, check, batch_sizes, seeds):
       for seed in seeds:
         if (name, seed) not in accuracy:
           continue
-        key = next(k for k in (f"{name}@s{seed}@b{b}", f"{name}@s{seed}")
-                   if (k, b) in throughput)
-        dense = throughput[(f"dense@s{seed}", b)]
+        key, dense = (next(k for k in (f"{n}@s{seed}@b{b}", f"{n}@s{seed}")
+                           if (k, b) in throughput)
+                      for n in (name, "dense"))
+        dense = throughput[(dense, b)]
         points.setdefault(name, []).append({
             "seed": seed, "ms_per_image": 1000 / throughput[(key, b)],
             "speed_vs_dense": throughput[(key, b)] / dense,
             "test_accuracy": accuracy[(name, seed)],
+            "stripped_for_target": key.endswith(f"@b{b}"),
             "largest_logit_difference": check[key]})
     means = {name: {
         "ms_per_image": float(np.mean([p["ms_per_image"] for p in ps])),

@@ -245,6 +245,10 @@ def test_accuracy_latency_times_what_a_user_deploys(first_run, tmp_path):
                                      "narrow_dense@0.6"}
     (dense,) = summary["points"]["dense"]
     assert dense["speed_vs_dense"] == 1.0
+    # Rebuilt all-live from their compact models and stripped for the
+    # target, as the pruned arm is.
+    assert dense["stripped_for_target"]
+    assert summary["points"]["narrow_dense@0.6"][0]["stripped_for_target"]
     layer = summary["points"]["el1_layer@0.6"][0]
     assert layer["test_accuracy"] == _result(first_run, "el1_layer@0.6")[
         "test_accuracy"]
