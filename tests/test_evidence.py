@@ -259,16 +259,14 @@ def test_accuracy_latency_times_what_a_user_deploys(first_run, tmp_path):
 
 
 def test_accuracy_latency_refuses_bad_flags(first_run, tmp_path):
+  # Each case is a fresh process (TensorFlow's import): a few that reach
+  # each check; Paused's own checks are tested in test_deploy_speed.py.
   for flags, named in ((dict(batch_sizes="1,0"), "'0'"),
                        (dict(arms="el1_layer@0.6"), "'dense'"),
-                       (dict(arms="dense,nope"), "'nope'"),
                        (dict(runtimes="tf,trt"), "'trt'"),
                        (dict(runtimes="tf,tf"), "tf,tf"),
                        (dict(seeds="7"), "'7'"),
-                       (dict(pause_pids="0"), "'0'"),
-                       (dict(pause_pids="-1"), "'-1'"),
-                       (dict(pause_pids="99999999999"), "'99999999999'"),
-                       (dict(rounds="0"), "rounds")):
+                       (dict(pause_pids="-1"), "'-1'")):
     done = _run("accuracy_latency.py", check=False,
                 results_dir=str(first_run), output=str(tmp_path / "x.json"),
                 **flags)
