@@ -5,11 +5,11 @@ out for `DEFAULT_TARGET` (TensorFlow, batch 1). Exported to another
 runtime, that layout can be slower than the dense model (ONNX Runtime: 0.75x
 to 0.92x on a DenseNet-40). So `strip` remembers, for a compact model built
 with the defaults, the pruned model it came from and a digest of both
-models' weights, and an export (`tfsdn.export.compact_for`,
+models (config and weights), and an export (`tfsdn.export.compact_for`,
 `tfsdn.keras3.export`) strips that
-pruned model again for its own runtime instead, when neither model's weights
-changed since (a compact model fine-tuned after the strip is exported as it
-is). The record lives in this process only (a weak reference on the compact
+pruned model again for its own runtime instead, when neither model changed
+since (a compact model fine-tuned or edited after the strip is exported as
+it is). The record lives in this process only (a weak reference on the compact
 model): a compact model loaded from a file is exported in the layout it has.
 It keeps the pruned model alive as long as the compact model lives.
 Backend-free: both paths' `strip` and exports use it.
@@ -27,7 +27,7 @@ _SOURCES = weakref.WeakKeyDictionary()
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """The pruned model a default strip came from, and both weights' digests."""
+  """The pruned model a default strip came from, and both models' digests."""
   pruned: object
   pruned_digest: str
   compact_digest: str
@@ -57,7 +57,7 @@ def remember(compact, pruned):
 def unchanged_source(compact):
   """The pruned model `compact` was stripped from by default, or None.
 
-  None also when either model's weights changed since the strip.
+  None also when either model changed (config or weights) since the strip.
   """
   source = _SOURCES.get(compact)
   if source is None:
@@ -73,7 +73,7 @@ def source_to_strip_again(compact, target):
 
   Returns:
     The pruned model `compact` was stripped from with the default layout,
-    if neither model's weights changed since and `target` lays out other
+    if neither model changed since and `target` lays out other
     than the default target; else None (export `compact` as it is).
   """
   pruned = unchanged_source(compact)
