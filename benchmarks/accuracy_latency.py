@@ -94,26 +94,37 @@ def parse_batch_sizes(values):
   return sorted(sizes)
 
 
-def deployed_models(result_dir, arm, result, runtime, batch_sizes, config):
+def loaded_models(result_dir, arm, result, config):
+  """`(compact, source)` of one (arm, seed), loaded once for every runtime.
+
+  `source` is the model the arm is stripped from for each target: its
+  `ARM.pruned.keras`, or for an arm without one its all-live rebuild
+  (`unstripped`); None if it cannot be rebuilt (then the compact model, its
+  exact strip, is served at every batch size).
+  """
+  compact = keras.models.load_model(os.path.join(result_dir, f"{arm}.keras"))
+  pruned_path = result.get("pruned_model_path")
+  if pruned_path:
+    return compact, keras.models.load_model(
+        os.path.join(result_dir, os.path.basename(pruned_path)))
+  source = unstripped(compact, config,
+                      result.get("growth_rate", config["growth_rate"]))
+  if source is None:
+    logging.warning("%s: not rebuilt all-live; served as its exact strip",
+                    arm)
+  return compact, source
+
+
+def deployed_models(arm, compact, source, runtime, batch_sizes):
   """`{(name, batch size or None): Keras model}` a user serves in `runtime`.
 
   None as the batch size: the same model at every batch size (an arm that
   could not be rebuilt all-live, served as its exact strip).
   """
-  pruned_path = result.get("pruned_model_path")
-  compact = keras.models.load_model(os.path.join(result_dir, f"{arm}.keras"))
-  if pruned_path:
-    pruned = keras.models.load_model(
-        os.path.join(result_dir, os.path.basename(pruned_path)))
-  else:
-    pruned = unstripped(compact, config,
-                        result.get("growth_rate", config["growth_rate"]))
-    if pruned is None:
-      logging.warning("%s: not rebuilt all-live; served as its exact strip",
-                      arm)
-      return {(arm, None): compact}
+  if source is None:
+    return {(arm, None): compact}
   return {(arm, b): tfsdn.strip(
-      pruned, target=tfsdn.Target(runtime, batch_size=b)).model
+      source, target=tfsdn.Target(runtime, batch_size=b)).model
           for b in batch_sizes}
 
 
@@ -221,18 +232,19 @@ def main(argv):
          "seconds": FLAGS.seconds, "threads": FLAGS.threads,
          "paused_pids": paused,
          "runtimes": {}}
+  loaded = {(arm, seed): loaded_models(
+      os.path.join(FLAGS.results_dir, f"seed{seed}"), arm,
+      results[arm][seed], config) for seed in seeds for arm in arms}
   try:
     for runtime in FLAGS.runtimes:
       paths, accuracy, check = {}, {}, {}
       for seed in seeds:
-        result_dir = os.path.join(FLAGS.results_dir, f"seed{seed}")
         for arm in arms:
           result = results[arm][seed]
-          reference = keras.models.load_model(
-              os.path.join(result_dir, f"{arm}.keras"))(images).numpy()
+          compact, source = loaded[(arm, seed)]
+          reference = compact(images).numpy()
           for (name, b), model in deployed_models(
-              result_dir, arm, result, runtime, batch_sizes,
-              config).items():
+              arm, compact, source, runtime, batch_sizes).items():
             key = f"{name}@s{seed}" + (f"@b{b}" if b else "")
             check[key] = float(np.max(np.abs(model(images).numpy() -
                                              reference)))
