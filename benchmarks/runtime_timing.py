@@ -41,11 +41,11 @@ def _state(pid):
     return None
 
 
-def pause_pids(values, flag="--pause_pids"):
+def pause_pids(values, flag="--pause_pids", running=True):
   """Process ids to pause, as ints; a ValueError names a bad value.
 
-  Only a single process > 1 that is not this one and exists: 0 and
-  negative ids would signal whole process groups, 1 is init.
+  Only a single process > 1 that is not this one (and, with `running`,
+  exists): 0 and negative ids would signal whole process groups, 1 is init.
   """
   pids = []
   for value in values:
@@ -55,7 +55,8 @@ def pause_pids(values, flag="--pause_pids"):
       raise ValueError(f"{flag} takes ids of other running processes. "
                        f"Received: {value!r}")
     try:
-      os.kill(int(text), 0)
+      if running:
+        os.kill(int(text), 0)
     except ProcessLookupError:
       raise ValueError(f"{flag}: no process {value!r} is running.") from None
     pids.append(int(text))
@@ -66,12 +67,13 @@ class Paused:
   """Stops the processes `pids` (SIGSTOP) inside the block, resumes after.
 
   Every process stopped is resumed (SIGCONT) however the block ends, also
-  when stopping a later one fails; a process that ended meanwhile is
-  skipped. `pids` are checked first (`pause_pids`).
+  when stopping a later one fails; a process that ended meanwhile (since
+  its flag was checked) is skipped. `pids` are checked first (`pause_pids`,
+  all but whether they still run).
   """
 
   def __init__(self, pids):
-    self.pids = pause_pids(pids) if pids else []
+    self.pids = pause_pids(pids, running=False) if pids else []
     self.stopped = []
 
   def __enter__(self):

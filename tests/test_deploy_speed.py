@@ -229,3 +229,14 @@ def test_paused_refuses_process_groups_and_resumes_what_it_stopped():
   finally:
     child.kill()
     child.wait()
+
+
+def test_paused_skips_a_process_that_ended_after_its_flag_was_checked():
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  import runtime_timing  # pylint: disable=g-import-not-at-top
+  child = subprocess.Popen(["sleep", "30"])
+  pids = runtime_timing.pause_pids([str(child.pid)])  # running now
+  child.kill()
+  child.wait()
+  with runtime_timing.Paused(pids) as paused:  # ended: nothing to stop
+    assert paused.stopped == []
