@@ -13,7 +13,6 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from absl import logging
 
 from tfsdn.common import checks
 from tfsdn import compact as compact_lib
@@ -101,18 +100,8 @@ def compact_for(model, target):
   - Any other model (a compact model with a layout chosen on purpose, or
     loaded from a file): `model` as it is.
   """
-  if prunable_layers(model):
-    stripped = compact_lib.strip(model, target=target)
-    logging.info("Exporting %r, a pruned model: its compact model, stripped "
-                 "for %s.", model.name, target)
-    return stripped.model
-  pruned = provenance.source_to_strip_again(model, target)
-  if pruned is None:
-    return model
-  logging.info("Exporting %r, stripped with the default layout: stripped "
-               "again from its pruned model %r for %s.", model.name,
-               pruned.name, target)
-  return compact_lib.strip(pruned, target=target).model
+  return provenance.model_to_export(model, target, compact_lib.strip,
+                                    prunable_layers)
 
 
 def export_saved_model(model, export_base, version=None, xla=False,

@@ -20,6 +20,8 @@ import hashlib
 import json
 import weakref
 
+from absl import logging
+
 from tfsdn.common import deploy_target
 
 _SOURCES = weakref.WeakKeyDictionary()
@@ -82,3 +84,39 @@ def source_to_strip_again(compact, target):
                             deploy_target.DEFAULT_TARGET)):
     return None
   return pruned
+
+
+def model_to_export(model, target, strip, prunable_layers):
+  """The model an export to `target` serves: `model` or a strip of it.
+
+  The one choice both paths' exports make (`tfsdn.export.compact_for`,
+  `tfsdn.keras3.export`), each with its own `strip` and `prunable_layers`:
+
+  - a pruned model (it has prunable layers): its compact model, stripped for
+    `target`;
+  - a compact model that `strip` built with its defaults in this process,
+    unchanged since, and a `target` laid out other than the default: its
+    pruned model stripped again for `target`;
+  - any other model: `model` as it is.
+
+  Args:
+    model: The model to export.
+    target: The `deploy_target.Target` of the export.
+    strip: The path's `strip(model, target=...)`, returning a result with a
+      `.model`.
+    prunable_layers: The path's `prunable_layers(model)`.
+
+  Returns:
+    The model to export.
+  """
+  if prunable_layers(model):
+    logging.info("Exporting %r, a pruned model: its compact model, stripped "
+                 "for %s.", model.name, target)
+    return strip(model, target=target).model
+  pruned = source_to_strip_again(model, target)
+  if pruned is None:
+    return model
+  logging.info("Exporting %r, stripped with the default layout: stripped "
+               "again from its pruned model %r for %s.", model.name,
+               pruned.name, target)
+  return strip(pruned, target=target).model

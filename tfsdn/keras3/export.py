@@ -117,12 +117,7 @@ def export(model, path, format="tf_saved_model", overwrite=False,  # pylint: dis
                      f"fixed [H, W, C] shape. Received inputs: "
                      f"{[tuple(t.shape) for t in model.inputs]}")
   target = Target(_RUNTIMES[format], batch_size)  # checks batch_size
-  if prunable_layers(model):
-    model = strip(model, target=target).model
-  else:
-    source = provenance.source_to_strip_again(model, target)
-    if source is not None:  # A default strip: laid out for this runtime.
-      model = strip(source, target=target).model
+  model = provenance.model_to_export(model, target, strip, prunable_layers)
   path = os.fspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path!r} exists; pass overwrite=True.")
