@@ -131,6 +131,11 @@ flags.DEFINE_list("targets", [],
                   "beside the default strip(pruned) (named default) and the "
                   "dense model stripped with the default options too "
                   "(dense_default).")
+flags.DEFINE_list("target_slice_costs", [],
+                  "Also strip for each --targets target with each of these "
+                  "slice costs (MACs) instead of the target's own, its other "
+                  "options unchanged (named target_RUNTIME_bB_sCOST): to time "
+                  "a runtime's cost model against another side by side.")
 flags.DEFINE_bool("unfused_batch_norm", False,
                   "Also time every model, dense included, stripped with "
                   "tfsdn.strip's fused_batch_norm=False (BatchNormalization "
@@ -262,18 +267,18 @@ def export_all(name, model, workdir, calibration):
   return out
 
 
-def _slice_costs(values):
-  """--slice_cost_macs as sorted, distinct whole numbers of MACs."""
+def _slice_costs(values, flag="slice_cost_macs"):
+  """--slice_cost_macs (or `flag`) as sorted, distinct whole numbers of MACs."""
   try:
     costs = [int(float(v)) for v in values]
   except (ValueError, OverflowError) as e:
     raise app.UsageError(
-        f"--slice_cost_macs takes whole numbers of MACs >= 0. Received: "
+        f"--{flag} takes whole numbers of MACs >= 0. Received: "
         f"{','.join(values)}") from e
   if not costs or min(costs) < 0 or len(set(costs)) != len(costs) or any(
       float(v) != c for v, c in zip(values, costs)):
     raise app.UsageError(
-        "--slice_cost_macs takes distinct whole numbers of MACs >= 0, at "
+        f"--{flag} takes distinct whole numbers of MACs >= 0, at "
         f"least one. Received: {','.join(values)}")
   return sorted(costs)
 
@@ -375,6 +380,11 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   costs = _slice_costs(FLAGS.slice_cost_macs)
+  target_costs = (_slice_costs(FLAGS.target_slice_costs,
+                                 "target_slice_costs")
+                  if FLAGS.target_slice_costs else [])
+  if target_costs and not FLAGS.targets:
+    raise app.UsageError("--target_slice_costs needs --targets.")
   pruned, dense_source, patterns = pruned_and_dense(
       FLAGS.pruned_model, FLAGS.depth, FLAGS.growth_rate, FLAGS.sparsity,
       FLAGS.pattern, FLAGS.seed)
@@ -423,6 +433,9 @@ def main(argv):
     for target in targets:
       stripped[f"target_{target.runtime}_b{target.batch_size}"] = (
           tfsdn.strip(pruned, target=target))
+      for cost in target_costs:
+        stripped[f"target_{target.runtime}_b{target.batch_size}_s{cost}"] = (
+            tfsdn.strip(pruned, target=target, slice_cost_macs=cost))
   reports = {k: tfsdn.model_report(v) for k, v in stripped.items()}
   compacts = [name for name in stripped if name not in denses]
   if FLAGS.dataset:

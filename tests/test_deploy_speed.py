@@ -185,6 +185,8 @@ def test_slice_costs_must_be_distinct_whole_numbers(values):
   deploy_speed = importlib.import_module("deploy_speed")
   with pytest.raises(app.UsageError, match="--slice_cost_macs"):
     deploy_speed._slice_costs(values.split(","))  # pylint: disable=protected-access
+  with pytest.raises(app.UsageError, match="--target_slice_costs"):
+    deploy_speed._slice_costs(values.split(","), "target_slice_costs")  # pylint: disable=protected-access
   assert deploy_speed._slice_costs(["500000", "0"]) == [0, 500000]  # pylint: disable=protected-access
 
 
