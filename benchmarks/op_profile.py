@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("pruned_model", None, "A pruned model's .keras file.")
 flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1)
-flags.DEFINE_multi_integer("slice_cost_macs", [],
+flags.DEFINE_list("slice_cost_macs", [],
                   "Also profile the pruned model stripped with each of these "
                   "slice costs (named compact_sCOST; 0: exact reads).")
 flags.DEFINE_integer("runs", 200, "Untraced runs timed.", lower_bound=1)
@@ -109,10 +109,13 @@ def profile(model, batch_size, runs, traced_runs, inter_op_threads=0):
 
 def main(argv):
   del argv  # Unused.
-  costs = sorted(set(FLAGS.slice_cost_macs))
+  try:
+    costs = sorted({int(cost) for cost in FLAGS.slice_cost_macs})
+  except ValueError:
+    costs = [-1]
   if costs and costs[0] < 0:
-    raise app.UsageError(f"--slice_cost_macs takes MACs >= 0. Received: "
-                         f"{FLAGS.slice_cost_macs}")
+    raise app.UsageError(f"--slice_cost_macs takes whole numbers of MACs "
+                         f">= 0. Received: {','.join(FLAGS.slice_cost_macs)}")
   pruned = keras.models.load_model(FLAGS.pruned_model)
   dense = keras.models.load_model(FLAGS.pruned_model)
   for layer in tfsdn.prunable_layers(dense):

@@ -13,7 +13,6 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-
 from tfsdn.common import checks
 from tfsdn import compact as compact_lib
 from tfsdn.common import provenance
