@@ -36,20 +36,23 @@ from tfsdn.files import write_json
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("pruned_model", None, "A pruned model's .keras file.")
-flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1)
-flags.DEFINE_list("slice_cost_macs", [],
-                  "Also profile the pruned model stripped with each of these "
-                  "slice costs (named compact_sCOST; 0: exact reads).")
-flags.DEFINE_integer("runs", 200, "Untraced runs timed.", lower_bound=1)
-flags.DEFINE_integer("traced_runs", 20, "Traced runs averaged.",
-                     lower_bound=1)
-flags.DEFINE_integer("inter_op_threads", 0,
-                     "Session inter-op threads (0: TensorFlow's choice).",
-                     lower_bound=0)
-flags.DEFINE_integer("top", 8, "Op types printed per model.", lower_bound=1)
-flags.DEFINE_string("output", None, "The JSON file to write.")
-flags.mark_flags_as_required(["pruned_model", "output"])
+def _define_flags():
+  """Defines the flags; only when run as a script, so that importing this
+  module (a test does) defines none that another benchmark also defines."""
+  flags.DEFINE_string("pruned_model", None, "A pruned model's .keras file.")
+  flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1)
+  flags.DEFINE_list("slice_cost_macs", [],
+                    "Also profile the pruned model stripped with each of these "
+                    "slice costs (named compact_sCOST; 0: exact reads).")
+  flags.DEFINE_integer("runs", 200, "Untraced runs timed.", lower_bound=1)
+  flags.DEFINE_integer("traced_runs", 20, "Traced runs averaged.",
+                       lower_bound=1)
+  flags.DEFINE_integer("inter_op_threads", 0,
+                       "Session inter-op threads (0: TensorFlow's choice).",
+                       lower_bound=0)
+  flags.DEFINE_integer("top", 8, "Op types printed per model.", lower_bound=1)
+  flags.DEFINE_string("output", None, "The JSON file to write.")
+  flags.mark_flags_as_required(["pruned_model", "output"])
 
 
 def _frozen_graph(model, batch_size):
@@ -146,4 +149,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -6,6 +6,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+# Both benchmarks in one process, as pytest's workers load them: importing
+# op_profile must define no flag that deploy_speed defines too.
+import deploy_speed  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 import op_profile  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tfsdn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfsdn import testing  # pylint: disable=g-import-not-at-top,wrong-import-position
