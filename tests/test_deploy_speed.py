@@ -93,38 +93,32 @@ def test_dense_and_compact_side_by_side(tmp_path):
              for runtime in runtimes)
 
 
-def test_pool_first_and_reuse_concats_add_models_dense_included(tmp_path):
+def test_layout_options_add_models_dense_included(tmp_path):
+  # One run for the three options (each run is a fresh process).
   results = _deploy_speed(tmp_path / "deploy.json", "--batch_sizes=1",
                           "--runtimes=tf", "--pool_first", "--reuse_concats",
-                          "--isolate=false")
+                          "--unfused_batch_norm", "--isolate=false")
   assert results["pool_first"] is True and results["reuse_concats"] is True
+  assert results["unfused_batch_norm"] is True
   assert set(results["speedup_by_model"]) == {
-      "compact", "compact_pf", "compact_r", "compact_pf_r"}
+      "compact", "compact_pf", "compact_r", "compact_pf_r", "compact_u",
+      "compact_pf_u", "compact_r_u", "compact_pf_r_u"}
   # A dense model reusing concatenations has a DenseNet's running ones.
   assert results["largest_concat"]["dense_r"] == 2
   assert results["largest_concat"]["dense_pf_r"] == 2
   assert results["largest_concat"]["dense"] > 2
-  assert results["macs"]["compact_pf_r"] == results["macs"]["compact_pf"]
-  assert results["compact_max_abs_diff_from_keras"]["compact_pf_r/tf"] < 1e-4
   macs = results["macs"]
+  assert macs["compact_pf_r"] == macs["compact_pf"]
+  assert macs["compact_u"] == macs["compact"]
   assert macs["dense_pf"] < macs["dense"] and macs["compact_pf"] < macs[
       "compact"]
   assert results["ideal_speedup_mac_ratio"] == pytest.approx(
       macs["dense_pf"] / macs["compact_pf"])
-  assert results["compact_max_abs_diff_from_keras"]["compact_pf/tf"] < 1e-4
+  for name in ("compact_pf", "compact_pf_r", "compact_u", "compact_pf_r_u"):
+    assert results["compact_max_abs_diff_from_keras"][f"{name}/tf"] < 1e-4
   assert results["dense_model"]["tf@1"] in (
-      "dense", "dense_pf", "dense_r", "dense_pf_r")
-
-
-def test_unfused_batch_norm_adds_models_dense_included(tmp_path):
-  results = _deploy_speed(tmp_path / "deploy.json", "--batch_sizes=1",
-                          "--runtimes=tf", "--unfused_batch_norm",
-                          "--isolate=false")
-  assert results["unfused_batch_norm"] is True
-  assert set(results["speedup_by_model"]) == {"compact", "compact_u"}
-  assert results["macs"]["compact_u"] == results["macs"]["compact"]
-  assert results["compact_max_abs_diff_from_keras"]["compact_u/tf"] < 1e-4
-  assert results["dense_model"]["tf@1"] in ("dense", "dense_u")
+      "dense", "dense_pf", "dense_r", "dense_pf_r", "dense_u", "dense_pf_u",
+      "dense_r_u", "dense_pf_r_u")
 
 
 def test_runtime_timing_names_an_unknown_runtime():
