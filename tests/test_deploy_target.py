@@ -45,13 +45,24 @@ def test_each_runtime_gets_its_switches():
   assert not tf_options["fused_batch_norm"]
   assert deploy_target.strip_options(
       Target("tf", 1), image_size_known=False)["slice_cost_macs"] == 0
-  # ONNX Runtime copies whole planes per image: the same slice cost at
-  # every batch size, and neither running concatenations nor pooling first.
+  # ONNX Runtime: one exact gather per layer, and neither running
+  # concatenations nor pooling first.
   onnx = [deploy_target.strip_options(Target("onnx", b)) for b in (1, 32)]
-  assert onnx[0]["slice_cost_macs"] == pytest.approx(20000)
-  assert onnx[1]["slice_cost_macs"] == pytest.approx(20000)
+  assert all(o["channel_reads"] == "gather" and o["slice_cost_macs"] == 0
+             for o in onnx)
   assert not any(o["reuse_concats"] or o["pool_first"] for o in onnx)
   assert all(o["fused_batch_norm"] for o in onnx)  # one ONNX op, not two
+  # Slices asked for explicitly are widened by its costs: whole planes
+  # copied per image, the same slice cost at every batch size.
+  for b in (1, 32):
+    chosen = deploy_target.resolve_options(
+        Target("onnx", b), dict(slice_cost_macs=None, channel_reads="slice"))
+    assert chosen == {"slice_cost_macs": pytest.approx(20000),
+                      "channel_reads": "slice"}
+  # A gather asked of another target reads exactly too.
+  assert deploy_target.resolve_options(
+      Target("tf", 1), dict(slice_cost_macs=None, channel_reads="gather"))[
+          "slice_cost_macs"] == 0
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("ai_edge_litert"),

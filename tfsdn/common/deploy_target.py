@@ -74,7 +74,9 @@ DEFAULT_COSTS = {
     # of up to 20,000 MACs per image ran 1.13x / 1.31x dense on a
     # DenseNet-40 (batch 1 / 32; exact reads 1.13x / 1.35x, 100,000:
     # 1.02x / 0.99x) and 1.11x / 1.17x on a DenseNet-121 at 64x64 (exact
-    # reads: 0.49x at batch 1; 100,000: 1.21x / 1.19x).
+    # reads: 0.49x at batch 1; 100,000: 1.21x / 1.19x). They lay out
+    # slices asked for explicitly: the `onnx` target itself gathers
+    # (`strip_options`).
     "onnx": RuntimeCosts(op_seconds=0.0, macs_per_second=50e9,
                          op_seconds_per_image=4e-7),
 }
@@ -137,13 +139,17 @@ def slice_cost_macs(target):
   return op * costs.macs_per_second / target.batch_size
 
 
-def strip_options(target, image_size_known=True):
+def strip_options(target, image_size_known=True, channel_reads=None):
   """`strip`'s layout options for `target`.
 
   Args:
     target: A `Target`.
     image_size_known: False for a model of variable image size, whose
       reads cannot be widened (the MACs of a gap are unknown).
+    channel_reads: The read a caller chose (`"slice"`, `"split"` or
+      `"gather"`), or None for the target's own. A gather is one op
+      however many ranges a layer reads, so it reads exactly
+      (`slice_cost_macs` 0); slices are widened by the target's costs.
 
   Returns:
     A dict of `slice_cost_macs`, `channel_reads`, `max_concat_inputs`,
@@ -157,9 +163,15 @@ def strip_options(target, image_size_known=True):
     raise TypeError(f"target must be a tfsdn.Target. Received: "
                     f"target={target!r}")
   litert = target.runtime.startswith("litert")
+  # ONNX Runtime: one Gather per layer, run channels-first by `export_onnx`,
+  # was faster than the slices its costs choose on trained DenseNet-40 and
+  # DenseNet-121 at batch 1 and 32 (docs/deployment.md); TensorFlow and
+  # XNNPACK gather channels-last slowly.
+  reads = channel_reads or ("gather" if target.runtime == "onnx" else "slice")
   return dict(
-      slice_cost_macs=slice_cost_macs(target) if image_size_known else 0,
-      channel_reads="slice",
+      slice_cost_macs=(slice_cost_macs(target)
+                       if image_size_known and reads != "gather" else 0),
+      channel_reads=reads,
       # XNNPACK runs CONCATENATION up to 5 inputs; larger ones split the
       # graph between it and LiteRT's own kernels.
       max_concat_inputs=5 if litert else None,
@@ -194,6 +206,7 @@ def resolve_options(target, given, image_size_known=True):
   if target is not None and not isinstance(target, Target):
     raise TypeError(f"target must be a tfsdn.Target or None. Received: "
                     f"target={target!r}")
-  chosen = strip_options(target or DEFAULT_TARGET, image_size_known)
+  chosen = strip_options(target or DEFAULT_TARGET, image_size_known,
+                         given.get("channel_reads"))
   return {name: chosen[name] if value is None else value
           for name, value in given.items()}
