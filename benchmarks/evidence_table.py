@@ -196,7 +196,30 @@ def comparisons(results, labels, rows):
       lines.append(f"  - the same at no fewer MACs (95% lower bound above "
                    f"-{FLAGS.margin:g}): {verdict}; {matched['arm']} - "
                    f"el1_layer{tag} = {_fmt(c)}")
+    nested = next((r for r in rows if r["arm"] == f"el1_nested{tag}"), None)
+    narrow = matched_narrow(rows, nested)
+    if narrow:
+      c = compare(results, labels, nested["arm"], narrow["arm"])
+      verdict = ("not run yet" if c is None else
+                 "holds" if c["low"] > 0 else "not shown")
+      lines.append(f"  - nested selections beat a dense net narrowed to "
+                   f"their own MACs (interval above 0): {verdict}; "
+                   f"{nested['arm']} - {narrow['arm']} = {_fmt(c)}")
   return lines
+
+
+def matched_narrow(rows, row, tolerance=0.05):
+  """The `narrow_dense` row nearest `row` in MACs, within `tolerance`.
+
+  The narrowed net of a budget has other MACs than the pruned arms that
+  end below it (nested selections strand filters): this finds the one run
+  at their MACs, if any (`narrow_dense@KEEP` for KEEP near their ratio).
+  """
+  if row is None:
+    return None
+  near = [r for r in rows if r["kind"] == "narrow_dense" and
+          abs(r["macs"] / row["macs"] - 1) <= tolerance]
+  return min(near, key=lambda r: abs(r["macs"] - row["macs"]), default=None)
 
 
 def table_markdown(config, labels, results):

@@ -175,6 +175,26 @@ def test_table_warns_when_paired_arms_ran_on_different_machines(
   assert "WARNING: the arms ran on different machines" in line
 
 
+def test_nested_selections_meet_the_narrowed_net_of_their_own_macs(
+    first_run, tmp_path):
+  # A narrow_dense arm at el1_nested's MACs (within 5%) is compared with
+  # it; one further off is not.
+  copy = tmp_path / "copy"
+  shutil.copytree(first_run, copy)
+  nested = _result(copy, "el1_nested@0.6")
+  for keep, ratio in ((0.41, 1.04), (0.43, 1.07)):
+    narrow = dict(_result(copy, "narrow_dense@0.6"), keep=keep,
+                  arm=f"narrow_dense@{keep}",
+                  macs_vs_dense=nested["macs_vs_dense"] * ratio)
+    (copy / "seed0" / f"narrow_dense@{keep}.json").write_text(
+        json.dumps(narrow))
+  _run("evidence_table.py", results_dir=str(copy))
+  table = (copy / "table.md").read_text()
+  assert "narrowed to their own MACs" in table
+  assert "el1_nested@0.6 - narrow_dense@0.41 = " in table
+  assert "- narrow_dense@0.43 = " not in table
+
+
 def test_mcnemar_is_exact():
   a = np.array([1, 1, 1, 0, 0, 1], bool)
   b = np.array([0, 0, 0, 0, 1, 1], bool)
