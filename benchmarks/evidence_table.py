@@ -79,11 +79,15 @@ def compare(results, labels, a, b):
                                                         seeds)
   mean, low, high = paired.bootstrap_difference(ca, cb)
   tests = [paired.mcnemar(x, y) for x, y in zip(ca, cb)]  # one per seed
-  # Results that record their machine and differ in it are not bit-paired.
+  # Branches of one trunk that record their machine and differ in it are
+  # not bit-paired; an arm trained from scratch shares no trunk anyway.
   machines = [(results[a][s].get("machine"), results[b][s].get("machine"))
               for s in seeds]
+  share_trunk = not any(results[x][seeds[0]]["kind"] in
+                        arm_names.FROM_SCRATCH for x in (a, b))
   return {"a": a, "b": b, "seeds": seeds, "diff": 100 * mean,
-          "machines_differ": any(x and y and x != y for x, y in machines),
+          "machines_differ": share_trunk and any(
+              x and y and x != y for x, y in machines),
           "low": 100 * low, "high": 100 * high, "mcnemar": tests,
           "macs": (np.mean([results[a][s]["macs_vs_dense"] for s in seeds]),
                    np.mean([results[b][s]["macs_vs_dense"] for s in seeds]))}

@@ -161,11 +161,12 @@ def test_table_warns_when_paired_arms_ran_on_different_machines(
     first_run, tmp_path):
   copy = tmp_path / "copy"
   shutil.copytree(first_run, copy)
-  path = copy / "seed0" / "dense.json"
-  result = json.loads(path.read_text())
-  assert result["machine"]["cpu"] and result["machine"]["cpus"] >= 1
-  result["machine"] = dict(result["machine"], cpu="another CPU")
-  path.write_text(json.dumps(result))
+  for arm in ("dense", "narrow_dense@0.6"):
+    path = copy / "seed0" / f"{arm}.json"
+    result = json.loads(path.read_text())
+    assert result["machine"]["cpu"] and result["machine"]["cpus"] >= 1
+    result["machine"] = dict(result["machine"], cpu="another CPU")
+    path.write_text(json.dumps(result))
   _run("evidence_table.py", results_dir=str(copy))
   table = (copy / "table.md").read_text()
   line = next(l for l in table.splitlines()
@@ -173,6 +174,9 @@ def test_table_warns_when_paired_arms_ran_on_different_machines(
   assert "different machines" not in line
   line = next(l for l in table.splitlines() if " - dense = " in l)
   assert "WARNING: the arms ran on different machines" in line
+  # An arm trained from scratch shares no trunk: nothing to warn about.
+  line = next(l for l in table.splitlines() if " - narrow_dense@0.6 = " in l)
+  assert "different machines" not in line
 
 
 def test_nested_selections_meet_the_narrowed_net_of_their_own_macs(
