@@ -219,10 +219,10 @@ def matched_narrow(rows, row, tolerance=0.05):
   end below it (nested selections strand filters): this finds the one run
   at their MACs, if any (`narrow_dense@KEEP` for KEEP near their ratio).
   """
-  if row is None:
+  if row is None or not row["macs"] > 0:
     return None
   near = [r for r in rows if r["kind"] == "narrow_dense" and
-          abs(r["macs"] / row["macs"] - 1) <= tolerance]
+          abs(r["macs"] / row["macs"] - 1) <= tolerance + 1e-9]
   return min(near, key=lambda r: abs(r["macs"] - row["macs"]), default=None)
 
 

@@ -59,6 +59,13 @@ def test_each_runtime_gets_its_switches():
         Target("onnx", b), dict(slice_cost_macs=None, channel_reads="slice"))
     assert chosen == {"slice_cost_macs": pytest.approx(20000),
                       "channel_reads": "slice"}
+  # A width given without a read: slices (a gather would only add MACs).
+  assert deploy_target.resolve_options(
+      Target("onnx", 1), dict(slice_cost_macs=5000, channel_reads=None)) == {
+          "slice_cost_macs": 5000, "channel_reads": "slice"}
+  assert deploy_target.resolve_options(
+      Target("onnx", 1), dict(slice_cost_macs=0, channel_reads=None))[
+          "channel_reads"] == "gather"
   # A gather asked of another target reads exactly too.
   assert deploy_target.resolve_options(
       Target("tf", 1), dict(slice_cost_macs=None, channel_reads="gather"))[

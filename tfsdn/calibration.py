@@ -180,7 +180,8 @@ def calibrate(runtime, batch_size=1, rounds=5, seconds=0.3, threads=2,
   for LiteRT and ONNX Runtime); later calls read the cache. An `"onnx"`
   target reads channels with one exact gather per layer whatever its
   costs (`tfsdn.common.deploy_target.strip_options`): its measured costs
-  lay out only slices asked for with `channel_reads="slice"`.
+  lay out only slices or splits asked for (`channel_reads=` or a
+  `slice_cost_macs` above 0).
 
   Args:
     runtime: One of `tfsdn.common.deploy_target.RUNTIMES`.

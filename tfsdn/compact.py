@@ -262,7 +262,9 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   `slice_cost_macs` from what one op and one MAC cost there (the built-in
   costs, or `tfsdn.calibrate(runtime, batch_size)` measured on the machine),
   `pool_first=True`, `reuse_concats=True`, unfused BatchNormalization, and
-  `max_concat_inputs=5` for LiteRT. Without a target, the layout is chosen
+  `max_concat_inputs=5` for LiteRT; for ONNX Runtime one exact
+  `channel_reads="gather"` per layer, fused BatchNormalization, no pooling
+  first and no running concatenations. Without a target, the layout is chosen
   for `tfsdn.common.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
   option given explicitly wins over the target's choice: for the exact
   reads (the MACs a `GlobalAllocation` budget planned) pass
@@ -290,9 +292,11 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0. 0 reads exactly the live channels: the fewest MACs.
       Above 0 the model needs a known input height and width. None: chosen
-      for `target` (0 for a model of unknown image size).
+      for `target` (0 for a model of unknown image size or a gather).
     channel_reads: `"slice"`, `"split"` or `"gather"`, how ranges of
-      channels are read (see above). None: `"slice"`.
+      channels are read (see above). None: chosen for `target` (`"gather"`
+      for ONNX Runtime unless `slice_cost_macs` above 0 is given, else
+      `"slice"`).
     max_concat_inputs: None for one concatenation per layer however many
       inputs it has (or 5 for a LiteRT target), or the most inputs of one
       concatenation, an integer >= 2 (see above).

@@ -147,9 +147,10 @@ def strip_options(target, image_size_known=True, channel_reads=None):
     image_size_known: False for a model of variable image size, whose
       reads cannot be widened (the MACs of a gap are unknown).
     channel_reads: The read a caller chose (`"slice"`, `"split"` or
-      `"gather"`), or None for the target's own. A gather is one op
-      however many ranges a layer reads, so it reads exactly
-      (`slice_cost_macs` 0); slices are widened by the target's costs.
+      `"gather"`), or None for the target's own (`"gather"` for ONNX
+      Runtime, else `"slice"`). A gather is one op however many ranges a
+      layer reads, so it reads exactly (`slice_cost_macs` 0); slices and
+      splits are widened by the target's costs.
 
   Returns:
     A dict of `slice_cost_macs`, `channel_reads`, `max_concat_inputs`,
@@ -194,7 +195,9 @@ def resolve_options(target, given, image_size_known=True):
   Args:
     target: A `Target`, or None for `DEFAULT_TARGET`.
     given: Dict of the options the caller passed (None: not passed), keys
-      of `strip_options`' result.
+      of `strip_options`' result. A `slice_cost_macs` above 0 with no
+      `channel_reads` reads by slices (an ONNX target's gathers would only
+      add the widened reads' MACs).
     image_size_known: See `strip_options`.
 
   Returns:
@@ -206,7 +209,10 @@ def resolve_options(target, given, image_size_known=True):
   if target is not None and not isinstance(target, Target):
     raise TypeError(f"target must be a tfsdn.Target or None. Received: "
                     f"target={target!r}")
-  chosen = strip_options(target or DEFAULT_TARGET, image_size_known,
-                         given.get("channel_reads"))
+  reads = given.get("channel_reads")
+  if reads is None and given.get("slice_cost_macs"):
+    # A width asked for: only slices are widened (a gather reads exactly).
+    reads = "slice"
+  chosen = strip_options(target or DEFAULT_TARGET, image_size_known, reads)
   return {name: chosen[name] if value is None else value
           for name, value in given.items()}

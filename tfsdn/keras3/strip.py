@@ -188,7 +188,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     slice_cost_macs: The MACs one more slice costs in the target runtime,
       a number >= 0; 0 reads exactly the live channels. None: chosen for
       `target` (0 for a model of unknown image size).
-    channel_reads: `"slice"` or `"gather"`; None: `"slice"`.
+    channel_reads: `"slice"` or `"gather"`; None: chosen for `target`, as
+      in `tfsdn.strip` (`"gather"` for ONNX Runtime, else `"slice"`).
     max_concat_inputs: None (no bound, or 5 for a LiteRT target) or an
       integer >= 2.
     reuse_concats: A bool (see above); None: True.
