@@ -138,6 +138,13 @@ def _within_margin(c):
   return "holds" if c["low"] > -FLAGS.margin else "not shown"
 
 
+def _above_zero(c):
+  """Verdict of a superiority claim: 95% interval above 0."""
+  if c is None:
+    return "not run yet"
+  return "holds" if c["low"] > 0 else "not shown"
+
+
 def comparisons(results, labels, rows):
   """The comparisons the targets are about, with a verdict each."""
   lines, keeps = [], sorted({r["keep"] for r in rows if r["keep"] < 1})
@@ -171,8 +178,7 @@ def comparisons(results, labels, rows):
       needs = arm_names.NEEDS.get(other.partition("@")[0])
       subject = f"{needs}{tag}" if needs else best
       c = compare(results, labels, subject, other)
-      verdict = ("not run yet" if c is None else
-                 "holds" if c["low"] > 0 else "not shown")
+      verdict = _above_zero(c)
       lines.append(f"  - {claim} (interval above 0): {verdict}; "
                    f"{subject} - {other} = {_fmt(c)}")
     c = compare(results, labels, f"el1_global{tag}", f"el1_layer{tag}")
@@ -204,8 +210,7 @@ def comparisons(results, labels, rows):
     narrow = matched_narrow(rows, nested)
     if narrow:
       c = compare(results, labels, nested["arm"], narrow["arm"])
-      verdict = ("not run yet" if c is None else
-                 "holds" if c["low"] > 0 else "not shown")
+      verdict = _above_zero(c)
       lines.append(f"  - nested selections beat a dense net narrowed to "
                    f"their own MACs (interval above 0): {verdict}; "
                    f"{nested['arm']} - {narrow['arm']} = {_fmt(c)}")
