@@ -135,12 +135,23 @@ def litert_serve(path, threads):
   return serve, interpreter_for
 
 
-def onnx_session(path, threads):
-  """An ONNX Runtime CPU session with `threads` intra-op threads."""
+def onnx_session(path, threads, profile_prefix=None):
+  """An ONNX Runtime CPU session with `threads` intra-op threads.
+
+  Args:
+    path: The `.onnx` file.
+    threads: Intra-op threads.
+    profile_prefix: If given, ONNX Runtime's profiler is on and writes its
+      trace to a JSON file named with this prefix (`session.end_profiling()`
+      returns the name).
+  """
   import onnxruntime  # pylint: disable=g-import-not-at-top
   options = onnxruntime.SessionOptions()
   options.intra_op_num_threads = threads
   options.inter_op_num_threads = 1
+  if profile_prefix:
+    options.enable_profiling = True
+    options.profile_file_prefix = profile_prefix
   return onnxruntime.InferenceSession(path, options,
                                       providers=["CPUExecutionProvider"])
 
