@@ -263,8 +263,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   costs, or `tfsdn.calibrate(runtime, batch_size)` measured on the machine),
   `pool_first=True`, `reuse_concats=True`, unfused BatchNormalization, and
   `max_concat_inputs=5` for LiteRT; for ONNX Runtime one exact
-  `channel_reads="gather"` per layer, fused BatchNormalization, no pooling
-  first and no running concatenations. Without a target, the layout is chosen
+  `channel_reads="gather"` per layer, fused BatchNormalization and no
+  running concatenations. Without a target, the layout is chosen
   for `tfsdn.common.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
   option given explicitly wins over the target's choice: for the exact
   reads (the MACs a `GlobalAllocation` budget planned) pass
@@ -301,7 +301,7 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
       inputs it has (or 5 for a LiteRT target), or the most inputs of one
       concatenation, an integer >= 2 (see above).
     pool_first: If True, transitions pool before their 1x1 convolution
-      (see above). A bool; None: True (False for an ONNX target).
+      (see above). A bool; None: True.
     reuse_concats: If True, concatenations start from earlier ones (see
       above). A bool; None: True.
     fused_batch_norm: If False, every BatchNormalization is built with
