@@ -29,17 +29,30 @@ def _run(args, backend, timeout):
 
 def test_the_keras3_suite_passes_on_jax():
   pytest.importorskip("jax")
-  # All but three parts whose work does not depend on the backend, to keep
+  # All but the parts whose work does not depend on the backend, to keep
   # the suite's time: the README snippet (two minutes on JAX here) trains,
   # strips and exports with the same calls as tests/keras3, and on JAX
   # tests/test_train_cifar_keras3.py and the TensorFlow-free child below
   # train and strip, and tests/keras3/test_export.py exports; the strip's
   # property test builds the same graphs as the fixed strip cases, which
   # run here; migration copies NumPy weights between tf_keras and Keras 3.
+  # Converting a whole applications DenseNet-121 is graph surgery (a small
+  # converted model still prunes and strips here); MAC budgets are planned
+  # by the backend-free tfsdn.common.allocation (the JAX evidence runner
+  # below prunes to one); which outputs an export names is decided before
+  # the backend traces it (the logits exports run here).
   deselected = [
       "tests/keras3/test_readme_keras3.py::test_keras3_snippet_runs",
       "tests/keras3/test_strip.py::test_any_live_pattern_keeps_the_function",
-      "tests/keras3/test_migrate.py"]
+      "tests/keras3/test_migrate.py",
+      "tests/keras3/test_convert.py::"
+      "test_applications_densenet121_converts_with_its_function",
+      "tests/keras3/test_pruning.py::"
+      "test_a_mac_budget_is_met_and_ignored_layers_keep_inputs_and_filters",
+      "tests/keras3/test_pruning.py::"
+      "test_global_allocation_meets_its_mac_budget_after_strip",
+      "tests/keras3/test_export.py::"
+      "test_a_softmax_model_exports_probabilities_only_in_every_format"]
   result = _run([sys.executable, "-m", "pytest", "-q", "-p",
                  "no:cacheprovider", "tests/keras3"] + [
                      f"--deselect={d}" for d in deselected],
