@@ -1,4 +1,5 @@
 import re
+from unittest import mock
 
 import hypothesis
 from hypothesis import strategies as st
@@ -224,13 +225,45 @@ def test_slice_cost_needs_a_known_spatial_size_only_when_above_zero(images):
     tfsdn.strip(model, slice_cost_macs=10**400)
 
 
+@hypothesis.settings(deadline=None, max_examples=200)
+@hypothesis.given(
+    tensors=st.lists(st.tuples(st.integers(0, 40), st.data()), min_size=1,
+                     max_size=5),
+    multiple=st.sampled_from([None, 1, 4, 16]))
+def test_padding_to_a_multiple_adds_unread_channels_of_tensors_read(
+    tensors, multiple):
+  lengths, ranges = [], []
+  for length, data in tensors:
+    read = data.draw(st.lists(st.integers(0, max(length - 1, 0)),
+                              unique=True, max_size=length).map(sorted))
+    lengths.append(length)
+    ranges.append(channel_order.runs(read))
+  padded = channel_order.pad_to_multiple(ranges, lengths, multiple)
+  count = sum(b - a for r in ranges for a, b in r)
+  new_count = sum(b - a for r in padded for a, b in r)
+  room = sum(n for r, n in zip(ranges, lengths) if r)
+  for before, after, length in zip(ranges, padded, lengths):
+    covered = list(channel_order.positions(after))
+    assert covered == sorted(set(covered)) and all(
+        0 <= c < length for c in covered)
+    assert set(channel_order.positions(before)) <= set(covered)
+    if not before:  # A tensor not read gets nothing.
+      assert not after
+  if not multiple or multiple <= 1 or count < multiple or (
+      count + (-count % multiple) > room):
+    assert padded == ranges
+  else:
+    assert new_count % multiple == 0 and new_count - count < multiple
+
+
 def _same_strip_other_reads(images, tmp_path, cost, channel_reads, seed,
                             **kwargs):
   """(sliced, other): strips of one model; checks they are the same model.
 
   `other` reads through `channel_reads` (and `kwargs` to `strip`). Same
   function (bit-equal), same record and MACs, and `other` reloads from
-  `.keras`.
+  `.keras`. Gathers read exactly here (no padding to a multiple of 16:
+  `test_gathers_read_a_multiple_of_16_channels_with_the_same_function`).
   """
   model = helpers.tiny_densenet()
   helpers.randomize_batch_norm(model, seed)
@@ -240,8 +273,9 @@ def _same_strip_other_reads(images, tmp_path, cost, channel_reads, seed,
   sliced = tfsdn.strip(model, slice_cost_macs=cost,
                        reuse_concats=kwargs["reuse_concats"],
                        fused_batch_norm=kwargs["fused_batch_norm"])
-  other = tfsdn.strip(model, slice_cost_macs=cost, channel_reads=channel_reads,
-                      **kwargs)
+  with mock.patch.object(channel_order, "GATHER_CHANNEL_MULTIPLE", None):
+    other = tfsdn.strip(model, slice_cost_macs=cost,
+                        channel_reads=channel_reads, **kwargs)
   np.testing.assert_array_equal(other.model(images, training=False),
                                 sliced.model(images, training=False))
   for name, record in other.layers.items():
@@ -284,6 +318,36 @@ def test_gather_reads_are_one_op_per_layer_with_the_same_function(
   partial = sum(1 for record in gathered.layers.values()
                 if record.filters_computed and not record.live.all())
   assert 0 < gathers <= partial
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gathers_read_a_multiple_of_16_channels_with_the_same_function(
+    images, seed):
+  # Growth 12: reads of every count, so most need padding.
+  model = tfsdn.densenet.DenseNet(16, 12, input_shape=(8, 8, 3))
+  helpers.randomize_batch_norm(model, seed)
+  helpers.prune_randomly(model, 0.5, seed)
+  exact = tfsdn.strip(model, slice_cost_macs=0, reuse_concats=False)
+  gathered = tfsdn.strip(model, channel_reads="gather", reuse_concats=False)
+  padded = 0
+  for layer in gathered.model.layers:
+    if isinstance(layer, tfsdn.compat.keras.layers.Conv2D):
+      kernel = layer.get_weights()[0]
+      wanted = exact.model.get_layer(layer.name).get_weights()[0].shape[2]
+      read = kernel.shape[2]
+      # Fewer than 16, or too few channels offered: as they are.
+      assert read % 16 == 0 or read == wanted, (layer.name, read, wanted)
+      assert read >= wanted
+      # The channels read only to pad have zero kernel rows.
+      zero_rows = np.all(kernel == 0, axis=(0, 1, 3)).sum()
+      assert zero_rows >= read - wanted
+      padded += read > wanted
+  assert padded  # Some were padded.
+  np.testing.assert_allclose(
+      gathered.model(images[:, :8, :8], training=False),
+      model(images[:, :8, :8], training=False), atol=1e-4, rtol=1e-4)
+  assert tfsdn.model_report(gathered).total_macs > tfsdn.model_report(
+      exact).total_macs
 
 
 def _concatenations(model):

@@ -1,5 +1,7 @@
 """Strip on Keras 3: same function, fewer channels, stock layers only."""
 
+from unittest import mock
+
 import hypothesis
 from hypothesis import strategies as st
 import keras
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 import tfsdn.keras3 as sdn
+from tfsdn.common import channel_order
 
 
 def _prune_at_random(model, fraction, seed):
@@ -169,7 +172,25 @@ def test_gather_reads_take_once_per_layer_with_the_same_function(
   _randomise_statistics(model, 3)
   _prune_at_random(model, 0.5, 3)
   sliced = sdn.strip(model, slice_cost_macs=cost)
-  gathered = sdn.strip(model, slice_cost_macs=cost, channel_reads="gather")
+  # Exact gathers (not padded to a multiple of 16), the same MACs as slices.
+  with mock.patch.object(channel_order, "GATHER_CHANNEL_MULTIPLE", None):
+    gathered = sdn.strip(model, slice_cost_macs=cost, channel_reads="gather")
+  # Growth 12: most reads padded to a multiple of 16, with zero kernel rows.
+  wide = sdn.densenet.DenseNet(depth=16, growth_rate=12)
+  _randomise_statistics(wide, 4)
+  _prune_at_random(wide, 0.5, 4)
+  exact = sdn.strip(wide, slice_cost_macs=0)
+  padded = sdn.strip(wide, channel_reads="gather")
+  grown = 0
+  for layer in padded.model.layers:
+    if isinstance(layer, keras.layers.Conv2D):
+      read = layer.kernel.shape[2]
+      wanted = exact.model.get_layer(layer.name).kernel.shape[2]
+      assert read == wanted or (read % 16 == 0 and read > wanted)
+      grown += read > wanted
+  assert grown
+  np.testing.assert_allclose(np.asarray(padded.model(pixels)),
+                             np.asarray(wide(pixels)), atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(gathered.model(pixels)),
                              np.asarray(model(pixels)), atol=1e-4, rtol=1e-4)
   for name, record in gathered.layers.items():

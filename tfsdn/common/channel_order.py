@@ -67,6 +67,48 @@ def merge_runs(ranges, length, max_gap):
   return merged
 
 
+# The channels a gather reads are padded to a multiple of this (zero kernel
+# rows), when there are 16 or more and enough unread ones: ONNX Runtime's
+# NCHWc block on AVX-512 (8 on AVX2, which 16 is a multiple of).
+GATHER_CHANNEL_MULTIPLE = 16
+
+
+def pad_to_multiple(ranges, lengths, multiple):
+  """Ranges of several tensors widened to read a multiple of `multiple`.
+
+  ONNX Runtime runs a convolution in its blocked NCHWc layout, several
+  times faster than its plain kernel on these shapes, only when its input
+  channels are a multiple of the block (16 with AVX-512, 8 with AVX2) or
+  fewer than one block; a layer that reads a few unread channels more
+  (with zero kernel rows) gets there.
+
+  Args:
+    ranges: One list of sorted, disjoint `(start, stop)` pairs per tensor.
+    lengths: Channels of each tensor.
+    multiple: The read count wanted; None or 1: `ranges` as they are.
+
+  Returns:
+    `ranges` with unread channels added, the first unread ones of the first
+    tensors first, until the channels read are a multiple of `multiple`;
+    only of tensors read already (a gather concatenates only those), and
+    unchanged if fewer than `multiple` are read, or if too few channels are
+    left unread to get there.
+  """
+  count = sum(stop - start for r in ranges for start, stop in r)
+  if not multiple or multiple <= 1 or count < multiple:
+    return [list(r) for r in ranges]
+  missing = -count % multiple
+  if missing > sum(length for r, length in zip(ranges, lengths) if r) - count:
+    return [list(r) for r in ranges]
+  result = []
+  for r, length in zip(ranges, lengths):
+    read = positions(r)
+    unread = np.setdiff1d(np.arange(length), read)[:missing if r else 0]
+    missing -= len(unread)
+    result.append(runs(np.union1d(read, unread)) if len(unread) else list(r))
+  return result
+
+
 def max_gap(slice_cost_macs, output_size, kernel_size, filters, layer_name):
   """Unread channels worth reading, with zero kernel rows, to save a slice.
 

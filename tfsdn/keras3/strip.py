@@ -391,14 +391,19 @@ def _gather(wanted, new, kept, max_gap, name, concat):
       layer's input)` per input read, as `_select`'s callers pass them.
 
   Returns:
-    `(tensor, ids)`: the channels read (gaps merged as in `_select`) and
-    their ids in the layer's input, in order.
+    `(tensor, ids)`: the channels read (gaps merged as in `_select`, then
+    padded with unread ones to a multiple of
+    `channel_order.GATHER_CHANNEL_MULTIPLE`) and their ids in the layer's
+    input, in order.
   """
+  ranges = channel_order.pad_to_multiple(  # A count ONNX Runtime blocks.
+      [_ranges(tensor, want, kept, max_gap) for tensor, want, _ in wanted],
+      [len(kept[id(tensor)]) for tensor, _, _ in wanted],
+      channel_order.GATHER_CHANNEL_MULTIPLE)
   index, ids, base = [], [], 0
-  for tensor, want, offset in wanted:
+  for (tensor, _, offset), tensor_ranges in zip(wanted, ranges):
     order = kept[id(tensor)]
-    positions = channel_order.positions(
-        _ranges(tensor, want, kept, max_gap))
+    positions = channel_order.positions(tensor_ranges)
     index.append(base + positions)
     ids.append(order[positions] + offset)
     base += len(order)
