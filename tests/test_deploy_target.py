@@ -45,7 +45,7 @@ def test_each_runtime_gets_its_switches():
   assert not tf_options["fused_batch_norm"]
   assert deploy_target.strip_options(
       Target("tf", 1), image_size_known=False)["slice_cost_macs"] == 0
-  # ONNX Runtime: one exact gather per layer, no running concatenations;
+  # ONNX Runtime: one gather per layer (not widened), no running concats;
   # transitions pool first, as everywhere.
   onnx = [deploy_target.strip_options(Target("onnx", b)) for b in (1, 32)]
   assert all(o["channel_reads"] == "gather" and o["slice_cost_macs"] == 0

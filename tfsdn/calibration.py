@@ -178,7 +178,7 @@ def calibrate(runtime, batch_size=1, rounds=5, seconds=0.3, threads=2,
   The first call for a runtime, batch size and set of versions times the
   three models (a few seconds for TensorFlow; the conversions add seconds
   for LiteRT and ONNX Runtime); later calls read the cache. An `"onnx"`
-  target reads channels with one exact gather per layer whatever its
+  target reads channels with one gather per layer whatever its
   costs (`tfsdn.common.deploy_target.strip_options`): its measured costs
   lay out only slices or splits asked for (`channel_reads=` or a
   `slice_cost_macs` above 0).

@@ -266,13 +266,15 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   `slice_cost_macs` from what one op and one MAC cost there (the built-in
   costs, or `tfsdn.calibrate(runtime, batch_size)` measured on the machine),
   `pool_first=True`, `reuse_concats=True`, unfused BatchNormalization, and
-  `max_concat_inputs=5` for LiteRT; for ONNX Runtime one exact
-  `channel_reads="gather"` per layer, fused BatchNormalization and no
+  `max_concat_inputs=5` for LiteRT; for ONNX Runtime one
+  `channel_reads="gather"` per layer (not widened by costs; padded to a
+  multiple of 16 channels, see above), fused BatchNormalization and no
   running concatenations. Without a target, the layout is chosen
   for `tfsdn.common.deploy_target.DEFAULT_TARGET`, TensorFlow at batch 1. An
   option given explicitly wins over the target's choice: for the exact
   reads (the MACs a `GlobalAllocation` budget planned) pass
-  `slice_cost_macs=0, pool_first=False`. A compact model stripped with
+  `channel_reads="slice", slice_cost_macs=0, pool_first=False` (with an
+  ONNX target a gather would pad its reads). A compact model stripped with
   neither a target nor an option, exported in this process to another
   runtime or batch size (`export_onnx`, `export_tflite`,
   `export_saved_model(..., batch_size=b)`), is stripped again from `model`
@@ -294,7 +296,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
       are inlined (`graph.flatten`).
 
     slice_cost_macs: The MACs one more slice costs in the target runtime,
-      a number >= 0. 0 reads exactly the live channels: the fewest MACs.
+      a number >= 0. 0 reads exactly the live channels with slices or
+      splits: the fewest MACs (a gather pads its reads, see above).
       Above 0 the model needs a known input height and width. None: chosen
       for `target` (0 for a model of unknown image size or a gather).
     channel_reads: `"slice"`, `"split"` or `"gather"`, how ranges of

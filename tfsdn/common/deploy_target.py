@@ -149,8 +149,10 @@ def strip_options(target, image_size_known=True, channel_reads=None):
     channel_reads: The read a caller chose (`"slice"`, `"split"` or
       `"gather"`), or None for the target's own (`"gather"` for ONNX
       Runtime, else `"slice"`). A gather is one op however many ranges a
-      layer reads, so it reads exactly (`slice_cost_macs` 0); slices and
-      splits are widened by the target's costs.
+      layer reads, so it is not widened by costs (`slice_cost_macs` 0;
+      strip pads it to a multiple of 16 channels for ONNX Runtime's
+      blocked convolutions); slices and splits are widened by the
+      target's costs.
 
   Returns:
     A dict of `slice_cost_macs`, `channel_reads`, `max_concat_inputs`,
@@ -212,7 +214,7 @@ def resolve_options(target, given, image_size_known=True):
                     f"target={target!r}")
   reads = given.get("channel_reads")
   if reads is None and given.get("slice_cost_macs"):
-    # A width asked for: only slices are widened (a gather reads exactly).
+    # A width asked for: only slices are widened by costs (a gather is not).
     reads = "slice"
   chosen = strip_options(target or DEFAULT_TARGET, image_size_known, reads)
   return {name: chosen[name] if value is None else value

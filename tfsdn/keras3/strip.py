@@ -172,7 +172,9 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   runtime and batch size the model will be served at, as in `tfsdn.strip`
   (the same backend-free planner, `tfsdn.common.deploy_target`); without one,
   for `tfsdn.common.deploy_target.DEFAULT_TARGET` (TensorFlow at batch 1). For
-  exact reads pass `slice_cost_macs=0`.
+  exact reads pass `channel_reads="slice", slice_cost_macs=0` (a gather
+  reads a multiple of 16 channels when it reads 16 or more, as in
+  `tfsdn.strip`).
 
   The model's outputs keep their channels in their order (a feature
   extractor's features, such as a DenseNet's `avg_pool`): only filters
@@ -186,7 +188,8 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
     model: A functional or Sequential Keras 3 model with
       `tfsdn.keras3.PrunableConcatConv` layers, in nested models or not.
     slice_cost_macs: The MACs one more slice costs in the target runtime,
-      a number >= 0; 0 reads exactly the live channels. None: chosen for
+      a number >= 0; 0 reads exactly the live channels with slices (a
+      gather pads its reads). None: chosen for
       `target` (0 for a model of unknown image size).
     channel_reads: `"slice"` or `"gather"`; None: chosen for `target`, as
       in `tfsdn.strip` (`"gather"` for ONNX Runtime, else `"slice"`).
