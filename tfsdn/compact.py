@@ -367,8 +367,7 @@ def strip(model, slice_cost_macs=None, channel_reads=None,
   sources = graph.channel_sources(model)
   orders = layout.filter_orders(model, nodes, needed)
   reads = _Reads(gather=channel_reads == "gather",
-                 max_inputs=max_concat_inputs, reuse=reuse_concats,
-                 channel_multiple=channel_order.GATHER_CHANNEL_MULTIPLE)
+                 max_inputs=max_concat_inputs, reuse=reuse_concats)
   if channel_reads == "split":
     # A first build finds every range read of each feature map; the second
     # splits each map once at all of their boundaries.
@@ -600,10 +599,9 @@ class _Reads:
   """
 
   def __init__(self, split_at=None, gather=False, max_inputs=None,
-               reuse=False, channel_multiple=None):
+               reuse=False):
     self.split_at = split_at
     self.gather = gather
-    self.channel_multiple = channel_multiple
     self.max_inputs = max_inputs
     self.concats = channel_order.ConcatReuse(graph.channels, reuse)
     self.recorded = collections.defaultdict(set)
@@ -754,7 +752,7 @@ def _compact_concat_conv(layer, inputs, present_inputs, keys, keep_filters,
   if reads.gather:  # One op whatever it reads: a count ONNX Runtime blocks.
     all_ranges = channel_order.pad_to_multiple(
         all_ranges, [len(present_inputs[j]) for j in present],
-        reads.channel_multiple)
+        channel_order.GATHER_CHANNEL_MULTIPLE)
   reading, read = [], []
   for j, ranges in zip(present, all_ranges):
     reading.append((keys[j], inputs[j], ranges))
